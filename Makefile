@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine with Python 3 and make:
+#   make demo   - the exporter on its embedded simulator, at http://localhost:9879/metrics
+#   make test   - lint, types and the whole suite (fetches Prometheus from Debian packages)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TOOLS  := .tools/.installed
+
+.PHONY: demo test lint typecheck unit bench tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(TOOLS): scripts/fetch-tools.sh
+	scripts/fetch-tools.sh .tools
+	touch $@
+
+tools: $(TOOLS)
+
+demo: $(STAMP)
+	$(BIN)/asyncjob-exporter --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check exporter tests
+	$(BIN)/ruff format --check exporter tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) $(TOOLS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis

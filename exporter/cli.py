@@ -1,0 +1,199 @@
+"""Command line: flags in Prometheus style, then one of --config.check, --once, --demo or serve."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, TextIO
+
+import structlog
+from prometheus_client import generate_latest
+
+from exporter import __version__
+from exporter import logging as exporter_logging
+from exporter.app import Exporter
+from exporter.config import ConfigError, load_config, parse_config
+from exporter.server import HttpServer, make_app, parse_listen_address
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from exporter.config import Config
+
+log = structlog.get_logger("exporter")
+
+DEFAULT_LISTEN = ":9879"
+
+
+def _telemetry_path(value: str) -> str:
+    if not value.startswith("/") or value == "/" or value.startswith("/-/"):
+        raise argparse.ArgumentTypeError(f"{value!r} must start with / and not be / or under /-/")
+    return value
+
+
+def _listen_address(value: str) -> str:
+    try:
+        parse_listen_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncjob-exporter",
+        description="Prometheus exporter for long-running AI jobs (Azure AI Language, "
+        "Text Analytics, Translator document batches, Stable Diffusion fine-tunes).",
+    )
+    add = parser.add_argument
+    add(
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        metavar="PATH",
+        help="configuration file (default: %(default)s)",
+    )
+    add(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration file, print every problem, and exit",
+    )
+    add(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN,
+        type=_listen_address,
+        metavar="[HOST]:PORT",
+        help="address to serve metrics on (default: %(default)s)",
+    )
+    add(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        type=_telemetry_path,
+        metavar="PATH",
+        help="path under which to expose metrics (default: %(default)s)",
+    )
+    add(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=exporter_logging.LEVELS,
+        help="only log messages at this level or above (default: %(default)s)",
+    )
+    add(
+        "--log.format",
+        dest="log_format",
+        default=None,
+        choices=["json", "console"],
+        help="log format (default: console on a terminal, json otherwise)",
+    )
+    add(
+        "--once",
+        action="store_true",
+        help="poll every configured job once, print the metrics to stdout, and exit",
+    )
+    add(
+        "--demo",
+        action="store_true",
+        help="run against the embedded simulator with a built-in config (ignores --config.file)",
+    )
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser  # fmt: skip
+
+
+def _print_problems(error: ConfigError, path: str, out: TextIO) -> None:
+    count = len(error.problems)
+    print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=out)
+    for where, what in error.problems:
+        print(f"{where}: {what}", file=out)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stop.wait()
+
+
+def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
+    exporter = Exporter(config)
+    app = make_app(exporter.registry, args.telemetry_path, exporter.ready)
+    try:
+        server = HttpServer(app, args.listen_address)
+    except OSError as exc:
+        # The OS reason is the whole story (port in use, no permission); no traceback needed.
+        reason = exc.strerror or str(exc)
+        log.error("cannot listen", address=args.listen_address, error=reason)  # noqa: TRY400
+        return 1
+    server.start()
+    exporter.start()
+    jobs = sum(len(s.job_ids) for s in config.sources)
+    log.info(
+        "listening",
+        address=args.listen_address,
+        port=server.port,
+        sources=len(config.sources),
+        jobs=jobs,
+    )
+    host, _ = parse_listen_address(args.listen_address)
+    base = f"http://{host or 'localhost'}:{server.port}"
+    for line in (
+        *banner,
+        f"Metrics:        {base}{args.telemetry_path}",
+        f"Landing page:   {base}/",
+    ):
+        print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
+    _wait_for_signal()
+    exporter.stop()
+    server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    exporter_logging.configure(args.log_level, args.log_format)
+    if args.demo:
+        from exporter.simulator import Simulator, demo_config  # noqa: PLC0415 - demo only
+
+        simulator = Simulator().start()
+        try:
+            config = parse_config(demo_config(simulator.url))
+            banner = (f"Simulator:      {simulator.url} (demo upstream APIs)",)
+            return serve(config, args, banner) if not args.once else _once(config)
+        finally:
+            simulator.stop()
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        _print_problems(exc, args.config_file, sys.stderr)
+        return 1
+    if args.config_check:
+        jobs = sum(len(s.job_ids) for s in config.sources)
+        print(f"{args.config_file}: OK ({len(config.sources)} sources, {jobs} jobs)")  # noqa: T201
+        return 0
+    if args.once:
+        return _once(config)
+    return serve(config, args)
+
+
+def _once(config: Config) -> int:
+    exporter = Exporter(config)
+    try:
+        exporter.poll_once()
+        sys.stdout.write(generate_latest(exporter.registry).decode())
+    finally:
+        exporter.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Turns the store into metric families, afresh on every scrape.
+
+Nothing here talks upstream: a scrape reads immutable records and renders them, so it costs the
+same whether an upstream is fast, slow or down. `describe()` is the same builder run over no
+data, so registering the collector does not trigger a collection.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, State
+from exporter.store import REQUEST_BUCKETS
+from exporter.values import format_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from datetime import datetime
+
+    from prometheus_client.metrics_core import Metric
+
+    from exporter.store import JobRecord, SourceStats, Store
+
+JOB_LABELS = ["provider", "source", "job_id"]
+SOURCE_LABELS = ["provider", "source"]
+TIMESTAMPS = {
+    "created": "when the job was created",
+    "last_update": "when the API last updated the job",
+    "started": "when the job (or its first phase) started",
+    "estimated_completion": "when the API expects the job to finish",
+    "expiration": "when the API will discard the job and its results",
+}
+
+
+def _seconds(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
+class _Families:
+    """The metric families of one scrape, built from one consistent read of the store."""
+
+    def __init__(self, polled: str) -> None:
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, f"{doc} {polled}", labels=[*JOB_LABELS, *labels])
+
+        self.info = gauge("asyncjob_info", "Job facts: the raw vendor status and the job's name.",
+                          ["vendor_status", "display_name"])  # fmt: skip
+        self.state = gauge("asyncjob_state", "1 for the job's current canonical state, else 0.",
+                           ["state"])  # fmt: skip
+        self.progress = gauge("asyncjob_progress_ratio", "Fraction of the job done (0..1).",
+                              ["phase"])  # fmt: skip
+        self.tasks = gauge("asyncjob_tasks", "Tasks of the job by state.", ["state"])
+        self.documents = gauge("asyncjob_documents", "Documents of the batch by state.", ["state"])
+        self.characters = CounterMetricFamily(
+            "asyncjob_translation_characters_charged",
+            f"Characters the Translator API has charged for the batch. {polled}",
+            labels=JOB_LABELS,
+        )
+        self.errors = gauge("asyncjob_errors", "Errors the API reports for the job.")
+        self.warnings = gauge("asyncjob_warnings", "Warnings the API reports for the job.")
+        self.times = {
+            key: gauge(f"asyncjob_{key}_timestamp_seconds", f"Unix time {doc}.")
+            for key, doc in TIMESTAMPS.items()
+        }
+        self.up = gauge("asyncjob_up", "1 if the latest poll of the job succeeded, else 0.")
+        self.last_success = gauge(
+            "asyncjob_last_poll_success_timestamp_seconds",
+            "Unix time of the job's last successful poll.",
+        )
+        self.last_change = gauge(
+            "asyncjob_last_progress_change_timestamp_seconds",
+            "Unix time the exporter last saw the job's state or progress change.",
+        )
+        self.requests = CounterMetricFamily(
+            "asyncjob_requests", "HTTP requests sent upstream, retries included.",
+            labels=SOURCE_LABELS,
+        )  # fmt: skip
+        self.request_errors = CounterMetricFamily(
+            "asyncjob_request_errors",
+            "Failed upstream requests by reason (an unreadable answer counts as bad_response).",
+            labels=[*SOURCE_LABELS, "reason"],
+        )
+        self.duration = HistogramMetricFamily(
+            "asyncjob_request_duration_seconds", "Upstream request latency, per attempt.",
+            labels=SOURCE_LABELS,
+        )  # fmt: skip
+        self.tracked = GaugeMetricFamily(
+            "asyncjob_tracked_jobs", "Jobs configured for the source.", labels=SOURCE_LABELS
+        )
+        self.build = GaugeMetricFamily(
+            "asyncjob_build_info", "asyncjob-exporter build information.",
+            labels=["version", "python_version"],
+        )  # fmt: skip
+
+    def add_job(self, record: JobRecord) -> None:
+        key = [record.provider, record.source, record.job_id]
+        self.up.add_metric(key, 1.0 if record.up else 0.0)
+        snap = record.snapshot
+        if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
+            return
+        self.info.add_metric([*key, snap.vendor_status, snap.display_name], 1.0)
+        for state in State:
+            self.state.add_metric([*key, state.value], 1.0 if state is snap.state else 0.0)
+        for phase, ratio in snap.progress.items():
+            self.progress.add_metric([*key, phase], ratio)
+        breakdowns = (
+            (self.tasks, TASK_STATES, snap.tasks),
+            (self.documents, DOCUMENT_STATES, snap.documents),
+        )
+        for family, states, counts in breakdowns:
+            for state_name in states if counts else ():
+                family.add_metric([*key, state_name], counts.get(state_name, 0))
+        optional: list[tuple[GaugeMetricFamily | CounterMetricFamily, float | None]] = [
+            (self.characters, snap.characters_charged),
+            (self.errors, snap.errors),
+            (self.warnings, snap.warnings),
+            *((family, _seconds(getattr(snap, name))) for name, family in self.times.items()),
+            (self.last_success, _seconds(record.last_poll_success)),
+            (self.last_change, _seconds(record.last_progress_change)),
+        ]
+        for target, value in optional:
+            if value is not None:  # absent where the API does not give it
+                target.add_metric(key, value)
+
+    def add_source(self, stats: SourceStats) -> None:
+        key = [stats.provider, stats.source]
+        self.requests.add_metric(key, stats.requests)
+        for reason in ErrorReason:
+            self.request_errors.add_metric([*key, reason.value], stats.errors.get(reason, 0))
+        cumulative, buckets = 0, []
+        for bound, n in zip((*REQUEST_BUCKETS, float("inf")), stats.bucket_counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        self.duration.add_metric(key, buckets, stats.duration_sum)
+        self.tracked.add_metric(key, stats.tracked_jobs)
+
+    def all(self) -> Iterator[Metric]:
+        yield self.build
+        yield self.info
+        yield self.state
+        yield self.progress
+        yield self.tasks
+        yield self.documents
+        yield self.characters
+        yield self.errors
+        yield self.warnings
+        yield from self.times.values()
+        yield self.up
+        yield self.last_success
+        yield self.last_change
+        yield self.requests
+        yield self.request_errors
+        yield self.duration
+        yield self.tracked
+
+
+class JobCollector(Collector):
+    """Exposes every configured job and every source's request statistics."""
+
+    def __init__(self, store: Store, poll_interval: Callable[[], float]) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+
+    def _build(self, jobs: Iterable[JobRecord], sources: Iterable[SourceStats]) -> _Families:
+        every = format_duration(self._poll_interval())
+        families = _Families(
+            f"Polled in the background every {every} by default (per-source poll_interval), "
+            "not at scrape time."
+        )
+        families.build.add_metric([__version__, platform.python_version()], 1.0)
+        for record in jobs:
+            families.add_job(record)
+        for stats in sources:
+            families.add_source(stats)
+        return families
+
+    def describe(self) -> Iterator[Metric]:
+        return self._build((), ()).all()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._build(self._store.jobs(), self._store.source_stats()).all()

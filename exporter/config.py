@@ -1,0 +1,228 @@
+"""The config file: YAML in, a validated and frozen `Config` out, or every problem with its place.
+
+Validation runs in three passes so that each error names where it is: `${VAR}` expansion over
+the raw tree, then the `global` block and each source against its provider's own model (so
+`project` is required only for training jobs), then checks across sources (unique names).
+Problems are `location: message` pairs, like `sources[2].provider: unknown provider ...`.
+Secrets are `SecretStr`; no message here ever includes one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from exporter.providers import PROVIDERS
+from exporter.providers.base import SourceBase, StrictModel
+from exporter.values import Duration
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from exporter.providers.base import Provider
+
+Location = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class GlobalConfig(StrictModel):
+    poll_interval: Duration = 30.0
+    timeout: Duration = 10.0
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    retries: int = Field(default=3, ge=0, le=10)
+    max_retry_wait: Duration = 30.0
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    global_: GlobalConfig
+    sources: tuple[SourceBase, ...]
+
+    def poll_interval(self, source: SourceBase) -> float:
+        return source.poll_interval or self.global_.poll_interval
+
+    def provider(self, source: SourceBase) -> Provider[Any]:
+        return PROVIDERS[source.provider]
+
+
+class ConfigError(Exception):
+    """The config is invalid; `problems` holds every (location, message) found."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{where}: {what}" for where, what in self.problems))
+
+
+def format_location(loc: Location) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which YAML would otherwise resolve silently."""
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _expand(
+    value: Any, loc: Location, env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> Any:
+    """Replace ${VAR} in every string; a missing variable is a problem at its location."""
+    if isinstance(value, dict):
+        return {k: _expand(v, (*loc, str(k)), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, (*loc, i), env, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match[1]
+        if not _ENV_NAME.match(name):
+            problems.append((format_location(loc), f"invalid variable reference ${{{name}}}"))
+        elif name not in env:
+            problems.append((format_location(loc), f"environment variable {name} is not set"))
+        else:
+            return env[name]
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _pydantic_problems(error: ValidationError, prefix: Location) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc = (*prefix, *item["loc"])
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        problems.append((format_location(loc), message))
+    return problems
+
+
+def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> SourceBase | None:
+    loc: Location = ("sources", index)
+    if not isinstance(raw, dict):
+        problems.append((format_location(loc), "expected a mapping with name, provider, job_ids"))
+        return None
+    name = raw.get("provider")
+    if name not in PROVIDERS:
+        expected = ", ".join(PROVIDERS)
+        message = (
+            "required key is missing"
+            if name is None
+            else f"unknown provider {name!r}; expected one of {expected}"
+        )
+        problems.append((format_location((*loc, "provider")), message))
+        return None
+    try:
+        source: SourceBase = PROVIDERS[name].source_model.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, loc))
+        return None
+    return source
+
+
+def _duplicates(raw_sources: Sequence[Any], problems: list[tuple[str, str]]) -> None:
+    """Names and job IDs must be unique; checked on the raw tree so other errors don't hide it."""
+    names: dict[Any, int] = {}
+    for index, raw in enumerate(raw_sources):
+        if not isinstance(raw, dict):
+            continue
+        name = raw.get("name")
+        if isinstance(name, str) and name in names:
+            first = format_location(("sources", names[name]))
+            where = format_location(("sources", index, "name"))
+            problems.append((where, f"duplicate source name {name!r} (first used at {first})"))
+        names.setdefault(name, index)
+        job_ids = raw.get("job_ids")
+        seen: set[Any] = set()
+        for k, job_id in enumerate(job_ids if isinstance(job_ids, list) else []):
+            if isinstance(job_id, str) and job_id in seen:
+                where = format_location(("sources", index, "job_ids", k))
+                problems.append((where, f"duplicate job ID {job_id!r}"))
+            seen.add(job_id)
+
+
+def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-loaded YAML tree. Raises ConfigError listing every problem."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        raise ConfigError([("(top level)", "expected a mapping with 'sources' (and 'global')")])
+    tree = _expand(raw, (), os.environ if env is None else env, problems)
+    unknown = [key for key in tree if key not in {"global", "sources"}]
+    problems.extend((format_location((str(key),)), "unknown key") for key in unknown)
+    global_config = GlobalConfig()
+    try:
+        global_config = GlobalConfig.model_validate(tree.get("global") or {})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, ("global",)))
+    raw_sources = tree.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        problems.append(("sources", "expected a non-empty list of sources"))
+        raw_sources = []
+    sources = [_validate_source(s, i, problems) for i, s in enumerate(raw_sources)]
+    _duplicates(raw_sources, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(global_=global_config, sources=tuple(s for s in sources if s is not None))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError (never a bare OSError or YAMLError)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [(str(path), f"cannot read config file: {exc.strerror or exc}")]
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
+    return parse_config(raw, env)
+
+
+def secrets(config: Config) -> list[str]:
+    """Every secret value in the config, for the log redactor."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+
+    for source in config.sources:
+        walk(source)
+    return found

@@ -1,0 +1,83 @@
+"""structlog set-up, in one function: level, console or JSON rendering, and redaction.
+
+Redaction is by key (anything named like a key, token, secret or password) and by value: every
+secret the config holds is registered here, so one that reaches an exception message is masked
+too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, MutableMapping
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+REDACTED = "<redacted>"
+_SECRET_KEY = re.compile(r"key|token|secret|password|authorization|sig$", re.IGNORECASE)
+_SAS_SIG = re.compile(r"(?i)(sig=)[^&\s\"']+")
+
+
+class Redactor:
+    """A structlog processor that masks secrets by key and by value."""
+
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+
+    def register(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return _SAS_SIG.sub(rf"\1{REDACTED}", text)
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if key != "event" and _SECRET_KEY.search(key) and value is not None:
+                event[key] = REDACTED
+            elif isinstance(value, str):
+                event[key] = self.mask(value)
+            elif isinstance(value, BaseException):
+                event[key] = self.mask(repr(value))
+        return event
+
+
+redactor = Redactor()
+
+
+def configure(level: str = "info", fmt: str | None = None, stream: Any = None) -> None:
+    """Configure structlog for the process. `fmt` None: console on a terminal, JSON otherwise."""
+    stream = stream or sys.stderr
+    if fmt is None:
+        fmt = "console" if stream.isatty() else "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor,  # after format_exc_info, so tracebacks are masked too
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.JSONRenderer())
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,111 @@
+"""The one vocabulary every part speaks: canonical job states and the parsed job snapshot.
+
+Providers turn vendor payloads into a `JobSnapshot`; the store keeps them; the collector
+renders them. Nothing here knows about HTTP, config or Prometheus.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import datetime
+
+
+class State(enum.StrEnum):
+    """Canonical job state; every vendor status maps to exactly one of these."""
+
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        """A terminal job never changes again, so it is polled no more."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.CANCELLED}
+)
+
+
+class ErrorReason(enum.StrEnum):
+    """Why a poll failed; the `reason` label of asyncjob_request_errors_total."""
+
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    THROTTLED = "throttled"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    SERVER_ERROR = "server_error"
+    CLIENT_ERROR = "client_error"
+    BAD_RESPONSE = "bad_response"
+
+
+TASK_STATES = ("completed", "failed", "in_progress")
+DOCUMENT_STATES = ("succeeded", "failed", "in_progress", "not_started", "cancelled")
+
+
+def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyType[str, float]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """What one successful poll learned about one job. Immutable, safe to share between threads.
+
+    `progress` maps a phase to a ratio in 0..1 and always holds "overall". `tasks` and
+    `documents` are empty where the API has no such breakdown; optional numbers and times are
+    None where the API does not give them.
+    """
+
+    state: State
+    vendor_status: str
+    progress: Mapping[str, float]
+    display_name: str = ""
+    tasks: Mapping[str, int] = field(default_factory=dict)
+    documents: Mapping[str, int] = field(default_factory=dict)
+    characters_charged: int | None = None
+    errors: int | None = None
+    warnings: int | None = None
+    created: datetime | None = None
+    last_update: datetime | None = None
+    started: datetime | None = None
+    estimated_completion: datetime | None = None
+    expiration: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if "overall" not in self.progress:
+            msg = "progress must include the 'overall' phase"
+            raise ValueError(msg)
+        for ratio in self.progress.values():
+            if not 0.0 <= ratio <= 1.0:
+                msg = f"progress ratio {ratio!r} is outside 0..1"
+                raise ValueError(msg)
+        for counts in (self.tasks, self.documents):
+            if any(v < 0 for v in counts.values()):
+                msg = "counts must not be negative"
+                raise ValueError(msg)
+        object.__setattr__(self, "progress", _frozen(self.progress))
+        object.__setattr__(self, "tasks", _frozen(self.tasks))
+        object.__setattr__(self, "documents", _frozen(self.documents))
+
+    def same_progress(self, other: JobSnapshot | None) -> bool:
+        """Whether `other` shows the same state and progress (drives last_progress_change)."""
+        return (
+            other is not None
+            and other.state is self.state
+            and other.progress == self.progress
+            and other.tasks == self.tasks
+            and other.documents == self.documents
+        )

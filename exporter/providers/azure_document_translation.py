@@ -1,0 +1,102 @@
+"""Azure AI Translator document translation batches.
+
+Request::
+
+    GET {endpoint}/translator/document/batches/{id}?api-version=2024-05-01
+    Ocp-Apim-Subscription-Key: ...
+    Ocp-Apim-Subscription-Region: ...          (when auth.region is set)
+
+An `api_version` starting `v1.` uses the older route
+`{endpoint}/translator/text/batch/{api_version}/batches/{id}`. Yields, for a finished batch with
+one failed document::
+
+    asyncjob_info{...,vendor_status="Succeeded",display_name=""} 1
+    asyncjob_state{...,state="succeeded"} 1
+    asyncjob_progress_ratio{...,phase="overall"} 1
+    asyncjob_documents{...,state="succeeded"} 9
+    asyncjob_documents{...,state="failed"} 1
+    asyncjob_documents{...,state="in_progress"} 0
+    asyncjob_documents{...,state="not_started"} 0
+    asyncjob_documents{...,state="cancelled"} 0
+    asyncjob_translation_characters_charged_total{...} 1000
+    asyncjob_errors{...} 0
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from exporter.model import JobSnapshot, State
+from exporter.providers.base import (
+    AzureSource,
+    Provider,
+    UpstreamRequest,
+    count,
+    finished_progress,
+    map_status,
+    obj,
+    path,
+    ratio,
+    text,
+    timestamp,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+DEFAULT_API_VERSION = "2024-05-01"
+STATUSES = {
+    "notstarted": State.NOT_STARTED,
+    "running": State.RUNNING,
+    "succeeded": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "validationfailed": State.FAILED,
+    "cancelled": State.CANCELLED,
+    "canceled": State.CANCELLED,
+    "cancelling": State.CANCELLING,
+    "canceling": State.CANCELLING,
+}
+
+
+class Source(AzureSource):
+    pass
+
+
+def request(source: Source, job_id: str) -> UpstreamRequest:
+    version = source.api_version or DEFAULT_API_VERSION
+    if version.startswith("v1."):
+        url = f"{source.endpoint}/{path('translator', 'text', 'batch', version, 'batches', job_id)}"
+    else:
+        route = path("translator", "document", "batches", job_id)
+        url = f"{source.endpoint}/{route}?api-version={version}"
+    return UpstreamRequest("GET", url, source.auth.headers())
+
+
+def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all
+    batch = obj(payload, "batch")
+    text(batch, "id", "translationId", required=True)  # a batch without its ID is not a batch
+    vendor_status = text(batch, "status", required=True)
+    state = map_status(vendor_status, STATUSES)
+    summary = obj(batch.get("summary"), "summary")  # every batch has one; a document has not
+    documents = {
+        "succeeded": count(summary, "success") or 0,
+        "failed": count(summary, "failed") or 0,
+        "in_progress": count(summary, "inProgress") or 0,
+        "not_started": count(summary, "notYetStarted") or 0,
+        "cancelled": count(summary, "cancelled") or 0,
+    }
+    finished = documents["succeeded"] + documents["failed"] + documents["cancelled"]
+    total = count(summary, "total") or sum(documents.values())
+    return JobSnapshot(
+        state=state,
+        vendor_status=vendor_status,
+        progress={"overall": finished_progress(state, ratio(finished, total))},
+        documents=documents,
+        characters_charged=count(summary, "totalCharacterCharged", default=None),
+        errors=0 if batch.get("error") is None else 1,
+        created=timestamp(batch, "createdDateTimeUtc"),
+        last_update=timestamp(batch, "lastActionDateTimeUtc"),
+    )
+
+
+PROVIDER = Provider("azure_document_translation", Source, request, parse)

@@ -1,0 +1,93 @@
+"""Azure AI Language custom-model training jobs (authoring API).
+
+Request::
+
+    GET {endpoint}/language/authoring/analyze-{workload}/projects/{project}/train/jobs/{id}
+        ?api-version=2023-04-01
+    Ocp-Apim-Subscription-Key: ...
+
+Yields, for a job half-way through training::
+
+    asyncjob_info{...,vendor_status="running",display_name="model1"} 1
+    asyncjob_state{...,state="running"} 1
+    asyncjob_progress_ratio{...,phase="training"} 0.5
+    asyncjob_progress_ratio{...,phase="evaluation"} 0
+    asyncjob_progress_ratio{...,phase="overall"} 0.25
+    asyncjob_started_timestamp_seconds{...} 1.6502967068e+09
+    asyncjob_estimated_completion_timestamp_seconds{...} 1.6502968788e+09
+    asyncjob_errors{...} 0
+    asyncjob_warnings{...} 0
+
+`display_name` is the model label; overall progress is the mean of the two phases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from exporter.model import JobSnapshot
+from exporter.providers.azure_common import LANGUAGE_STATUSES, LAST_UPDATE_KEYS
+from exporter.providers.base import (
+    AzureSource,
+    Provider,
+    UpstreamRequest,
+    error_count,
+    finished_progress,
+    map_status,
+    obj,
+    opt_obj,
+    path,
+    percent,
+    text,
+    timestamp,
+)
+from exporter.values import PathSafeId
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+DEFAULT_API_VERSION = "2023-04-01"
+
+
+class Source(AzureSource):
+    project: PathSafeId
+    workload: Literal["text", "conversations"] = "text"
+
+
+def request(source: Source, job_id: str) -> UpstreamRequest:
+    workload = f"analyze-{source.workload}"
+    route = path(
+        "language", "authoring", workload, "projects", source.project, "train", "jobs", job_id
+    )
+    version = source.api_version or DEFAULT_API_VERSION
+    return UpstreamRequest(
+        "GET", f"{source.endpoint}/{route}?api-version={version}", source.auth.headers()
+    )
+
+
+def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all
+    job = obj(payload, "job")
+    vendor_status = text(job, "status", required=True)
+    state = map_status(vendor_status, LANGUAGE_STATUSES)
+    result = opt_obj(job, "result") or {}
+    training = opt_obj(result, "trainingStatus") or {}
+    evaluation = opt_obj(result, "evaluationStatus") or {}
+    phases = {"training": percent(training, "percentComplete")}
+    phases["evaluation"] = percent(evaluation, "percentComplete")
+    overall = finished_progress(state, (phases["training"] + phases["evaluation"]) / 2)
+    return JobSnapshot(
+        state=state,
+        vendor_status=vendor_status,
+        display_name=text(result, "modelLabel"),
+        progress={**phases, "overall": overall},
+        errors=error_count(job, "errors"),
+        warnings=error_count(job, "warnings"),
+        created=timestamp(job, "createdDateTime"),
+        last_update=timestamp(job, *LAST_UPDATE_KEYS),
+        started=timestamp(training, "startDateTime"),
+        estimated_completion=None if state.terminal else timestamp(result, "estimatedEndDateTime"),
+        expiration=timestamp(job, "expirationDateTime"),
+    )
+
+
+PROVIDER = Provider("azure_language_training", Source, request, parse)

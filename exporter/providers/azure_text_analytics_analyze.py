@@ -1,0 +1,52 @@
+"""Legacy Text Analytics v3.x analyze jobs.
+
+Request (the API version is a path segment here, not a query parameter)::
+
+    GET {endpoint}/text/analytics/v3.1/analyze/jobs/{id}
+    Ocp-Apim-Subscription-Key: ...
+
+Yields the same series as analyze-text jobs::
+
+    asyncjob_info{...,vendor_status="completed",display_name="MyJobName"} 1
+    asyncjob_state{...,state="succeeded"} 1
+    asyncjob_progress_ratio{...,phase="overall"} 1
+    asyncjob_tasks{...,state="completed"} 1
+
+The v3.2 previews spell success `completed`; a task-level `rejected` means failed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from exporter.model import State
+from exporter.providers.azure_common import LANGUAGE_STATUSES, parse_task_job
+from exporter.providers.base import AzureSource, Provider, UpstreamRequest, path
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from exporter.model import JobSnapshot
+
+DEFAULT_API_VERSION = "v3.1"
+STATUSES = {**LANGUAGE_STATUSES, "completed": State.SUCCEEDED, "rejected": State.FAILED}
+
+
+class Source(AzureSource):
+    api_version: str | None = Field(default=None, pattern=r"^v3\.[0-9]+(-preview\.[0-9]+)?$")
+
+
+def request(source: Source, job_id: str) -> UpstreamRequest:
+    route = path(
+        "text", "analytics", source.api_version or DEFAULT_API_VERSION, "analyze", "jobs", job_id
+    )
+    return UpstreamRequest("GET", f"{source.endpoint}/{route}", source.auth.headers())
+
+
+def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all
+    return parse_task_job(payload, STATUSES)
+
+
+PROVIDER = Provider("azure_text_analytics_analyze", Source, request, parse)

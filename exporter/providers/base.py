@@ -1,0 +1,237 @@
+"""What every provider module is made of: its source config model, its request, its parser.
+
+A provider is a `Provider` record of three things. `source_model` is a pydantic model for one
+`sources[]` entry (unknown keys forbidden). `request(source, job_id)` returns the one HTTP request
+that fetches a job's status. `parse(payload, polled_at)` turns the decoded JSON into a
+`JobSnapshot` or raises `ParseError`. Parsers are pure: no I/O, no clock but the one they are
+given, so they are tested by feeding them recorded payloads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from exporter.model import ErrorReason, State
+from exporter.values import (
+    Duration,
+    FileSecret,
+    HttpUrl,
+    PathSafeId,
+    SourceName,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from exporter.model import JobSnapshot
+
+MAX_LABEL_LENGTH = 200
+MAX_COUNT = 2**63 - 1
+
+
+class StrictModel(BaseModel):
+    """Frozen, and unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exactly_one(model: BaseModel, inline: str, from_file: str) -> None:
+    given = [name for name in (inline, from_file) if getattr(model, name) is not None]
+    if len(given) != 1:
+        raise ValueError(f"set exactly one of {inline} or {from_file}")
+
+
+class AzureKeyAuth(StrictModel):
+    """Azure resource key, sent as Ocp-Apim-Subscription-Key."""
+
+    subscription_key: SecretStr | None = None
+    subscription_key_file: FileSecret | None = None
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,40}$")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> AzureKeyAuth:
+        _exactly_one(self, "subscription_key", "subscription_key_file")
+        return self
+
+    def headers(self) -> dict[str, str]:
+        key = self.subscription_key or self.subscription_key_file
+        assert key is not None  # guaranteed by _one_key
+        headers = {"Ocp-Apim-Subscription-Key": key.get_secret_value()}
+        if self.region:
+            headers["Ocp-Apim-Subscription-Region"] = self.region
+        return headers
+
+
+class ApiKeyAuth(StrictModel):
+    """A plain API key (Stable Diffusion API), sent in the request body."""
+
+    api_key: SecretStr | None = None
+    api_key_file: FileSecret | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApiKeyAuth:
+        _exactly_one(self, "api_key", "api_key_file")
+        return self
+
+    def secret(self) -> str:
+        key = self.api_key or self.api_key_file
+        assert key is not None  # guaranteed by _one_key
+        return key.get_secret_value()
+
+
+class SourceBase(StrictModel):
+    """The keys every source has; provider modules subclass it with their own."""
+
+    name: SourceName
+    provider: str
+    endpoint: HttpUrl
+    api_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,40}$")
+    poll_interval: Duration | None = None
+    job_ids: list[PathSafeId] = Field(min_length=1)
+
+
+class AzureSource(SourceBase):
+    auth: AzureKeyAuth
+
+
+S = TypeVar("S", bound=SourceBase)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One HTTP request to an upstream API. Headers and body may hold secrets: not in repr."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    json: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Provider(Generic[S]):
+    name: str
+    source_model: type[S]
+    request: Callable[[S, str], UpstreamRequest]
+    parse: Callable[[Any, datetime], JobSnapshot]
+
+
+class ParseError(Exception):
+    """The upstream answered, but not with a job status we can read."""
+
+    def __init__(self, message: str, reason: ErrorReason = ErrorReason.BAD_RESPONSE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def path(*segments: str) -> str:
+    """Join URL path segments, each percent-encoded so none can add a segment or a query."""
+    return "/".join(quote(s, safe="") for s in segments)
+
+
+# -- reading payloads -------------------------------------------------------------------------
+
+
+def obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ParseError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def opt_obj(payload: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = payload.get(key)
+    return None if value is None else obj(value, key)
+
+
+def text(payload: Mapping[str, Any], *keys: str, required: bool = False) -> str:
+    """The first of `keys` present, as a label-safe string (truncated); "" when absent."""
+    for key in keys:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ParseError(f"{key}: expected a string, got {type(value).__name__}")
+        return value[:MAX_LABEL_LENGTH]
+    if required:
+        raise ParseError(f"missing {' or '.join(keys)}")
+    return ""
+
+
+def count(payload: Mapping[str, Any], key: str, *, default: int | None = 0) -> int | None:
+    """A non-negative integer count; a float with no fraction is accepted."""
+    value = payload.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ParseError(f"{key}: expected a number, got {type(value).__name__}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise ParseError(f"{key}: expected a whole number, got {value!r}")
+    number = int(value)
+    if not 0 <= number <= MAX_COUNT:
+        raise ParseError(f"{key}: {number} is outside 0..2^63-1")
+    return number
+
+
+def percent(payload: Mapping[str, Any], key: str) -> float:
+    """A 0..100 percentage as a 0..1 ratio."""
+    value = payload.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ParseError(f"{key}: expected a number, got {value!r}")
+    if not 0 <= value <= 100:
+        raise ParseError(f"{key}: {value} is outside 0..100")
+    return float(value) / 100
+
+
+def timestamp(payload: Mapping[str, Any], *keys: str) -> datetime | None:
+    """The first of `keys` present as an aware UTC datetime (naive means UTC)."""
+    for key in keys:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ParseError(f"{key}: expected a date-time string, got {type(value).__name__}")
+        return parse_time(value, key)
+    return None
+
+
+def parse_time(value: str, where: str) -> datetime:
+    # Azure sends up to 7 fractional digits; Python keeps 6, which is all a float holds anyway.
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ParseError(f"{where}: {value[:40]!r} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def ratio(done: int, total: int) -> float:
+    """done/total in 0..1; an API that reports more done than total is clamped, not trusted."""
+    if total <= 0:
+        return 0.0
+    return min(done / total, 1.0)
+
+
+def map_status(raw: str, table: Mapping[str, State]) -> State:
+    """Map a vendor status case-insensitively; anything unrecognised is UNKNOWN, never a crash."""
+    return table.get(raw.casefold(), State.UNKNOWN)
+
+
+def error_count(payload: Mapping[str, Any], key: str) -> int:
+    """The length of an errors/warnings list; absent means none."""
+    value = payload.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, list):
+        raise ParseError(f"{key}: expected a list, got {type(value).__name__}")
+    return len(value)
+
+
+def finished_progress(state: State, overall: float) -> float:
+    """A succeeded job is complete whatever its counters say."""
+    return 1.0 if state is State.SUCCEEDED else overall

@@ -1,0 +1,267 @@
+"""A loopback HTTP server that speaks the five job-status APIs, for --demo, tests and benchmarks.
+
+Routes are the real ones (see each provider module). Jobs move along `SimJob` timelines; time is
+whatever `clock()` returns (seconds since start), so tests can hold or jump it. Faults are
+switched per job ID (or "*" for all): an HTTP status with Retry-After, a delay, a raw body, each
+for a number of answers or until cleared. Every request is logged in `requests` for assertions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
+
+from exporter.simulator.scenarios import DEMO_JOBS, SimJob, render
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+DEMO_KEY = "demo-key"
+Answer = tuple[int, dict[str, str], bytes]
+
+_AUTHORING = r"^/language/authoring/analyze-(text|conversations)/projects/[^/]+/train/jobs/([^/]+)$"
+_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("GET", re.compile(_AUTHORING), "training"),
+    ("GET", re.compile(r"^/language/analyze-(text|conversations)/jobs/([^/]+)$"), "analyze_text"),
+    ("GET", re.compile(r"^/text/analytics/(v3\.[^/]+)/analyze/jobs/([^/]+)$"), "text_analytics"),
+    ("GET", re.compile(r"^/translator/document/batches()/([^/]+)$"), "translation"),
+    ("GET", re.compile(r"^/translator/text/batch/(v1\.[^/]+)/batches/([^/]+)$"), "translation"),
+    ("POST", re.compile(r"^/api/v3/fine_tune_status()/([^/]+)$"), "stable_diffusion"),
+)
+
+
+@dataclass
+class Fault:
+    """How to misbehave: `status` with an error body, a `delay`, or a raw `body`."""
+
+    status: int | None = None
+    retry_after: str | None = None
+    delay: float = 0.0
+    body: bytes | None = None
+    content_type: str = "application/json"
+    times: int | None = None  # answers left; None until cleared
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One request as the simulator received it."""
+
+    at: float  # time.monotonic()
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+class ManualClock:
+    """A clock the caller moves; lets a test put every job at a chosen moment."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Simulator:
+    jobs: Iterable[SimJob] = DEMO_JOBS
+    key: str = DEMO_KEY
+    clock: Callable[[], float] | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._jobs = {job.job_id: job for job in self.jobs}
+        self._faults: dict[str, Fault] = {}
+        self._lock = threading.Lock()
+        self.started_at = datetime.now(UTC)
+        started = time.monotonic()
+        self._clock = self.clock or (lambda: time.monotonic() - started)
+        self._server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="simulator", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Simulator:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def set_fault(self, job_id: str, fault: Fault) -> None:
+        with self._lock:
+            self._faults[job_id] = fault
+
+    def clear_fault(self, job_id: str) -> None:
+        with self._lock:
+            self._faults.pop(job_id, None)
+
+    def seen(self, job_id: str) -> list[Seen]:
+        return [r for r in list(self.requests) if r.path.split("?")[0].endswith(f"/{job_id}")]
+
+    def _take_fault(self, job_id: str) -> Fault | None:
+        with self._lock:
+            fault = self._faults.get(job_id) or self._faults.get("*")
+            if fault is None:
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults = {k: f for k, f in self._faults.items() if f is not fault}
+            return fault
+
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        """Route one request: (status, headers, body)."""
+        path = urlsplit(target).path
+        for route_method, pattern, api in _ROUTES:
+            match = pattern.match(path)
+            if match and route_method == method:
+                return self._answer_job(api, match[1], match[2], headers, body)
+        return _error(404, "NotFound", "No such route (simulator).")
+
+    def _answer_job(
+        self, api: str, variant: str, job_id: str, headers: dict[str, str], body: bytes
+    ) -> Answer:
+        denied = self._check_key(api, headers, body)
+        fault = None if denied else self._take_fault(job_id)
+        answer = denied or (fault and _fault_answer(fault))
+        if answer:
+            return answer
+        job = self._jobs.get(job_id)
+        if job is None or job.api != api:
+            if api == "stable_diffusion":
+                return 200, {}, _json({"status": "error", "messege": "No such training id"})
+            return _error(404, "NotFound", "Job ID not found.")
+        elapsed = self._clock()
+        if job.throttle and job.throttle[0] <= elapsed < job.throttle[1]:
+            status, hdrs, out = _error(429, "RequestRateTooHigh", "User's request rate is too high")
+            return status, {**hdrs, "Retry-After": str(job.retry_after)}, out
+        return 200, {}, _json(render(job, elapsed, self.started_at, variant))
+
+    def _check_key(self, api: str, headers: dict[str, str], body: bytes) -> Answer | None:
+        if api != "stable_diffusion":
+            if headers.get("ocp-apim-subscription-key") == self.key:
+                return None
+            return _error(401, "Unauthorized", "User is not authorized")
+        try:
+            key = json.loads(body or b"{}").get("key")
+        except (ValueError, AttributeError):
+            key = None
+        if key == self.key:
+            return None
+        # The Stable Diffusion API reports a bad key with HTTP 200.
+        return 200, {}, _json({"status": "error", "message": "Invalid Api Key"})
+
+
+def _fault_answer(fault: Fault) -> Answer | None:
+    if fault.delay:
+        time.sleep(fault.delay)
+    if fault.body is not None:
+        return fault.status or 200, {"Content-Type": fault.content_type}, fault.body
+    if fault.status is None:
+        return None  # a pure delay: answer normally, late
+    status, headers, out = _error(fault.status, "Simulated", f"Simulated HTTP {fault.status}")
+    return (
+        status,
+        {**headers, **({"Retry-After": fault.retry_after} if fault.retry_after else {})},
+        out,
+    )
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def _error(status: int, code: str, message: str) -> Answer:
+    return status, {}, _json({"error": {"code": code, "message": message}})
+
+
+def _handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, extra, out = sim.answer(self.command, self.path, headers, body)
+            sim.requests.append(
+                Seen(time.monotonic(), self.command, self.path, headers, body, status)
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            # A client that gave up (a timeout test) is told nothing more.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(out)
+
+        do_GET = do_POST = _serve  # noqa: N815 - BaseHTTPRequestHandler's naming
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -> dict[str, Any]:
+    """The raw config --demo runs: one source per provider, all pointed at the simulator."""
+    azure_auth = {"subscription_key": key}
+    return {
+        "global": {"poll_interval": poll_interval, "timeout": "5s", "max_retry_wait": "5s"},
+        "sources": [
+            {"name": "language-training", "provider": "azure_language_training",
+             "endpoint": base_url, "project": "LoanAgreements", "auth": azure_auth,
+             "job_ids": ["train-ok", "train-fail"]},
+            {"name": "language-analyze", "provider": "azure_language_analyze_text",
+             "endpoint": base_url, "auth": azure_auth, "job_ids": ["analyze-ok"]},
+            {"name": "text-analytics", "provider": "azure_text_analytics_analyze",
+             "endpoint": base_url, "api_version": "v3.2-preview.2", "auth": azure_auth,
+             "job_ids": ["ta-ok"]},
+            {"name": "translator", "provider": "azure_document_translation",
+             "endpoint": base_url, "auth": {**azure_auth, "region": "westeurope"},
+             "job_ids": ["batch-ok", "batch-partial"]},
+            {"name": "stable-diffusion", "provider": "stable_diffusion_finetune",
+             "endpoint": base_url, "auth": {"api_key": key}, "job_ids": ["sd-ok", "sd-stalled"]},
+        ],
+    }  # fmt: skip
+
+
+__all__ = [
+    "DEMO_JOBS",
+    "DEMO_KEY",
+    "Fault",
+    "ManualClock",
+    "Seen",
+    "SimJob",
+    "Simulator",
+    "demo_config",
+]

@@ -1,0 +1,150 @@
+"""The only shared state: one immutable `JobRecord` per configured job, and request statistics.
+
+Pollers write, the collector reads. Writers replace a record whole under the lock; readers get a
+tuple of records that no later write can change, so a scrape never sees half an update.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from exporter.model import ErrorReason
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import datetime
+
+    from exporter.model import JobSnapshot
+
+# Upstream calls take from tens of milliseconds to the timeout (10 s by default) and beyond.
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the exporter knows about one configured job."""
+
+    provider: str
+    source: str
+    job_id: str
+    snapshot: JobSnapshot | None = None  # the last good values; kept when a poll fails
+    up: bool = False
+    last_error: ErrorReason | None = None
+    last_poll_success: datetime | None = None
+    last_progress_change: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.snapshot is not None and self.snapshot.state.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    """Request statistics of one source, copied out for a scrape."""
+
+    provider: str
+    source: str
+    tracked_jobs: int
+    requests: int
+    errors: dict[ErrorReason, int]
+    bucket_counts: tuple[int, ...]  # per REQUEST_BUCKETS, then +Inf; not cumulative
+    duration_sum: float
+
+
+@dataclass(slots=True)
+class _Counters:
+    provider: str
+    requests: int = 0
+    errors: dict[ErrorReason, int] = field(default_factory=lambda: dict.fromkeys(ErrorReason, 0))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_BUCKETS) + 1))
+    duration_sum: float = 0.0
+
+
+class Store:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], JobRecord] = {}
+        self._counters: dict[str, _Counters] = {}
+
+    def configure(self, wanted: Iterable[tuple[str, str, str]]) -> None:
+        """Track exactly these (provider, source, job_id); kept jobs keep their records."""
+        with self._lock:
+            jobs: dict[tuple[str, str], JobRecord] = {}
+            counters: dict[str, _Counters] = {}
+            for provider, source, job_id in wanted:
+                old = self._jobs.get((source, job_id))
+                keep = old is not None and old.provider == provider
+                jobs[source, job_id] = old if keep and old else JobRecord(provider, source, job_id)
+                old_counters = self._counters.get(source)
+                keep = old_counters is not None and old_counters.provider == provider
+                counters[source] = old_counters if keep and old_counters else _Counters(provider)
+            self._jobs, self._counters = jobs, counters
+
+    def get(self, source: str, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._jobs.get((source, job_id))
+
+    def jobs(self) -> tuple[JobRecord, ...]:
+        with self._lock:
+            return tuple(self._jobs.values())
+
+    def record_success(self, source: str, job_id: str, snapshot: JobSnapshot, at: datetime) -> None:
+        with self._lock:
+            old = self._jobs.get((source, job_id))
+            if old is None:  # removed by a reload while the poll was in flight
+                return
+            changed = not snapshot.same_progress(old.snapshot)
+            self._jobs[source, job_id] = replace(
+                old,
+                snapshot=snapshot,
+                up=True,
+                last_error=None,
+                last_poll_success=at,
+                last_progress_change=at if changed else old.last_progress_change,
+            )
+
+    def record_failure(self, source: str, job_id: str, reason: ErrorReason) -> None:
+        with self._lock:
+            old = self._jobs.get((source, job_id))
+            if old is not None:
+                self._jobs[source, job_id] = replace(old, up=False, last_error=reason)
+
+    def observe_request(self, source: str, seconds: float, error: ErrorReason | None) -> None:
+        """Count one upstream request (retries are requests too) and its outcome."""
+        with self._lock:
+            counters = self._counters.get(source)
+            if counters is None:
+                return
+            counters.requests += 1
+            counters.duration_sum += seconds
+            counters.buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
+            if error is not None:
+                counters.errors[error] += 1
+
+    def count_error(self, source: str, reason: ErrorReason) -> None:
+        """Count a failure found after the request itself succeeded (an unreadable answer)."""
+        with self._lock:
+            counters = self._counters.get(source)
+            if counters is not None:
+                counters.errors[reason] += 1
+
+    def source_stats(self) -> tuple[SourceStats, ...]:
+        with self._lock:
+            tracked: dict[str, int] = {}
+            for source, _ in self._jobs:
+                tracked[source] = tracked.get(source, 0) + 1
+            return tuple(
+                SourceStats(
+                    provider=c.provider,
+                    source=source,
+                    tracked_jobs=tracked.get(source, 0),
+                    requests=c.requests,
+                    errors=dict(c.errors),
+                    bucket_counts=tuple(c.buckets),
+                    duration_sum=c.duration_sum,
+                )
+                for source, c in self._counters.items()
+            )

@@ -1,0 +1,93 @@
+"""Validated value types shared by the config models: durations, names, job IDs, URLs, secrets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, SecretStr
+
+_DURATION_RE = re.compile(
+    r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
+    r"(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?(?:(?P<ms>\d+)ms)?$"
+)
+_UNIT_SECONDS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: Any) -> float:
+    """Parse a Prometheus-style duration (`500ms`, `30s`, `1h30m`) into positive seconds."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a duration such as 500ms, 30s, 5m or 1h, got {value!r}")
+    match = _DURATION_RE.match(value)
+    if match is None:
+        raise ValueError(f"invalid duration {value!r}; use units ms, s, m, h, d, w, y (e.g. 30s)")
+    whole = sum(int(n) * _UNIT_SECONDS[u] for u, n in match.groupdict().items() if n and u != "ms")
+    seconds = whole + int(match["ms"] or 0) / 1000
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return float(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds back in the shortest Prometheus form (for HELP texts and logs)."""
+    if seconds < 1 or seconds != int(seconds):
+        return f"{round(seconds * 1000)}ms"
+    whole = int(seconds)
+    for unit in ("h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host (e.g. https://x.example)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+def read_secret_file(path: Any) -> SecretStr:
+    """Read a secret from a file, dropping the trailing newline editors add."""
+    if not isinstance(path, str) or not path:
+        raise ValueError("expected the path of a file holding the secret")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ValueError(f"secret file {path!r} is empty")
+    return SecretStr(secret)
+
+
+FileSecret = Annotated[SecretStr, BeforeValidator(read_secret_file)]
+"""Written in config as a path; holds the file's content. A reload reads the file again."""
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written in config as a Prometheus duration string."""
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_id(value: str) -> str:
+    # Letters, digits and -_.: only (and not "." or ".."), so no ID can change the request path.
+    if not _ID_RE.match(value) or set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a valid ID: use 1-128 letters, digits or -_.:")
+    return value
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid name: use 1-64 letters, digits, - or _")
+    return value
+
+
+SourceName = Annotated[str, AfterValidator(_check_name)]
+PathSafeId = Annotated[str, AfterValidator(_check_id)]
+HttpUrl = Annotated[str, AfterValidator(_check_url)]

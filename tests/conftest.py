@@ -1,0 +1,123 @@
+"""Shared test helpers: fixtures on disk, a simulator + exporter harness, and /metrics reading."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Exporter
+from exporter.config import parse_config
+from exporter.server import HttpServer, make_app
+from exporter.simulator import DEMO_JOBS, DEMO_KEY, ManualClock, SimJob, Simulator, demo_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def fixture(provider: str, name: str) -> Any:
+    return json.loads((FIXTURES / provider / name).read_text(encoding="utf-8"))
+
+
+def example_body(provider: str, name: str, status: str = "200") -> Any:
+    """The response body of a vendor example file (they keep `responses[status].body`)."""
+    return fixture(provider, name)["responses"][status]["body"]
+
+
+class Metrics:
+    """One scrape of /metrics, parsed with client_python's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        self.types: dict[str, str] = {}
+        self.help: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            self.help[family.name] = family.documentation
+            for s in family.samples:
+                self.samples[s.name, frozenset(s.labels.items())] = s.value
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def series(self, name: str, **labels: str) -> list[dict[str, str]]:
+        """Label sets of every sample of `name` whose labels include `labels`."""
+        want = set(labels.items())
+        return [dict(lbls) for (n, lbls), _ in self.samples.items() if n == name and want <= lbls]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Retry `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Harness:
+    """A simulator and an exporter serving /metrics, both on 127.0.0.1."""
+
+    sim: Simulator
+    clock: ManualClock
+    exporter: Exporter
+    server: HttpServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def scrape(self) -> Metrics:
+        response = requests.get(f"{self.url}/metrics", timeout=5)
+        assert response.status_code == 200
+        return Metrics(response.text)
+
+
+def demo_raw_config(sim: Simulator, **global_overrides: Any) -> dict[str, Any]:
+    raw = demo_config(sim.url, poll_interval="200ms")
+    raw["global"].update({"timeout": "1s", "max_retry_wait": "200ms", **global_overrides})
+    return raw
+
+
+@pytest.fixture
+def make_harness() -> Iterator[Callable[..., Harness]]:
+    """Build harnesses from raw configs; everything started is stopped at the end."""
+    started: list[Harness] = []
+
+    def make(
+        config_for: Callable[[Simulator], dict[str, Any]] = demo_raw_config,
+        at: float = 60.0,
+        start_polling: bool = False,
+        jobs: tuple[SimJob, ...] = DEMO_JOBS,
+    ) -> Harness:
+        clock = ManualClock(at)
+        sim = Simulator(jobs=jobs, clock=clock, key=DEMO_KEY).start()
+        exporter = Exporter(parse_config(config_for(sim), env={}))
+        server = HttpServer(make_app(exporter.registry, "/metrics", exporter.ready), "127.0.0.1:0")
+        server.start()
+        harness = Harness(sim, clock, exporter, server)
+        started.append(harness)
+        if start_polling:
+            exporter.start()
+        return harness
+
+    yield make
+    for harness in started:
+        harness.exporter.stop()
+        harness.server.stop()
+        harness.sim.stop()

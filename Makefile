@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(BIN)/asyncjob-exporter --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests
-	$(BIN)/ruff format --check exporter tests
+	$(BIN)/ruff check exporter tests benchmarks
+	$(BIN)/ruff format --check exporter tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

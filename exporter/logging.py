@@ -59,25 +59,71 @@ class Redactor:
 redactor = Redactor()
 
 
+class _Stderr:
+    """sys.stderr as it is at each write, not as it was when a logger was first cached."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+class _Output:
+    """Level and renderer, read on every event: loggers cached before a re-configure obey it."""
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.renderer: Any = structlog.processors.JSONRenderer()
+
+    def drop_below_level(
+        self, _logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if _METHOD_LEVELS.get(method, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event
+
+    def render(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        return self.renderer(logger, method, event)
+
+
+_output = _Output()
+
+
 def configure(level: str = "info", fmt: str | None = None, stream: Any = None) -> None:
     """Configure structlog for the process. `fmt` None: console on a terminal, JSON otherwise."""
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        redactor,  # after format_exc_info, so tracebacks are masked too
-    ]
+    _output.level = LEVELS[level]
     if fmt == "json":
-        processors.append(structlog.processors.JSONRenderer())
+        _output.renderer = structlog.processors.JSONRenderer()
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        _output.renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        processors=[
+            _output.drop_below_level,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redactor,  # after format_exc_info, so tracebacks are masked too
+            _output.render,
+        ],
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.server import HttpServer, make_app
@@ -94,6 +96,17 @@ def demo_raw_config(sim: Simulator, **global_overrides: Any) -> dict[str, Any]:
     return raw
 
 
+def with_source(index: int, **keys: Any) -> Callable[[Simulator], dict[str, Any]]:
+    """The demo config for a simulator, with keys of source `index` replaced."""
+
+    def config_for(sim: Simulator) -> dict[str, Any]:
+        raw = demo_raw_config(sim)
+        raw["sources"][index].update(keys)
+        return raw
+
+    return config_for
+
+
 @pytest.fixture
 def make_harness() -> Iterator[Callable[..., Harness]]:
     """Build harnesses from raw configs; everything started is stopped at the end."""
@@ -121,3 +134,20 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         harness.exporter.stop()
         harness.server.stop()
         harness.sim.stop()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> None:
+    """Tests log at warning level unless they configure logging themselves."""
+    exporter_logging.configure("warn", "console")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a defect (a tool went missing): fail the run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = reporter.stats.get("skipped", [])
+    if os.environ.get("CI") and skipped and exitstatus == 0:
+        reporter.write_line(f"CI: {len(skipped)} test(s) skipped; failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,63 @@
+"""The HTTP helper's pure parts: Retry-After in both forms, and status codes to reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from exporter.http import classify_status, retry_after_seconds
+from exporter.model import ErrorReason
+from exporter.server import parse_listen_address
+
+NOW = datetime(2026, 11, 22, 8, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("30", 30.0),
+        (" 2 ", 2.0),
+        ("Sun, 22 Nov 2026 08:01:30 GMT", 90.0),
+        ("Sun, 22 Nov 2026 07:00:00 GMT", 0.0),  # in the past: retry now
+        ("soon", None),
+        ("-5", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (200, None),
+        (204, None),
+        (301, ErrorReason.CLIENT_ERROR),
+        (400, ErrorReason.CLIENT_ERROR),
+        (401, ErrorReason.AUTH),
+        (403, ErrorReason.AUTH),
+        (404, ErrorReason.NOT_FOUND),
+        (429, ErrorReason.THROTTLED),
+        (500, ErrorReason.SERVER_ERROR),
+        (503, ErrorReason.SERVER_ERROR),
+    ],
+)
+def test_status_reasons(status: int, reason: ErrorReason | None) -> None:
+    assert classify_status(status) == reason
+
+
+@pytest.mark.parametrize(
+    ("address", "parsed"),
+    [(":9879", ("", 9879)), ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9100", ("::1", 9100))],
+)
+def test_listen_address(address: str, parsed: tuple[str, int]) -> None:
+    assert parse_listen_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["9879", "host:", "host:99999", "host:http"])
+def test_bad_listen_address(address: str) -> None:
+    with pytest.raises(ValueError, match="invalid listen address"):
+        parse_listen_address(address)

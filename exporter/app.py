@@ -57,5 +57,8 @@ class Exporter:
             thread.join()
 
     def stop(self) -> None:
+        """Signal every source first, so their in-flight polls wind down together."""
+        for poller in self._pollers:
+            poller.signal_stop()
         for poller in self._pollers:
             poller.stop()

@@ -124,10 +124,14 @@ class SourcePoller:
         self._due = {job: now + random.uniform(0, spread) for job in self.source.job_ids}  # noqa: S311
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop scheduling, let in-flight polls end (backoffs are cut short), then close."""
+    def signal_stop(self) -> None:
+        """Stop scheduling and cut backoffs short, without waiting for anything."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop scheduling, let in-flight polls end (backoffs are cut short), then close."""
+        self.signal_stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -126,7 +126,7 @@ def _wait_for_signal() -> None:
 
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
     exporter = Exporter(config)
-    app = make_app(exporter.registry, args.telemetry_path, exporter.ready)
+    app = make_app(exporter.registry, args.telemetry_path, exporter.ready, exporter.store.jobs)
     try:
         server = HttpServer(app, args.listen_address)
     except OSError as exc:
@@ -149,7 +149,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
     for line in (
         *banner,
         f"Metrics:        {base}{args.telemetry_path}",
-        f"Landing page:   {base}/",
+        f"Status page:    {base}/",
     ):
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
     _wait_for_signal()

@@ -72,6 +72,11 @@ class _Families:
             for key, doc in TIMESTAMPS.items()
         }
         self.up = gauge("asyncjob_up", "1 if the latest poll of the job succeeded, else 0.")
+        self.poll_error = gauge(
+            "asyncjob_last_poll_error_info",
+            "Why the latest poll of the job failed; present only while it is failing.",
+            ["reason"],
+        )
         self.last_success = gauge(
             "asyncjob_last_poll_success_timestamp_seconds",
             "Unix time of the job's last successful poll.",
@@ -104,6 +109,8 @@ class _Families:
     def add_job(self, record: JobRecord) -> None:
         key = [record.provider, record.source, record.job_id]
         self.up.add_metric(key, 1.0 if record.up else 0.0)
+        if record.last_error is not None:
+            self.poll_error.add_metric([*key, record.last_error.value], 1.0)
         snap = record.snapshot
         if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
             return
@@ -155,6 +162,7 @@ class _Families:
         yield self.warnings
         yield from self.times.values()
         yield self.up
+        yield self.poll_error
         yield self.last_success
         yield self.last_change
         yield self.requests

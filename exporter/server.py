@@ -1,4 +1,4 @@
-"""The exporter's own HTTP endpoint: /metrics, a landing page, /-/healthy and /-/ready.
+"""The exporter's own HTTP endpoint: /metrics, the status page at /, /-/healthy and /-/ready.
 
 A plain WSGI app on a threading server from the standard library; /metrics is client_python's
 own WSGI app, so content negotiation (OpenMetrics, gzip) works as in every Python exporter.
@@ -6,7 +6,6 @@ own WSGI app, so content negotiation (OpenMetrics, gzip) works as in every Pytho
 
 from __future__ import annotations
 
-import html
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -15,12 +14,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from exporter import __version__
+from exporter import status_page
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from prometheus_client.registry import CollectorRegistry
+
+    from exporter.store import JobRecord
 
 StartResponse = Any
 Environ = dict[str, Any]
@@ -52,23 +53,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def landing_page(telemetry_path: str) -> bytes:
-    path = html.escape(telemetry_path)
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>asyncjob-exporter</title></head>"
-        f"<body><h1>asyncjob-exporter {html.escape(__version__)}</h1>"
-        "<p>Prometheus exporter for long-running AI jobs.</p>"
-        f"<ul><li><a href='{path}'>Metrics</a></li>"
-        "<li><a href='/-/healthy'>Health</a></li><li><a href='/-/ready'>Readiness</a></li></ul>"
-        "</body></html>"
-    ).encode()
-
-
 def make_app(
-    registry: CollectorRegistry, telemetry_path: str, ready: Callable[[], bool]
+    registry: CollectorRegistry,
+    telemetry_path: str,
+    ready: Callable[[], bool],
+    jobs: Callable[[], Iterable[JobRecord]] = tuple,
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
-    landing = landing_page(telemetry_path)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -83,7 +74,7 @@ def make_app(
             return _text(start_response, "503 Service Unavailable", "Service Unavailable\n")
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [landing]
+            return [status_page.render(jobs(), telemetry_path)]
         return _text(start_response, "404 Not Found", "Not Found\n")
 
     return app

@@ -247,9 +247,17 @@ def test_failing_job_keeps_last_good_values_then_recovers(make_harness: MakeHarn
     )
     assert errors == 4.0
     assert m.get("asyncjob_up", **job("batch-ok")) == 1.0  # the other job of the source is fine
+    assert m.series("asyncjob_last_poll_error_info", job_id="batch-partial") == [
+        job("batch-partial", reason="server_error")
+    ]
+    assert (
+        m.get("asyncjob_last_poll_error_info", **job("batch-partial", reason="server_error")) == 1
+    )
     h.sim.clear_fault("batch-partial")
     h.exporter.poll_once()
-    assert h.scrape().get("asyncjob_up", **job("batch-partial")) == 1.0
+    recovered = h.scrape()
+    assert recovered.get("asyncjob_up", **job("batch-partial")) == 1.0
+    assert recovered.series("asyncjob_last_poll_error_info", job_id="batch-partial") == []
 
 
 def test_retry_after_is_honoured(make_harness: MakeHarness) -> None:

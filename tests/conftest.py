@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,28 @@ class Metrics:
         """Label sets of every sample of `name` whose labels include `labels`."""
         want = set(labels.items())
         return [dict(lbls) for (n, lbls), _ in self.samples.items() if n == name and want <= lbls]
+
+
+def tool(name: str) -> str:
+    """A binary from .tools/bin (what `make tools` unpacks), else from PATH; never a skip."""
+    local = REPO / ".tools" / "bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found: run `make tools` (scripts/fetch-tools.sh)")
+    return found
+
+
+def run_tool(name: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool from `tool()` in the repo root, bounded in time, never raising on exit code."""
+    return subprocess.run(
+        [tool(name), *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

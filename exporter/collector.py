@@ -98,6 +98,11 @@ class _Families:
             "asyncjob_request_duration_seconds", "Upstream request latency, per attempt.",
             labels=SOURCE_LABELS,
         )  # fmt: skip
+        self.rejected = CounterMetricFamily(
+            "asyncjob_jobs_rejected",
+            "Job IDs refused by reason (limit: the source is at its max_jobs).",
+            labels=[*SOURCE_LABELS, "reason"],
+        )
         self.tracked = GaugeMetricFamily(
             "asyncjob_tracked_jobs", "Jobs configured for the source.", labels=SOURCE_LABELS
         )
@@ -149,6 +154,7 @@ class _Families:
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         self.duration.add_metric(key, buckets, stats.duration_sum)
         self.tracked.add_metric(key, stats.tracked_jobs)
+        self.rejected.add_metric([*key, "limit"], stats.rejected)
 
     def all(self) -> Iterator[Metric]:
         yield self.build
@@ -169,6 +175,7 @@ class _Families:
         yield self.request_errors
         yield self.duration
         yield self.tracked
+        yield self.rejected
 
 
 class JobCollector(Collector):

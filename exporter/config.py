@@ -111,7 +111,7 @@ def _expand(
     return _ENV_REF.sub(substitute, value)
 
 
-def _pydantic_problems(error: ValidationError, prefix: Location) -> list[tuple[str, str]]:
+def validation_problems(error: ValidationError, prefix: Location = ()) -> list[tuple[str, str]]:
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         loc = (*prefix, *item["loc"])
@@ -144,7 +144,7 @@ def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> S
     try:
         source: SourceBase = PROVIDERS[name].source_model.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, loc))
+        problems.extend(validation_problems(exc, loc))
         return None
     return source
 
@@ -182,7 +182,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     try:
         global_config = GlobalConfig.model_validate(tree.get("global") or {})
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, ("global",)))
+        problems.extend(validation_problems(exc, ("global",)))
     raw_sources = tree.get("sources")
     if not isinstance(raw_sources, list) or not raw_sources:
         problems.append(("sources", "expected a non-empty list of sources"))
@@ -194,22 +194,24 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return Config(global_=global_config, sources=tuple(s for s in sources if s is not None))
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file. Raises ConfigError (never a bare OSError or YAMLError)."""
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely, refusing duplicate keys. Raises ConfigError with the place."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(
-            [(str(path), f"cannot read config file: {exc.strerror or exc}")]
-        ) from None
+        raise ConfigError([(str(path), f"cannot read file: {exc.strerror or exc}")]) from None
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
-    return parse_config(raw, env)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError (never a bare OSError or YAMLError)."""
+    return parse_config(read_yaml(path), env)
 
 
 def secrets(config: Config) -> list[str]:

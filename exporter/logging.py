@@ -26,6 +26,8 @@ LEVELS = {
 REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"key|token|secret|password|authorization|sig$", re.IGNORECASE)
 _SAS_SIG = re.compile(r"(?i)(sig=)[^&\s\"']+")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 class Redactor:
@@ -35,13 +37,17 @@ class Redactor:
         self._secrets: tuple[str, ...] = ()
 
     def register(self, secrets: Iterable[str]) -> None:
+        """Add secrets to mask; earlier ones stay masked (a rotated key can still be in flight)."""
+        known = set(self._secrets) | {s for s in secrets if len(s) >= 4}
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._secrets = tuple(sorted(known, key=len, reverse=True))
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        return _SAS_SIG.sub(rf"\1{REDACTED}", text)
+        text = _SAS_SIG.sub(rf"\1{REDACTED}", text)
+        text = _BEARER.sub(rf"\1{REDACTED}", text)
+        return _JWT.sub(REDACTED, text)
 
     def __call__(
         self, _logger: Any, _method: str, event: MutableMapping[str, Any]

@@ -7,29 +7,62 @@ own WSGI app, so content negotiation (OpenMetrics, gzip) works as in every Pytho
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any, TypeAlias
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+import structlog
 from prometheus_client import make_wsgi_app
 
 from exporter import status_page
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from prometheus_client.registry import CollectorRegistry
 
     from exporter.store import JobRecord
+    from exporter.webconfig import BasicAuth
 
-StartResponse = Any
-Environ = dict[str, Any]
+StartResponse: TypeAlias = Any
+Environ: TypeAlias = dict[str, Any]
+App: TypeAlias = "Callable[[Environ, StartResponse], Iterable[bytes]]"
+CONNECTION_TIMEOUT = 30.0
+
+log = structlog.get_logger(__name__)
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
     allow_reuse_address = True
+    # Shutdown waits for in-flight requests (a scrape finishes); CONNECTION_TIMEOUT bounds that.
+    daemon_threads = False
+    block_on_close = True
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        conn.settimeout(CONNECTION_TIMEOUT)
+        if self.tls is not None:
+            # The handshake happens in the request's own thread (finish_request), so a client
+            # that never completes it cannot stall the accept loop.
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake failed", client=client_address[0], error=str(exc))
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+        # A client that hangs up mid-response is routine; no traceback on stderr.
+        log.debug("connection error", client=client_address[0], error=repr(sys.exc_info()[1]))
 
 
 class _DualStackServer(_Server):
@@ -53,31 +86,86 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def make_app(
-    registry: CollectorRegistry,
-    telemetry_path: str,
-    ready: Callable[[], bool],
-    jobs: Callable[[], Iterable[JobRecord]] = tuple,
-) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
-    metrics = make_wsgi_app(registry)
+class ExporterApp:
+    """The routes, behind basic auth (but for /-/healthy) and with the configured headers."""
 
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        telemetry_path: str,
+        not_ready: Callable[[], str | None],
+        jobs: Callable[[], Iterable[JobRecord]] = tuple,
+        reload: Callable[[], list[tuple[str, str]]] | None = None,
+        auth: BasicAuth | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._metrics = make_wsgi_app(registry)
+        self._telemetry_path = telemetry_path
+        self._not_ready = not_ready
+        self._jobs = jobs
+        self._reload_config = reload  # None: --web.enable-lifecycle is off
+        self._auth = auth
+        self._headers = list((headers or {}).items())
+        self._routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
+            telemetry_path: self._metrics,
+            "/-/healthy": self._healthy,
+            "/-/ready": self._ready,
+            "/-/reload": self._reload,
+            "/": self._status,
+        }
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, headers + self._headers, *exc_info)
+
         path = environ.get("PATH_INFO") or "/"
-        if path == telemetry_path:
-            body: Iterable[bytes] = metrics(environ, start_response)
-            return body
-        if path == "/-/healthy":
-            return _text(start_response, "200 OK", "asyncjob-exporter is Healthy.\n")
-        if path == "/-/ready":
-            if ready():
-                return _text(start_response, "200 OK", "asyncjob-exporter is Ready.\n")
-            return _text(start_response, "503 Service Unavailable", "Service Unavailable\n")
-        if path == "/":
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [status_page.render(jobs(), telemetry_path)]
-        return _text(start_response, "404 Not Found", "Not Found\n")
+        if (
+            self._auth
+            and path != "/-/healthy"
+            and not self._auth.allows(environ.get("HTTP_AUTHORIZATION"))
+        ):
+            respond("401 Unauthorized", [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
+            ])  # fmt: skip
+            return [b"Unauthorized\n"]
+        return self._routes.get(path, _not_found)(environ, respond)
 
-    return app
+    @staticmethod
+    def _healthy(_: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        return _text(start_response, "200 OK", "asyncjob-exporter is Healthy.\n")
+
+    def _ready(self, _: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        reason = self._not_ready()
+        if reason is None:
+            return _text(start_response, "200 OK", "asyncjob-exporter is Ready.\n")
+        return _text(start_response, "503 Service Unavailable", f"Service Unavailable: {reason}\n")
+
+    def _status(self, _: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [status_page.render(self._jobs(), self._telemetry_path)]
+
+    def _reload(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._reload_config is None:
+            return _text(start_response, "403 Forbidden", "Lifecycle API is not enabled.\n")
+        if environ.get("REQUEST_METHOD") not in {"POST", "PUT"}:
+            return _text(
+                start_response, "405 Method Not Allowed", "Only POST or PUT requests allowed.\n"
+            )
+        problems = self._reload_config()
+        if problems:
+            lines = "".join(f"{where}: {what}\n" for where, what in problems)
+            return _text(
+                start_response, "500 Internal Server Error", f"failed to reload config:\n{lines}"
+            )
+        return _text(start_response, "200 OK", "")
+
+
+make_app = ExporterApp
+
+
+def _not_found(_: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    return _text(start_response, "404 Not Found", "Not Found\n")
 
 
 def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
@@ -88,22 +176,17 @@ def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
 class HttpServer:
     """The WSGI app on a background thread; `port` is the bound port (useful with :0)."""
 
-    def __init__(
-        self, app: Callable[[Environ, StartResponse], Iterable[bytes]], address: str
-    ) -> None:
+    def __init__(self, app: App, address: str, tls: ssl.SSLContext | None = None) -> None:
         host, port = parse_listen_address(address)
         server_class: type[_Server] = _Server
         if not host and socket.has_dualstack_ipv6():
             host, server_class = "::", _DualStackServer
         elif ":" in host:
             server_class = type("_V6Server", (_Server,), {"address_family": socket.AF_INET6})
-        self._server = make_server(
-            host or "0.0.0.0",  # noqa: S104 - ":9879" means every interface, as in Prometheus
-            port,
-            app,
-            server_class=server_class,
-            handler_class=_QuietHandler,
-        )
+        # ":9879" means every interface, as in Prometheus.
+        self._server = server_class((host or "0.0.0.0", port), _QuietHandler)  # noqa: S104
+        self._server.set_app(app)
+        self._server.tls = tls
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

@@ -52,6 +52,7 @@ class SourceStats:
     errors: dict[ErrorReason, int]
     bucket_counts: tuple[int, ...]  # per REQUEST_BUCKETS, then +Inf; not cumulative
     duration_sum: float
+    rejected: int  # job IDs refused because the source is at max_jobs
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class _Counters:
     errors: dict[ErrorReason, int] = field(default_factory=lambda: dict.fromkeys(ErrorReason, 0))
     buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_BUCKETS) + 1))
     duration_sum: float = 0.0
+    rejected: int = 0
 
 
 class Store:
@@ -131,6 +133,13 @@ class Store:
             if counters is not None:
                 counters.errors[reason] += 1
 
+    def count_rejected(self, source: str, jobs: int) -> None:
+        """Count job IDs refused because the source is at its max_jobs limit."""
+        with self._lock:
+            counters = self._counters.get(source)
+            if counters is not None:
+                counters.rejected += jobs
+
     def source_stats(self) -> tuple[SourceStats, ...]:
         with self._lock:
             tracked: dict[str, int] = {}
@@ -145,6 +154,7 @@ class Store:
                     errors=dict(c.errors),
                     bucket_counts=tuple(c.buckets),
                     duration_sum=c.duration_sum,
+                    rejected=c.rejected,
                 )
                 for source, c in self._counters.items()
             )

@@ -198,7 +198,7 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         clock = ManualClock(at)
         sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY).start()
         exporter = Exporter(parse_config(config_for(sim), env={}))
-        app = make_app(exporter.registry, "/metrics", exporter.ready, exporter.store.jobs)
+        app = make_app(exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")
         server.start()
         harness = Harness(sim, clock, exporter, server)

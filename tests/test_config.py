@@ -74,7 +74,7 @@ def test_missing_config_file_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("/nonexistent/config.yaml")
     assert caught.value.problems == [
-        ("/nonexistent/config.yaml", "cannot read config file: No such file or directory")
+        ("/nonexistent/config.yaml", "cannot read file: No such file or directory")
     ]
 
 

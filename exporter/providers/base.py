@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from exporter import credentials
 from exporter.model import ErrorReason, State
 from exporter.values import (
     Duration,
@@ -47,22 +48,51 @@ def _exactly_one(model: BaseModel, inline: str, from_file: str) -> None:
         raise ValueError(f"set exactly one of {inline} or {from_file}")
 
 
+class AzureAd(StrictModel):
+    """Microsoft Entra ID through azure-identity's DefaultAzureCredential."""
+
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
+
+
 class AzureKeyAuth(StrictModel):
-    """Azure resource key, sent as Ocp-Apim-Subscription-Key."""
+    """A resource key (Ocp-Apim-Subscription-Key) or an Entra ID token (Authorization: Bearer)."""
 
     subscription_key: SecretStr | None = None
     subscription_key_file: FileSecret | None = None
+    azure_ad: AzureAd | None = None
     region: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,40}$")
+
+    @field_validator("azure_ad")
+    @classmethod
+    def _extra_installed(cls, value: AzureAd | None) -> AzureAd | None:
+        if value is not None and not credentials.available():
+            raise ValueError(
+                "azure_ad needs azure-identity: pip install 'asyncjob-exporter[azure]'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_key(self) -> AzureKeyAuth:
-        _exactly_one(self, "subscription_key", "subscription_key_file")
+        given = [
+            name
+            for name in ("subscription_key", "subscription_key_file", "azure_ad")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of subscription_key, subscription_key_file or azure_ad"
+            )
         return self
 
     def headers(self) -> dict[str, str]:
-        key = self.subscription_key or self.subscription_key_file
-        assert key is not None  # guaranteed by _one_key
-        headers = {"Ocp-Apim-Subscription-Key": key.get_secret_value()}
+        if self.azure_ad is not None:
+            headers = {
+                "Authorization": f"Bearer {credentials.bearer_token(self.azure_ad.client_id)}"
+            }
+        else:
+            key = self.subscription_key or self.subscription_key_file
+            assert key is not None  # guaranteed by _one_key
+            headers = {"Ocp-Apim-Subscription-Key": key.get_secret_value()}
         if self.region:
             headers["Ocp-Apim-Subscription-Region"] = self.region
         return headers
@@ -94,6 +124,7 @@ class SourceBase(StrictModel):
     api_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,40}$")
     poll_interval: Duration | None = None
     job_ids: list[PathSafeId] = Field(min_length=1)
+    max_jobs: int = Field(default=10_000, ge=1)
 
 
 class AzureSource(SourceBase):

@@ -76,6 +76,7 @@ class ManualClock:
 class Simulator:
     jobs: Iterable[SimJob] = DEMO_JOBS
     key: str = DEMO_KEY
+    bearer_tokens: frozenset[str] = frozenset()  # Entra ID tokens accepted like the key
     clock: Callable[[], float] | None = None
     host: str = "127.0.0.1"
     port: int = 0
@@ -166,7 +167,8 @@ class Simulator:
 
     def _check_key(self, api: str, headers: dict[str, str], body: bytes) -> Answer | None:
         if api != "stable_diffusion":
-            if headers.get("ocp-apim-subscription-key") == self.key:
+            bearer = headers.get("authorization", "").removeprefix("Bearer ")
+            if headers.get("ocp-apim-subscription-key") == self.key or bearer in self.bearer_tokens:
                 return None
             return _error(401, "Unauthorized", "User is not authorized")
         try:

@@ -1,0 +1,92 @@
+"""Microsoft Entra ID tokens for the Azure providers (`auth: {azure_ad: {...}}`).
+
+`azure-identity` is an optional extra (`pip install 'asyncjob-exporter[azure]'`): its
+`DefaultAzureCredential` tries managed identity, workload identity, environment variables and
+the Azure CLI. Tokens are cached per client ID and fetched again REFRESH_MARGIN before they
+expire. `credential_factory` is the seam: tests put a fake credential there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from exporter.http import FetchError
+from exporter.model import ErrorReason
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SCOPE = "https://cognitiveservices.azure.com/.default"
+REFRESH_MARGIN = 300.0  # seconds before expiry when a token is replaced
+
+
+class TokenCredential(Protocol):
+    """What azure-identity's credentials offer: get_token(scope) -> (token, expires_on)."""
+
+    def get_token(self, *scopes: str) -> Any: ...
+
+
+def _default_credential(client_id: str | None) -> TokenCredential:
+    from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - optional extra
+
+    credential: TokenCredential = DefaultAzureCredential(
+        managed_identity_client_id=client_id, workload_identity_client_id=client_id
+    )
+    return credential
+
+
+credential_factory: Callable[[str | None], TokenCredential] | None = None
+"""Replaces DefaultAzureCredential when set (tests)."""
+
+
+def available() -> bool:
+    """Whether azure_ad can work here: azure-identity installed (or a factory injected)."""
+    if credential_factory is not None:
+        return True
+    try:
+        return importlib.util.find_spec("azure.identity") is not None
+    except ModuleNotFoundError:  # not even the "azure" namespace package is there
+        return False
+
+
+class _Tokens:
+    def __init__(self, credential: TokenCredential) -> None:
+        self._credential = credential
+        self._lock = threading.Lock()
+        self._token = ""
+        self._expires_on = 0.0
+
+    def bearer(self) -> str:
+        with self._lock:
+            if time.time() >= self._expires_on - REFRESH_MARGIN:
+                try:
+                    access = self._credential.get_token(SCOPE)
+                except Exception as exc:  # azure-identity raises many kinds; all mean "no token"
+                    raise FetchError(
+                        ErrorReason.AUTH, f"no Entra ID token ({type(exc).__name__})"
+                    ) from None
+                self._token, self._expires_on = access.token, float(access.expires_on)
+            return self._token
+
+
+_cache: dict[str | None, _Tokens] = {}
+_cache_lock = threading.Lock()
+
+
+def bearer_token(client_id: str | None) -> str:
+    """A valid token for Cognitive Services, from cache or fresh. Raises FetchError(AUTH)."""
+    with _cache_lock:
+        tokens = _cache.get(client_id)
+        if tokens is None:
+            factory = credential_factory or _default_credential
+            tokens = _cache[client_id] = _Tokens(factory(client_id))
+    return tokens.bearer()
+
+
+def reset() -> None:
+    """Forget cached credentials and tokens (tests; a reload keeps them)."""
+    with _cache_lock:
+        _cache.clear()

@@ -1,0 +1,205 @@
+"""--web.config.file: the web configuration format of Prometheus's exporter-toolkit.
+
+The same file Prometheus, Alertmanager and the official exporters read: `tls_server_config`,
+`basic_auth_users` (bcrypt hashes) and `http_server_config.headers`. Keys of that format this
+exporter does not implement are refused by name, never silently ignored. Certificates and keys
+are loaded when the file is read, so a bad one is a startup error, not a failed handshake later.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ssl
+import threading
+from typing import Any, Literal
+
+import bcrypt
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from exporter.config import ConfigError, read_yaml, validation_problems
+from exporter.providers.base import StrictModel
+
+# exporter-toolkit keys this exporter knows but does not implement: refused, with this reason.
+_NOT_IMPLEMENTED = {
+    "cert": "inline certificates are not supported; use cert_file",
+    "key": "inline keys are not supported; use key_file",
+    "cipher_suites": "Python's ssl module picks the cipher suites; remove this key",
+    "curve_preferences": "Python's ssl module picks the curves; remove this key",
+    "prefer_server_cipher_suites": "not supported; remove this key",
+    "client_allowed_sans": "not supported; remove this key",
+    "http2": "the exporter serves HTTP/1.1 only; remove this key",
+}
+# The response headers exporter-toolkit lets a web config set.
+ALLOWED_HEADERS = {
+    "Content-Security-Policy",
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+}
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+
+
+def _refuse_not_implemented(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        for key, why in _NOT_IMPLEMENTED.items():
+            if key in raw:
+                raise ValueError(f"{key}: {why}")
+    return raw
+
+
+class TlsServerConfig(StrictModel):
+    cert_file: str
+    key_file: str
+    client_auth_type: ClientAuth | Literal["RequestClientCert", "RequireAnyClientCert"] = (
+        "NoClientCert"
+    )
+    client_ca_file: str | None = None
+    min_version: TlsVersion = "TLS12"
+    max_version: TlsVersion | None = None
+
+    _check_keys = model_validator(mode="before")(_refuse_not_implemented)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsServerConfig:
+        if self.client_auth_type in {"RequestClientCert", "RequireAnyClientCert"}:
+            raise ValueError(
+                f"client_auth_type {self.client_auth_type} (a certificate taken without checking "
+                "it) is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+            )
+        if self.client_auth_type != "NoClientCert" and not self.client_ca_file:
+            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = _TLS_VERSIONS[self.min_version]
+        if self.max_version:
+            context.maximum_version = _TLS_VERSIONS[self.max_version]
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+            if self.client_ca_file:
+                context.load_verify_locations(self.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load certificate, key or CA: {exc.strerror or exc}") from None
+        context.verify_mode = {
+            "NoClientCert": ssl.CERT_NONE,
+            "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+            "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+        }[self.client_auth_type]
+        return context
+
+
+class HttpServerConfig(StrictModel):
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    _check_keys = model_validator(mode="before")(_refuse_not_implemented)
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if name not in ALLOWED_HEADERS:
+                raise ValueError(
+                    f"header {name!r} cannot be set; allowed: {', '.join(sorted(ALLOWED_HEADERS))}"
+                )
+        return headers
+
+
+def _check_hash(hashed: str) -> str:
+    if not (hashed.startswith(("$2a$", "$2b$", "$2y$")) and len(hashed) == 60):
+        raise ValueError("expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password")
+    return hashed
+
+
+class WebConfigFile(StrictModel):
+    tls_server_config: TlsServerConfig | None = None
+    http_server_config: HttpServerConfig | None = None
+    basic_auth_users: dict[str, str] | None = None
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _hashes(cls, users: dict[str, str] | None) -> dict[str, str] | None:
+        for hashed in (users or {}).values():
+            _check_hash(hashed)
+        return users
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes, caching results.
+
+    bcrypt is slow by design; a scraper sends the same credentials every few seconds, so each
+    (user, password) pair is checked once and remembered by its SHA-256, never in clear. An
+    unknown user still costs a bcrypt check, so timing does not tell which users exist.
+    """
+
+    _DUMMY = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+    MAX_CACHED = 1024
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        self._cache: dict[bytes, bool] = {}
+        self._lock = threading.Lock()
+
+    def allows(self, authorization: str | None) -> bool:
+        credentials = _decode_basic(authorization)
+        if credentials is None:
+            return False
+        user, password = credentials
+        key = hashlib.sha256(user + b"\0" + password).digest()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        hashed = self._users.get(user.decode("utf-8", "replace"))
+        ok = bcrypt.checkpw(password, hashed or self._DUMMY) and hashed is not None
+        with self._lock:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            self._cache[key] = ok
+        return ok
+
+
+def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    return (user, password) if sep else None
+
+
+class WebConfig:
+    """A loaded web config: the TLS context, the basic-auth checker, the extra headers."""
+
+    def __init__(self, parsed: WebConfigFile) -> None:
+        self.tls: ssl.SSLContext | None = None
+        if parsed.tls_server_config is not None:
+            self.tls = parsed.tls_server_config.context()
+        self.auth = BasicAuth(parsed.basic_auth_users) if parsed.basic_auth_users else None
+        self.headers = dict(parsed.http_server_config.headers) if parsed.http_server_config else {}
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read and check a web config file. Raises ConfigError with every problem's location."""
+    raw = read_yaml(path)
+    if raw is None:
+        return WebConfig(WebConfigFile())
+    try:
+        parsed = WebConfigFile.model_validate(raw)
+        return WebConfig(parsed)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from None
+    except ValueError as exc:  # a certificate that does not load
+        raise ConfigError([("tls_server_config", str(exc))]) from None

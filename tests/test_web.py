@@ -1,0 +1,228 @@
+"""--web.config.file: real TLS (a CA and certificates made here), mTLS, basic auth, headers."""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+import bcrypt
+import pytest
+import requests
+import trustme
+import yaml
+
+from exporter.config import ConfigError
+from exporter.server import HttpServer, make_app
+from exporter.webconfig import BasicAuth, load_web_config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from conftest import Harness
+
+PASSWORD = "s3cret-scrape-pass"
+HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        self.ca = trustme.CA()
+        self.ca_file = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.cert_file, self.key_file = directory / "server.pem", directory / "server.key"
+        server.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        server.private_key_pem.write_to_path(str(self.key_file))
+        client = self.ca.issue_cert("scraper@example.test")
+        self.client = (str(directory / "client.pem"), str(directory / "client.key"))
+        client.cert_chain_pems[0].write_to_path(self.client[0])
+        client.private_key_pem.write_to_path(self.client[1])
+        stranger = trustme.CA().issue_cert("intruder@example.test")
+        self.stranger = (str(directory / "stranger.pem"), str(directory / "stranger.key"))
+        stranger.cert_chain_pems[0].write_to_path(self.stranger[0])
+        stranger.private_key_pem.write_to_path(self.stranger[1])
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+@pytest.fixture
+def serve_with(
+    make_harness: Callable[..., Harness], tmp_path: Path
+) -> Iterator[Callable[[dict[str, Any]], str]]:
+    """Serve the exporter with a web config built from `web`; returns the base URL (no scheme)."""
+    servers: list[HttpServer] = []
+
+    def start(web: dict[str, Any]) -> str:
+        h = make_harness()
+        path = tmp_path / "web.yml"
+        path.write_text(yaml.safe_dump(web))
+        loaded = load_web_config(str(path))
+        app = make_app(
+            h.exporter.registry, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
+            auth=loaded.auth, headers=loaded.headers,
+        )  # fmt: skip
+        server = HttpServer(app, "127.0.0.1:0", loaded.tls)
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{server.port}"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_tls_serves_https_and_refuses_plain_http(serve_with: Callable[..., str], pki: Pki) -> None:
+    address = serve_with(
+        {"tls_server_config": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}}
+    )
+    response = requests.get(f"https://{address}/metrics", verify=str(pki.ca_file), timeout=5)
+    assert response.status_code == 200
+    assert "asyncjob_up" in response.text
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{address}/metrics", timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the CA
+        requests.get(f"https://{address}/metrics", timeout=5)
+
+
+def test_mtls_requires_a_certificate_from_the_client_ca(
+    serve_with: Callable[..., str], pki: Pki
+) -> None:
+    address = serve_with(
+        {
+            "tls_server_config": {
+                "cert_file": str(pki.cert_file),
+                "key_file": str(pki.key_file),
+                "client_auth_type": "RequireAndVerifyClientCert",
+                "client_ca_file": str(pki.ca_file),
+                "min_version": "TLS13",
+            }
+        }
+    )
+    ok = requests.get(
+        f"https://{address}/metrics", verify=str(pki.ca_file), cert=pki.client, timeout=5
+    )
+    assert ok.status_code == 200
+    for cert in (None, pki.stranger):
+        with pytest.raises((requests.exceptions.SSLError, requests.ConnectionError)):
+            requests.get(
+                f"https://{address}/metrics", verify=str(pki.ca_file), cert=cert, timeout=5
+            )
+
+
+def test_verify_if_given_accepts_no_certificate(serve_with: Callable[..., str], pki: Pki) -> None:
+    address = serve_with(
+        {
+            "tls_server_config": {
+                "cert_file": str(pki.cert_file),
+                "key_file": str(pki.key_file),
+                "client_auth_type": "VerifyClientCertIfGiven",
+                "client_ca_file": str(pki.ca_file),
+            }
+        }
+    )
+    assert (
+        requests.get(f"https://{address}/-/healthy", verify=str(pki.ca_file), timeout=5).status_code
+        == 200
+    )
+    with pytest.raises((requests.exceptions.SSLError, requests.ConnectionError)):
+        requests.get(f"https://{address}/", verify=str(pki.ca_file), cert=pki.stranger, timeout=5)
+
+
+def test_basic_auth(serve_with: Callable[..., str]) -> None:
+    """Every path but /-/healthy needs the right user and password; 401 otherwise."""
+    address = serve_with(
+        {
+            "basic_auth_users": {"prometheus": HASH},
+            "http_server_config": {
+                "headers": {"X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"}
+            },
+        }
+    )
+    base = f"http://{address}"
+    assert requests.get(f"{base}/-/healthy", timeout=5).status_code == 200
+    for path in ("/metrics", "/", "/-/ready", "/-/reload"):
+        missing = requests.get(f"{base}{path}", timeout=5)
+        assert missing.status_code == 401, path
+        assert missing.headers["WWW-Authenticate"] == 'Basic realm="asyncjob-exporter"'
+    for user, password in (("prometheus", "wrong"), ("nobody", PASSWORD), ("", "")):
+        assert requests.get(f"{base}/metrics", auth=(user, password), timeout=5).status_code == 401
+    good = requests.get(f"{base}/metrics", auth=("prometheus", PASSWORD), timeout=5)
+    assert good.status_code == 200
+    assert good.headers["X-Frame-Options"] == "deny"
+    assert good.headers["X-Content-Type-Options"] == "nosniff"
+    assert (
+        requests.get(
+            f"{base}/metrics", headers={"Authorization": "Basic !!!"}, timeout=5
+        ).status_code
+        == 401
+    )
+
+
+def test_basic_auth_checks_bcrypt_once_per_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scraper repeating the same credentials costs one bcrypt check, not one per scrape."""
+    auth = BasicAuth({"prometheus": HASH})
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        checks.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    good = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    bad = "Basic " + base64.b64encode(b"prometheus:nope").decode()
+    assert [auth.allows(good) for _ in range(5)] == [True] * 5
+    assert [auth.allows(bad) for _ in range(3)] == [False] * 3
+    assert len(checks) == 2
+
+
+@pytest.mark.parametrize(
+    ("web", "problem"),
+    [
+        ({"tls_server_config": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key"}},
+         "tls_server_config: cannot load certificate, key or CA: No such file or directory"),
+        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
+         "tls_server_config: cipher_suites: Python's ssl module picks the cipher suites; remove this key"),
+        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": "RequireAndVerifyClientCert"}},
+         "tls_server_config: client_auth_type RequireAndVerifyClientCert needs client_ca_file"),
+        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": "RequireAnyClientCert"}},
+         ("tls_server_config: client_auth_type RequireAnyClientCert (a certificate taken without checking it) "
+          "is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert")),
+        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "min_version": "TLS9"}},
+         "tls_server_config.min_version: Input should be 'TLS10', 'TLS11', 'TLS12' or 'TLS13'"),
+        ({"http_server_config": {"http2": False}},
+         "http_server_config: http2: the exporter serves HTTP/1.1 only; remove this key"),
+        ({"http_server_config": {"headers": {"Server": "x"}}},
+         ("http_server_config.headers: header 'Server' cannot be set; allowed: Content-Security-Policy, "
+          "Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection")),
+        ({"basic_auth_users": {"prometheus": "plaintext-password"}},
+         "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password"),
+        ({"tls_config": {}}, "tls_config: unknown key"),
+    ],
+    ids=["missing-cert", "cipher-suites", "no-client-ca", "require-any", "bad-version", "http2",
+         "forbidden-header", "plaintext-password", "unknown-key"],
+)  # fmt: skip
+def test_bad_web_config_is_refused_with_its_location(
+    tmp_path: Path, web: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(web))
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(str(path))
+    assert [f"{where}: {what}" for where, what in caught.value.problems] == [problem]
+
+
+def test_bad_web_config_stops_the_exporter_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exporter refuses to start (exit 1) rather than serve without the intended security."""
+    from exporter.cli import main  # noqa: PLC0415
+
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users: {prometheus: hunter2}\n")
+    assert main(["--demo", "--web.listen-address=127.0.0.1:0", f"--web.config.file={path}"]) == 1
+    assert "basic_auth_users: expected a bcrypt hash" in capsys.readouterr().err

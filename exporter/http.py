@@ -172,7 +172,9 @@ class HttpClient:
         chunks: list[bytes] = []
         size = 0
         try:
-            for chunk in response.iter_content(_CHUNK):
+            # read1 returns what has arrived (up to _CHUNK), so the deadline is checked between
+            # reads even when a server trickles its answer a byte at a time.
+            while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 size += len(chunk)
                 if size > cap:
                     raise FetchError(ErrorReason.BAD_RESPONSE, f"body larger than {cap} bytes")

@@ -4,8 +4,8 @@ Each source has its own scheduler thread and its own workers (`max_concurrency` 
 source whose upstream hangs cannot take workers from another. Within a source every job has its
 own due time: a slow job delays nobody. Intervals get +-10% jitter so jobs added together do not
 poll in lockstep. A job that reaches a terminal state is not polled again. After an auth failure
-a job waits AUTH_BACKOFF_FACTOR intervals (at least AUTH_BACKOFF_MIN seconds): a revoked key
-must not turn into a request storm, and the source logs it once per such interval.
+a job waits AUTH_BACKOFF_FACTOR intervals: a revoked key must not turn into a request storm, and
+the source logs it once per such interval.
 
 `poll_job` is the whole life of one poll, and the one place an exception becomes a counted reason
 and a log line bound with `source` and `job_id`.
@@ -38,7 +38,6 @@ log = structlog.get_logger(__name__)
 
 JITTER = 0.1
 AUTH_BACKOFF_FACTOR = 10
-AUTH_BACKOFF_MIN = 300.0
 STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving them behind
 
 
@@ -145,7 +144,7 @@ class SourcePoller:
         self.source = source
         self._provider = config.provider(source)
         self._interval = config.poll_interval(source)
-        self._auth_backoff = max(self._interval * AUTH_BACKOFF_FACTOR, AUTH_BACKOFF_MIN)
+        self._auth_backoff = self._interval * AUTH_BACKOFF_FACTOR
         self._store = store
         self._clock = clock
         self._stop = threading.Event()

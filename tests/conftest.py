@@ -194,9 +194,10 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         start_polling: bool = False,
         jobs: tuple[SimJob, ...] = DEMO_JOBS,
         sim_clock: Callable[[], float] | None = None,
+        **sim_options: Any,
     ) -> Harness:
         clock = ManualClock(at)
-        sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY).start()
+        sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY, **sim_options).start()
         exporter = Exporter(parse_config(config_for(sim), env={}))
         app = make_app(exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")

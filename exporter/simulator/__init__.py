@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 DEMO_KEY = "demo-key"
+_TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
 Answer = tuple[int, dict[str, str], bytes]
 
 _AUTHORING = r"^/language/authoring/analyze-(text|conversations)/projects/[^/]+/train/jobs/([^/]+)$"
@@ -47,6 +49,7 @@ class Fault:
     delay: float = 0.0
     body: bytes | None = None
     content_type: str = "application/json"
+    trickle: float = 0.0  # seconds between the bytes of the body
     times: int | None = None  # answers left; None until cleared
 
 
@@ -80,11 +83,13 @@ class Simulator:
     clock: Callable[[], float] | None = None
     host: str = "127.0.0.1"
     port: int = 0
-    requests: list[Seen] = field(default_factory=list)
+    requests: list[Seen] = field(default_factory=list)  # answered, in the order answered
+    arrivals: list[str] = field(default_factory=list)  # request paths as they arrive
 
     def __post_init__(self) -> None:
         self._jobs = {job.job_id: job for job in self.jobs}
         self._faults: dict[str, Fault] = {}
+        self.connections: set[socket.socket] = set()  # open keep-alive connections
         self._lock = threading.Lock()
         self.started_at = datetime.now(UTC)
         started = time.monotonic()
@@ -107,6 +112,13 @@ class Simulator:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self.drop_connections()  # a stopped server must not go on answering kept-alive clients
+
+    def drop_connections(self) -> None:
+        """Close every open client connection, as a server restart or a load balancer would."""
+        for conn in list(self.connections):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> Self:
         self.start()
@@ -184,6 +196,9 @@ class Simulator:
 def _fault_answer(fault: Fault) -> Answer | None:
     if fault.delay:
         time.sleep(fault.delay)
+    if fault.trickle:
+        body = fault.body or b'{"status": "running", "tasks": {}}'
+        return fault.status or 200, {_TRICKLE: str(fault.trickle)}, body
     if fault.body is not None:
         return fault.status or 200, {"Content-Type": fault.content_type}, fault.body
     if fault.status is None:
@@ -208,23 +223,39 @@ def _handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self) -> None:
+            super().setup()
+            sim.connections.add(self.connection)
+
+        def finish(self) -> None:
+            sim.connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
+            sim.arrivals.append(self.path)
             status, extra, out = sim.answer(self.command, self.path, headers, body)
             sim.requests.append(
                 Seen(time.monotonic(), self.command, self.path, headers, body, status)
             )
             self.send_response(status)
             self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
+            trickle = float(extra.pop(_TRICKLE, 0))
             for name, value in extra.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
             # A client that gave up (a timeout test) is told nothing more.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(out)
+                if not trickle:
+                    self.wfile.write(out)
+                for i in range(len(out) if trickle else 0):
+                    self.wfile.write(out[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle)
 
         do_GET = do_POST = _serve  # noqa: N815 - BaseHTTPRequestHandler's naming
 

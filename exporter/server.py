@@ -6,16 +6,19 @@ own WSGI app, so content negotiation (OpenMetrics, gzip) works as in every Pytho
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import sys
 import threading
+import time
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeAlias
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
 from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import status_page
 
@@ -37,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 class _Server(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of scrapers would see dropped SYNs and
+    # retransmits of 1, 3, 7... seconds. Let the kernel queue a burst instead.
+    request_queue_size = 1024
     # Shutdown waits for in-flight requests (a scrape finishes); CONNECTION_TIMEOUT bounds that.
     daemon_threads = False
     block_on_close = True
@@ -86,6 +92,33 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class SharedRender:
+    """/metrics rendered once for all the scrapes that arrive while a render is under way.
+
+    A scrape is answered with a render that *started after the scrape arrived*, so it never sees
+    the store older than when it asked; scrapes that queue behind a render share its result.
+    100 scrapers hitting at once cost one render, not 100.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._renders: dict[str, tuple[float, bytes, bytes | None]] = {}
+
+    def get(self, accept: str, gzipped: bool, arrived: float | None = None) -> tuple[str, bytes]:
+        """The body for a scrape that arrived at `arrived` (time.monotonic(); default now)."""
+        arrived = time.monotonic() if arrived is None else arrived
+        encoder, content_type = choose_encoder(accept)
+        with self._lock:
+            started, body, compressed = self._renders.get(content_type, (-1.0, b"", None))
+            if started < arrived:
+                started, body, compressed = time.monotonic(), encoder(self._registry), None
+            if gzipped and compressed is None:
+                compressed = gzip.compress(body)
+            self._renders[content_type] = (started, body, compressed)
+        return content_type, (compressed if gzipped and compressed is not None else body)
+
+
 class ExporterApp:
     """The routes, behind basic auth (but for /-/healthy) and with the configured headers."""
 
@@ -99,7 +132,8 @@ class ExporterApp:
         auth: BasicAuth | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._metrics = make_wsgi_app(registry)
+        self._filtered_metrics = make_wsgi_app(registry)  # ?name[]=... restricts the output
+        self._shared = SharedRender(registry)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
@@ -130,6 +164,18 @@ class ExporterApp:
             ])  # fmt: skip
             return [b"Unauthorized\n"]
         return self._routes.get(path, _not_found)(environ, respond)
+
+    def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if "name[]" in environ.get("QUERY_STRING", ""):
+            body: Iterable[bytes] = self._filtered_metrics(environ, start_response)
+            return body
+        gzipped = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        content_type, output = self._shared.get(environ.get("HTTP_ACCEPT", ""), gzipped)
+        headers = [("Content-Type", content_type)] + (
+            [("Content-Encoding", "gzip")] if gzipped else []
+        )
+        start_response("200 OK", headers)
+        return [output]
 
     @staticmethod
     def _healthy(_: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -119,7 +119,7 @@ class Harness:
 
 def demo_raw_config(sim: Simulator, **global_overrides: Any) -> dict[str, Any]:
     raw = demo_config(sim.url, poll_interval="200ms")
-    raw["global"].update({"timeout": "1s", "max_retry_wait": "200ms", **global_overrides})
+    raw["global"].update({"timeout": "5s", "max_retry_wait": "200ms", **global_overrides})
     return raw
 
 

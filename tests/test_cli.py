@@ -38,7 +38,8 @@ def test_once_prints_metrics_and_exits_zero(
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(raw))
         assert main(["--once", "--config.file", str(path)]) == 0
-    m = Metrics(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    m = Metrics(out)
     assert {s["provider"] for s in m.series("asyncjob_up")} == PROVIDERS
     assert (
         m.get(
@@ -50,7 +51,7 @@ def test_once_prints_metrics_and_exits_zero(
         == 0.0
     )
     assert m.get("asyncjob_state", provider="azure_document_translation", source="translator",
-                 job_id="batch-ok", state="succeeded") == 1.0  # fmt: skip
+                 job_id="batch-ok", state="succeeded") == 1.0, err  # fmt: skip
 
 
 def test_once_with_bad_config_exits_nonzero(

@@ -342,7 +342,7 @@ def test_bad_answers_are_counted_and_lose_nothing(
     make_harness: MakeHarness, fault: Fault, reason: str
 ) -> None:
     """A bad answer for one job: its reason counted, its last values kept, the others untouched."""
-    h = make_harness(lambda sim: demo_raw_config(sim, max_response_bytes=4096))
+    h = make_harness(lambda sim: demo_raw_config(sim, timeout="1s", max_response_bytes=4096))
     h.exporter.poll_once()
     before = h.scrape()
     h.sim.set_fault("analyze-ok", fault)

@@ -22,6 +22,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job", provider=~"$provider", source=~"$source", job_id=~"$job_id"'
 SOURCE_SEL = 'job=~"$job", provider=~"$provider", source=~"$source"'
 PRICE_VARIABLE = "price_per_million_characters"
+STAT_OPTIONS = {"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"}
 
 # asyncjob_state as one number per job, for value mappings (state timeline, table, stat).
 STATES = [
@@ -281,14 +282,14 @@ def overview() -> dict[str, Any]:
             "stat", "Characters charged (time range)",
             "Characters the Translator API charged for the batches seen in the time range (each batch's highest value).",
             "short", [target(f"sum(max_over_time(asyncjob_translation_characters_charged_total{{{SEL}}}[$__range]))", "characters", instant=True)],
-            (6, 8), defaults={"decimals": 0}, options={"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"},
+            (6, 8), defaults={"decimals": 0}, options=STAT_OPTIONS,
         ),
         lay.panel(
             "stat", "Estimated translation cost (time range)",
             f"Characters charged in the time range times the dashboard constant ${PRICE_VARIABLE} (USD per million characters). Set it to your price tier.",
             "currencyUSD",
             [target(f"sum(max_over_time(asyncjob_translation_characters_charged_total{{{SEL}}}[$__range])) / 1e6 * ${PRICE_VARIABLE}", "cost", instant=True)],
-            (6, 8), defaults={"decimals": 2}, options={"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"},
+            (6, 8), defaults={"decimals": 2}, options=STAT_OPTIONS,
         ),
         lay.panel(
             "timeseries", "Upstream request rate",
@@ -341,20 +342,20 @@ def job_detail() -> dict[str, Any]:
             "stat", "Projected completion (API estimate)",
             "When the API expects the job to finish (training jobs, Stable Diffusion fine-tunes).",
             "dateTimeAsIso", [target(f"max by (job_id) (asyncjob_estimated_completion_timestamp_seconds{{{SEL}}}) * 1000", "{{job_id}}", instant=True)],
-            (6, 5), options={"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"},
+            (6, 5), options=STAT_OPTIONS,
         ),
         lay.panel(
             "stat", "Projected completion (observed rate)",
             "When the job would finish if it kept the progress rate of the last 30 minutes; empty while it is not moving.",
             "dateTimeAsIso",
             [target(f"max by (job_id) (time() + (1 - {overall}) / (deriv({overall}[30m]) > 0)) * 1000", "{{job_id}}", instant=True)],
-            (6, 5), options={"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"},
+            (6, 5), options=STAT_OPTIONS,
         ),
         lay.panel(
             "stat", "Characters charged",
             "Characters the Translator API has charged for the batch so far.",
             "short", [target(f"max by (job_id) (asyncjob_translation_characters_charged_total{{{SEL}}})", "{{job_id}}", instant=True)],
-            (6, 5), defaults={"decimals": 0}, options={"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"},
+            (6, 5), defaults={"decimals": 0}, options=STAT_OPTIONS,
         ),
         lay.panel(
             "timeseries", "Progress by phase",

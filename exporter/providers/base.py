@@ -179,18 +179,28 @@ def opt_obj(payload: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return None if value is None else obj(value, key)
 
 
-def text(payload: Mapping[str, Any], *keys: str, required: bool = False) -> str:
-    """The first of `keys` present, as a label-safe string (truncated); "" when absent."""
+def _first_string(
+    payload: Mapping[str, Any], keys: tuple[str, ...], what: str
+) -> tuple[str, str] | None:
+    """(key, value) of the first of `keys` present; its value must be a string."""
     for key in keys:
         value = payload.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
-            raise ParseError(f"{key}: expected a string, got {type(value).__name__}")
-        return value[:MAX_LABEL_LENGTH]
-    if required:
-        raise ParseError(f"missing {' or '.join(keys)}")
-    return ""
+            raise ParseError(f"{key}: expected {what}, got {type(value).__name__}")
+        return key, value
+    return None
+
+
+def text(payload: Mapping[str, Any], *keys: str, required: bool = False) -> str:
+    """The first of `keys` present, as a label-safe string (truncated); "" when absent."""
+    found = _first_string(payload, keys, "a string")
+    if found is None:
+        if required:
+            raise ParseError(f"missing {' or '.join(keys)}")
+        return ""
+    return found[1][:MAX_LABEL_LENGTH]
 
 
 def count(payload: Mapping[str, Any], key: str, *, default: int | None = 0) -> int | None:
@@ -220,14 +230,8 @@ def percent(payload: Mapping[str, Any], key: str) -> float:
 
 def timestamp(payload: Mapping[str, Any], *keys: str) -> datetime | None:
     """The first of `keys` present as an aware UTC datetime (naive means UTC)."""
-    for key in keys:
-        value = payload.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise ParseError(f"{key}: expected a date-time string, got {type(value).__name__}")
-        return parse_time(value, key)
-    return None
+    found = _first_string(payload, keys, "a date-time string")
+    return None if found is None else parse_time(found[1], found[0])
 
 
 def parse_time(value: str, where: str) -> datetime:

@@ -142,9 +142,6 @@ class Exporter:
         dead = [name for name, poller in self._pollers.items() if not poller.alive]
         return f"scheduler not running for source(s) {', '.join(dead)}" if dead else None
 
-    def ready(self) -> bool:
-        return self.not_ready() is None
-
     def supervise(self) -> None:
         """Restart any scheduler thread that died (a bug, not an upstream failure)."""
         with self._lock:

@@ -180,7 +180,7 @@ class SourcePoller:
 
     def restart_if_dead(self) -> bool:
         """Start a new scheduler thread if the old one died; True if it had to."""
-        if self._stop.is_set() or self._thread.is_alive():
+        if not self.started or self._stop.is_set() or self._thread.is_alive():
             return False
         self._thread = self._new_thread()
         self._thread.start()

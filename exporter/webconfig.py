@@ -21,16 +21,17 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from exporter.config import ConfigError, read_yaml, validation_problems
 from exporter.providers.base import StrictModel
 
-# exporter-toolkit keys this exporter knows but does not implement: refused, with this reason.
-_NOT_IMPLEMENTED = {
+# exporter-toolkit keys this exporter knows but does not implement, per section: refused, with
+# the reason, rather than reported as merely unknown.
+_TLS_NOT_IMPLEMENTED = {
     "cert": "inline certificates are not supported; use cert_file",
     "key": "inline keys are not supported; use key_file",
     "cipher_suites": "Python's ssl module picks the cipher suites; remove this key",
     "curve_preferences": "Python's ssl module picks the curves; remove this key",
     "prefer_server_cipher_suites": "not supported; remove this key",
     "client_allowed_sans": "not supported; remove this key",
-    "http2": "the exporter serves HTTP/1.1 only; remove this key",
 }
+_HTTP_NOT_IMPLEMENTED = {"http2": "the exporter serves HTTP/1.1 only; remove this key"}
 # The response headers exporter-toolkit lets a web config set.
 ALLOWED_HEADERS = {
     "Content-Security-Policy",
@@ -49,12 +50,16 @@ TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 
 
-def _refuse_not_implemented(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        for key, why in _NOT_IMPLEMENTED.items():
-            if key in raw:
+def _refuse(not_implemented: dict[str, str]) -> Any:
+    """A before-validator that names the first not-implemented key present, with its reason."""
+
+    def check(raw: Any) -> Any:
+        for key, why in not_implemented.items():
+            if isinstance(raw, dict) and key in raw:
                 raise ValueError(f"{key}: {why}")
-    return raw
+        return raw
+
+    return model_validator(mode="before")(check)
 
 
 class TlsServerConfig(StrictModel):
@@ -67,7 +72,7 @@ class TlsServerConfig(StrictModel):
     min_version: TlsVersion = "TLS12"
     max_version: TlsVersion | None = None
 
-    _check_keys = model_validator(mode="before")(_refuse_not_implemented)
+    _check_keys = _refuse(_TLS_NOT_IMPLEMENTED)
 
     @model_validator(mode="after")
     def _consistent(self) -> TlsServerConfig:
@@ -102,7 +107,7 @@ class TlsServerConfig(StrictModel):
 class HttpServerConfig(StrictModel):
     headers: dict[str, str] = Field(default_factory=dict)
 
-    _check_keys = model_validator(mode="before")(_refuse_not_implemented)
+    _check_keys = _refuse(_HTTP_NOT_IMPLEMENTED)
 
     @field_validator("headers")
     @classmethod

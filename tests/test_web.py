@@ -202,9 +202,11 @@ def test_basic_auth_checks_bcrypt_once_per_credentials(monkeypatch: pytest.Monke
         ({"basic_auth_users": {"prometheus": "plaintext-password"}},
          "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password"),
         ({"tls_config": {}}, "tls_config: unknown key"),
+        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "http2": True}},
+         "tls_server_config.http2: unknown key"),
     ],
     ids=["missing-cert", "cipher-suites", "no-client-ca", "require-any", "bad-version", "http2",
-         "forbidden-header", "plaintext-password", "unknown-key"],
+         "forbidden-header", "plaintext-password", "unknown-key", "http-key-in-tls-section"],
 )  # fmt: skip
 def test_bad_web_config_is_refused_with_its_location(
     tmp_path: Path, web: dict[str, Any], problem: str

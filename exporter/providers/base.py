@@ -42,10 +42,10 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _exactly_one(model: BaseModel, inline: str, from_file: str) -> None:
-    given = [name for name in (inline, from_file) if getattr(model, name) is not None]
+def _exactly_one(model: BaseModel, *names: str) -> None:
+    given = [name for name in names if getattr(model, name) is not None]
     if len(given) != 1:
-        raise ValueError(f"set exactly one of {inline} or {from_file}")
+        raise ValueError(f"set exactly one of {', '.join(names[:-1])} or {names[-1]}")
 
 
 class AzureAd(StrictModel):
@@ -73,15 +73,7 @@ class AzureKeyAuth(StrictModel):
 
     @model_validator(mode="after")
     def _one_key(self) -> AzureKeyAuth:
-        given = [
-            name
-            for name in ("subscription_key", "subscription_key_file", "azure_ad")
-            if getattr(self, name) is not None
-        ]
-        if len(given) != 1:
-            raise ValueError(
-                "set exactly one of subscription_key, subscription_key_file or azure_ad"
-            )
+        _exactly_one(self, "subscription_key", "subscription_key_file", "azure_ad")
         return self
 
     def headers(self) -> dict[str, str]:

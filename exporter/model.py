@@ -52,7 +52,9 @@ class ErrorReason(enum.StrEnum):
     BAD_RESPONSE = "bad_response"
 
 
-TASK_STATES = ("completed", "failed", "in_progress")
+TASK_STATES = ("completed", "failed", "in_progress", "cancelled")
+MAX_LABEL_LENGTH = 200
+"""Label values from upstream are cut to this many characters; parsers always see whole strings."""
 DOCUMENT_STATES = ("succeeded", "failed", "in_progress", "not_started", "cancelled")
 
 
@@ -64,9 +66,11 @@ def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyTyp
 class JobSnapshot:
     """What one successful poll learned about one job. Immutable, safe to share between threads.
 
-    `progress` maps a phase to a ratio in 0..1 and always holds "overall". `tasks` and
-    `documents` are empty where the API has no such breakdown; optional numbers and times are
-    None where the API does not give them.
+    `progress` maps a phase to a ratio in 0..1 and always holds "overall": the share of the work
+    that finished (succeeded or failed; cancelled work is not done). `tasks` and `documents` are
+    empty where the API has no such breakdown; optional numbers and times are None where the API
+    does not give them. `vendor_status` and `display_name` become labels, so they are cut to
+    MAX_LABEL_LENGTH here, the one place that happens.
     """
 
     state: State
@@ -96,6 +100,8 @@ class JobSnapshot:
             if any(v < 0 for v in counts.values()):
                 msg = "counts must not be negative"
                 raise ValueError(msg)
+        object.__setattr__(self, "vendor_status", self.vendor_status[:MAX_LABEL_LENGTH])
+        object.__setattr__(self, "display_name", self.display_name[:MAX_LABEL_LENGTH])
         object.__setattr__(self, "progress", _frozen(self.progress))
         object.__setattr__(self, "tasks", _frozen(self.tasks))
         object.__setattr__(self, "documents", _frozen(self.documents))

@@ -66,3 +66,19 @@ def test_config_keys_and_providers() -> None:
     source_keys = set().union(*(p.source_model.model_fields for p in PROVIDERS.values()))
     assert table_keys("### `sources[]`") == source_keys
     assert table_keys("### Providers") == set(PROVIDERS)
+
+
+def test_demo_table_matches_the_simulator() -> None:
+    """What the README says train-fail reaches is what the exporter reads from the simulator."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from exporter.simulator.scenarios import DEMO_JOBS, render  # noqa: PLC0415
+
+    train_fail = next(j for j in DEMO_JOBS if j.job_id == "train-fail")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    body = render(train_fail, 1000.0, now, "text")
+    snap = PROVIDERS["azure_language_training"].parse(body, now)
+    row = next(line for line in README.splitlines() if line.startswith("| `train-fail` |"))
+    overall, training = snap.progress["overall"], snap.progress["training"]
+    assert f"{round(overall * 100)}% overall" in row, row
+    assert f"training {round(training * 100)}%" in row, row

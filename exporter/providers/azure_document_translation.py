@@ -85,7 +85,8 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
         "not_started": count(summary, "notYetStarted") or 0,
         "cancelled": count(summary, "cancelled") or 0,
     }
-    finished = documents["succeeded"] + documents["failed"] + documents["cancelled"]
+    # Progress is the work that finished, succeeded or failed; cancelled documents were not done.
+    finished = documents["succeeded"] + documents["failed"]
     total = count(summary, "total") or sum(documents.values())
     return JobSnapshot(
         state=state,

@@ -18,7 +18,11 @@ Yields, for a job half-way through training::
     asyncjob_errors{...} 0
     asyncjob_warnings{...} 0
 
-`display_name` is the model label; overall progress is the mean of the two phases.
+`display_name` is the model label. Conversations projects also report
+`result.dataGenerationStatus`, exported as `phase="data_generation"`; overall progress is the mean
+of the phases the job reports (training and evaluation always, data generation when present).
+`result.estimatedEndDateTime` estimates the end of the *training* phase only: once training has
+ended it is not exported, since evaluation can run long after it and nothing estimates that.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from exporter.providers.base import (
 from exporter.values import PathSafeId
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
 DEFAULT_API_VERSION = "2023-04-01"
@@ -65,16 +70,32 @@ def request(source: Source, job_id: str) -> UpstreamRequest:
     )
 
 
+# (phase label, result key, reported by every job)
+PHASES = (
+    ("data_generation", "dataGenerationStatus", False),
+    ("training", "trainingStatus", True),
+    ("evaluation", "evaluationStatus", True),
+)
+
+
+def _ended(phase: Mapping[str, Any], ratio: float) -> bool:
+    status = text(phase, "status")
+    return ratio >= 1.0 or map_status(status, LANGUAGE_STATUSES).terminal
+
+
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all
     job = obj(payload, "job")
     vendor_status = text(job, "status", required=True)
     state = map_status(vendor_status, LANGUAGE_STATUSES)
     result = opt_obj(job, "result") or {}
+    phases: dict[str, float] = {}
+    for phase, key, always in PHASES:
+        status = opt_obj(result, key)
+        if status is not None or always:
+            phases[phase] = percent(status or {}, "percentComplete")
     training = opt_obj(result, "trainingStatus") or {}
-    evaluation = opt_obj(result, "evaluationStatus") or {}
-    phases = {"training": percent(training, "percentComplete")}
-    phases["evaluation"] = percent(evaluation, "percentComplete")
-    overall = finished_progress(state, (phases["training"] + phases["evaluation"]) / 2)
+    overall = finished_progress(state, sum(phases.values()) / len(phases))
+    training_ended = state.terminal or _ended(training, phases["training"])
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
@@ -85,7 +106,9 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
         created=timestamp(job, "createdDateTime"),
         last_update=timestamp(job, *LAST_UPDATE_KEYS),
         started=timestamp(training, "startDateTime"),
-        estimated_completion=None if state.terminal else timestamp(result, "estimatedEndDateTime"),
+        estimated_completion=(
+            None if training_ended else timestamp(result, "estimatedEndDateTime")
+        ),
         expiration=timestamp(job, "expirationDateTime"),
     )
 

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from exporter.model import JobSnapshot
 
-MAX_LABEL_LENGTH = 200
 MAX_COUNT = 2**63 - 1
 
 
@@ -186,13 +185,13 @@ def _first_string(
 
 
 def text(payload: Mapping[str, Any], *keys: str, required: bool = False) -> str:
-    """The first of `keys` present, as a label-safe string (truncated); "" when absent."""
+    """The first of `keys` present, whole (labels are cut in JobSnapshot); "" when absent."""
     found = _first_string(payload, keys, "a string")
     if found is None:
         if required:
             raise ParseError(f"missing {' or '.join(keys)}")
         return ""
-    return found[1][:MAX_LABEL_LENGTH]
+    return found[1]
 
 
 def count(payload: Mapping[str, Any], key: str, *, default: int | None = 0) -> int | None:

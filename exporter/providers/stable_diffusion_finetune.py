@@ -6,9 +6,15 @@ Request (the key travels in the JSON body, never in the URL)::
     {"key": "..."}
 
 Answer: `{"status": "success", "messege": "<stage>", "data": "<log lines>"}`. The stage is the
-job's status (`deploying_gpu` ... `model_ready`); the log's last `Step:N ..., M Steps to go :
-ETA : X minutes` line gives progress N/(N+M) and an estimated completion X minutes after the
-poll. Lines are separated by newlines or by a literal " /n ". Yields, for a job at step 2::
+job's status (`deploying_gpu` ... `model_ready`; `training_failed` is failed). The whole log is
+read (up to the response size cap), and its last step line gives progress N/(N+M) and an
+estimated completion X minutes after the poll. Step lines come in the documented form and in the
+training worker's own wording, with any trailing `| ...` fields::
+
+    Step:2 Training Done, 4 Steps to go : ETA : 15 minutes
+    Step:2 Training Done, 4 More Steps to go : ETA : 45 minutes | Time Elapsed : 905 seconds
+
+Lines are separated by newlines or by a literal " /n ". Yields, for a job at step 2 of 6::
 
     asyncjob_info{...,vendor_status="training_started",display_name=""} 1
     asyncjob_state{...,state="running"} 1
@@ -42,6 +48,7 @@ from exporter.providers.base import (
 from exporter.values import HttpUrl
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
 DEFAULT_ENDPOINT = "https://stablediffusionapi.com"
@@ -61,10 +68,17 @@ STAGES = {
     "training_cancelled": State.CANCELLED,
 }
 _LINE_SPLIT = re.compile(r"\n|(?:^|\s)/n(?=\s|$)")
-_STEP = re.compile(
-    r"Step\s*:\s*(\d+)\b.*?(\d+)\s+Steps?\s+to\s+go\b(?:.*?ETA\s*:\s*(\d+(?:\.\d+)?)\s*min)?",
-    re.IGNORECASE,
+# A step line, tolerantly: "Step" and its number, then (after any words) the steps left, written
+# "4 Steps to go", "4 More Steps to go" or "4 steps left"; an ETA anywhere before the next "|".
+_STEP_NUMBER = re.compile(r"\bstep\s*[:#]?\s*(\d+)", re.IGNORECASE)
+_STEPS_LEFT = re.compile(
+    r"\b(\d+)\s+(?:[a-z]+\s+){0,3}?steps?\s+(?:to\s+go|left|remaining)\b", re.IGNORECASE
 )
+_ETA = re.compile(r"\bETA\b\s*[:=]?([^|]*)", re.IGNORECASE)
+_ETA_PART = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)?\b", re.IGNORECASE
+)
+_MINUTES_PER_UNIT = {"h": 60.0, "m": 1.0, "s": 1 / 60}
 _FAILED_POLL = (
     (re.compile(r"api.?key|unauthori[sz]ed|forbidden", re.IGNORECASE), ErrorReason.AUTH),
     (re.compile(r"rate.?limit|too many|queued requests", re.IGNORECASE), ErrorReason.THROTTLED),
@@ -92,6 +106,37 @@ def _failed_poll(message: str) -> ParseError:
     return ParseError(f"API error: {message[:120]}")
 
 
+def parse_step(line: str) -> tuple[int, int, float | None] | None:
+    """(steps done, steps left, ETA in minutes or None) of one log line; None if no step line."""
+    number = _STEP_NUMBER.search(line)
+    if number is None:
+        return None
+    left = _STEPS_LEFT.search(line, number.end())
+    if left is None:
+        return None
+    eta = _ETA.search(line, left.end())
+    minutes = None
+    if eta is not None:
+        parts = _ETA_PART.findall(eta[1])
+        timed = [(n, unit) for n, unit in parts if unit]  # "1 hour 5 minutes" adds up
+        if timed:
+            minutes = sum(float(n) * _MINUTES_PER_UNIT[unit[0].lower()] for n, unit in timed)
+        elif parts:
+            minutes = float(parts[0][0])  # a bare number: the documented unit is minutes
+    return int(number[1]), int(left[1]), minutes
+
+
+def _log_text(answer: Mapping[str, Any]) -> str:
+    """The whole training log: a string, or (tolerated) a list of lines."""
+    for key in ("data", "logs"):
+        value = answer.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return "\n".join(line for line in value if isinstance(line, str))
+    return ""
+
+
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:
     answer = obj(payload, "answer")
     status = text(answer, "status", required=True)
@@ -101,15 +146,13 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:
         raise _failed_poll(message or status)
     if not message:
         raise ParseError("missing messege (the training stage)")
-    state = map_status(message, STAGES)
-    log = text(answer, "data", "logs") if isinstance(answer.get("data", ""), str) else ""
+    state = map_status(message.strip(), STAGES)
     done, eta = 0.0, None
-    for line in _LINE_SPLIT.split(log):
-        step = _STEP.search(line)
+    for line in _LINE_SPLIT.split(_log_text(answer)):
+        step = parse_step(line)
         if step:
-            finished, to_go = int(step[1]), int(step[2])
+            finished, to_go, minutes = step
             done = ratio(finished, finished + to_go)
-            minutes = float(step[3]) if step[3] else None
             eta = None if minutes is None else min(minutes, MAX_ETA_MINUTES)
     return JobSnapshot(
         state=state,

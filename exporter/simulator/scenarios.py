@@ -43,6 +43,7 @@ class SimJob:
     warnings: int = 0
     throttle: tuple[float, float] | None = None  # [from, to) seconds answering 429
     retry_after: int = 1
+    worker_wording: bool = False  # SD log lines as the training worker writes them
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +87,10 @@ def _errors(now: Moment, code: str) -> list[dict[str, str]]:
 
 
 def _training(
-    job: SimJob, now: Moment, created: datetime, clock: datetime, _: str
+    job: SimJob, now: Moment, created: datetime, clock: datetime, workload: str
 ) -> dict[str, Any]:
-    # Training is the first 80% of the work, evaluation the rest.
+    # Training is the first 80% of the work, evaluation the rest. Conversations projects report
+    # a data generation phase too, done before training starts.
     training = min(now.done / 0.8, 1.0)
     evaluation = max(0.0, (now.done - 0.8) / 0.2)
     status = _azure_status(now.phase)
@@ -104,14 +106,18 @@ def _training(
             "status": "succeeded" if finished else status,
         }
 
+    result = {
+        "modelLabel": job.display_name or job.job_id,
+        "trainingConfigVersion": "2022-05-01",
+        # The API's estimate covers the training phase only (80% of the work here).
+        "estimatedEndDateTime": _iso(train_start + timedelta(seconds=0.8 * job.duration)),
+        "trainingStatus": phase(training, now.phase != "not_started"),
+        "evaluationStatus": phase(evaluation, now.done > 0.8),
+    }
+    if workload == "conversations":
+        result["dataGenerationStatus"] = phase(1.0, now.phase != "not_started")
     return {
-        "result": {
-            "modelLabel": job.display_name or job.job_id,
-            "trainingConfigVersion": "2022-05-01",
-            "estimatedEndDateTime": _iso(train_start + timedelta(seconds=job.duration)),
-            "trainingStatus": phase(training, now.phase != "not_started"),
-            "evaluationStatus": phase(evaluation, now.done > 0.8),
-        },
+        "result": result,
         "jobId": job.job_id,
         "createdDateTime": _iso(created),
         "lastUpdatedDateTime": _iso(clock),
@@ -190,9 +196,11 @@ def _stable_diffusion(
     steps = job.units
     done_steps = math.floor(now.done * steps)
     minutes_per_step = job.duration / steps / 60
+    more, elapsed = ("More ", " | Time Elapsed : {} seconds") if job.worker_wording else ("", "")
     lines = [
-        f"Step:{n} Stage {n} done, {steps - n} Steps to go : ETA : "
+        f"Step:{n} Stage {n} done, {steps - n} {more}Steps to go : ETA : "
         f"{max(1, math.ceil((steps - n) * minutes_per_step))} minutes"
+        + elapsed.format(round(n * job.duration / steps))
         for n in range(1, done_steps + 1)
     ]
     if now.phase == "succeeded":
@@ -224,7 +232,7 @@ DEMO_JOBS = (
     SimJob("ta-ok", "text_analytics", duration=90, units=2, display_name="Legacy entity pass"),
     SimJob("batch-ok", "translation", duration=150, units=20, throttle=(30.0, 40.0), retry_after=2),
     SimJob("batch-partial", "translation", duration=100, units=10, failed_units=2),
-    SimJob("sd-ok", "stable_diffusion", duration=200, units=6),
+    SimJob("sd-ok", "stable_diffusion", duration=200, units=6, worker_wording=True),
     SimJob(
         "sd-stalled", "stable_diffusion", duration=200, units=6, outcome="stalled", stop_at=0.35
     ),

@@ -196,7 +196,7 @@ def test_analyze_text_multiple_task_example() -> None:
     assert snap.state is State.SUCCEEDED
     assert snap.vendor_status == "succeeded"
     assert snap.display_name == "Extracting Location & US Region"
-    assert snap.tasks == {"completed": 2, "failed": 0, "in_progress": 0}
+    assert snap.tasks == {"completed": 2, "failed": 0, "in_progress": 0, "cancelled": 0}
     assert snap.progress == {"overall": 1.0}
     assert snap.created == t("2020-10-01T15:00:45Z")
     assert snap.last_update == t("2020-10-01T15:01:03Z")
@@ -212,7 +212,7 @@ def test_analyze_conversation_summarization_example() -> None:
     )
     snap = parse("azure_language_analyze_text", body)
     assert (snap.state, snap.display_name) == (State.SUCCEEDED, "Analyze chat")
-    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0}
+    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0, "cancelled": 0}
     assert snap.last_update == t("2022-04-01T15:00:49Z")
     assert snap.expiration == t("2022-04-02T15:00:45Z")
 
@@ -224,7 +224,7 @@ def test_analyze_text_seed_document_example() -> None:
         fixture("azure_language_analyze_text", "seed-001-status.json"),
     )
     assert (snap.state, snap.display_name) == (State.SUCCEEDED, "MyJobName")
-    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0}
+    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0, "cancelled": 0}
     assert snap.last_update == t("2021-05-19T14:32:25.578Z")
 
 
@@ -266,7 +266,7 @@ def test_text_analytics_examples(name: str, version: str) -> None:
     snap = parse("azure_text_analytics_analyze", example["responses"]["200"]["body"])
     assert (snap.state, snap.vendor_status) == (State.SUCCEEDED, "succeeded")
     assert snap.display_name == "Extracting Location & US Region"
-    assert snap.tasks == {"completed": 2, "failed": 0, "in_progress": 0}
+    assert snap.tasks == {"completed": 2, "failed": 0, "in_progress": 0, "cancelled": 0}
     assert snap.last_update == t("2020-10-01T15:01:03Z")
     src = source(
         "azure_text_analytics_analyze", api_version=example["parameters"].get("ApiVersion")
@@ -291,7 +291,7 @@ def test_text_analytics_seed_completed_means_succeeded() -> None:
         fixture("azure_text_analytics_analyze", "seed-002-status.json"),
     )
     assert (snap.state, snap.vendor_status) == (State.SUCCEEDED, "completed")
-    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0}
+    assert snap.tasks == {"completed": 1, "failed": 0, "in_progress": 0, "cancelled": 0}
     assert snap.progress == {"overall": 1.0}
     assert snap.display_name == "MyJobName"
 

@@ -12,6 +12,7 @@ import ssl
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeAlias
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -131,12 +132,14 @@ class ExporterApp:
         reload: Callable[[], list[tuple[str, str]]] | None = None,
         auth: BasicAuth | None = None,
         headers: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._filtered_metrics = make_wsgi_app(registry)  # ?name[]=... restricts the output
         self._shared = SharedRender(registry)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
+        self._clock = clock  # what the status page calls "now"
         self._reload_config = reload  # None: --web.enable-lifecycle is off
         self._auth = auth
         self._headers = list((headers or {}).items())
@@ -189,7 +192,7 @@ class ExporterApp:
 
     def _status(self, _: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-        return [status_page.render(self._jobs(), self._telemetry_path)]
+        return [status_page.render(self._jobs(), self._telemetry_path, self._clock())]
 
     def _reload(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._reload_config is None:

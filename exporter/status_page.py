@@ -1,13 +1,16 @@
 """The status page at `/`: every job in one server-rendered table. No script, no external asset.
 
 It reads the same immutable records as the collector, so what a person sees here is what
-Prometheus scrapes. Every value from an upstream API is HTML-escaped.
+Prometheus scrapes. It answers "what needs my attention?" first: a summary line, then per job
+a note for a failed job, failed documents or tasks of a finished job, a running job with no
+progress for STALL_AFTER (the threshold of the AsyncJobStalled alert), and a failing poll.
+Every value from an upstream API is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from exporter import __version__
@@ -29,35 +32,87 @@ STATE_COLOURS = {
     State.UNKNOWN: "#7c3aed",
 }
 NOT_POLLED_COLOUR = "#9ca3af"
+STALL_AFTER = timedelta(minutes=30)  # as AsyncJobStalled: 1800 s without a change
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#111827}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #e5e7eb;vertical-align:middle}
-td:nth-child(-n+2),td:nth-child(5){white-space:nowrap}
+td:nth-child(-n+2),td:nth-child(5),td:nth-child(7){white-space:nowrap}
 th{background:#f3f4f6}
 .state{color:#fff;border-radius:.3rem;padding:.1rem .45rem;font-size:.85rem;white-space:nowrap}
+.note{border:1px solid #d97706;color:#92400e;background:#fffbeb;border-radius:.3rem;
+padding:.05rem .4rem;font-size:.8rem;white-space:nowrap;display:inline-block;margin:.1rem 0}
+.note.bad{border-color:#dc2626;color:#991b1b;background:#fef2f2}
 .bar{background:#e5e7eb;border-radius:.3rem;width:10rem;height:.8rem;display:inline-block}
-.fill{background:#2563eb;border-radius:.3rem;height:100%}
-.error{color:#dc2626}
+.fill{border-radius:.3rem;height:100%;display:block}
+.summary{padding:.5rem .8rem;border-radius:.3rem;background:#f3f4f6;display:inline-block}
 .muted{color:#6b7280}
 """
+
+
+def duration(seconds: float) -> str:
+    """One style for every span of time: 45s, 1m40s, 2h5m, 3d4h (two units at most)."""
+    total = max(0, round(seconds))
+    for size, unit, next_size, next_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "m"),
+        (60, "m", 1, "s"),
+    ):
+        if total >= size:
+            rest = (total % size) // next_size
+            return f"{total // size}{unit}" + (f"{rest}{next_unit}" if rest else "")
+    return f"{total}s"
+
+
+def _time(when: datetime, text: str) -> str:
+    return f'<time datetime="{when.isoformat()}">{text}</time>'
 
 
 def _ago(when: datetime | None, now: datetime) -> str:
     if when is None:
         return '<span class="muted">never</span>'
-    seconds = max(0, int((now - when).total_seconds()))
-    text = f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
-    return f'<time datetime="{when.isoformat()}">{text}</time>'
+    return _time(when, f"{duration((now - when).total_seconds())} ago")
 
 
 def _eta(when: datetime | None, now: datetime) -> str:
     if when is None:
         return '<span class="muted">-</span>'
-    minutes = round((when - now).total_seconds() / 60)
-    relative = f"in {minutes} min" if minutes >= 0 else f"{-minutes} min overdue"
-    return f'<time datetime="{when.isoformat()}">{when:%Y-%m-%d %H:%M} UTC ({relative})</time>'
+    left = (when - now).total_seconds()
+    relative = f"in {duration(left)}" if left >= 0 else f"{duration(-left)} overdue"
+    return _time(when, f"{when:%Y-%m-%d %H:%M} UTC ({relative})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def attention(record: JobRecord, now: datetime) -> list[tuple[str, str]]:
+    """(kind, text) of everything about this job a person should look at; [] when nothing."""
+    notes: list[tuple[str, str]] = []
+    snap = record.snapshot
+    if record.last_error is not None:
+        notes.append(("polling", f"polling failing: {record.last_error.value}"))
+    if snap is None:
+        return notes
+    if snap.state in {State.FAILED, State.PARTIALLY_SUCCEEDED, State.UNKNOWN}:
+        text = f"job {snap.state.value.replace('_', ' ')}"
+        if snap.errors:
+            text += f" ({_plural(snap.errors, 'error')})"
+        notes.append(("state", text))
+    if snap.state.terminal:
+        failed_units = (
+            ("document", snap.documents.get("failed", 0)),
+            ("task", snap.tasks.get("failed", 0)),
+        )
+        for unit, failed in failed_units:
+            if failed:
+                notes.append(("failures", f"{_plural(failed, 'failed ' + unit)}"))
+    elif snap.state is State.RUNNING and record.last_progress_change is not None:
+        still = now - record.last_progress_change
+        if still >= STALL_AFTER:
+            notes.append(("stalled", f"stalled: no progress for {duration(still.total_seconds())}"))
+    return notes
 
 
 def _row(record: JobRecord, now: datetime) -> str:
@@ -69,16 +124,22 @@ def _row(record: JobRecord, now: datetime) -> str:
         state, colour = snap.state.value, STATE_COLOURS[snap.state]
         progress, eta = snap.progress["overall"], snap.estimated_completion
     percent = round(progress * 100)
-    error = (
-        f'<span class="error">{e(record.last_error.value)}</span>'
-        if record.last_error is not None
-        else '<span class="muted">-</span>'
+    notes = attention(record, now)
+    note_html = "<br>".join(
+        f'<span class="note{" bad" if kind in {"polling", "state"} else ""}">{e(text)}</span>'
+        for kind, text in notes
     )
+    failures = any(kind == "failures" for kind, _ in notes)
+    fill = STATE_COLOURS[State.PARTIALLY_SUCCEEDED] if failures else colour  # not plain green
+    if snap is not None and snap.state.terminal:
+        updated = f"finished {_ago(record.finished_at, now)}"
+    else:
+        updated = f"polled {_ago(record.last_poll_success, now)}"
     title = e(snap.vendor_status) if snap else ""
     name = e(snap.display_name) if snap else ""
     bar = (
         f'<span class="bar" role="progressbar" aria-valuenow="{percent}" aria-valuemin="0" '
-        f'aria-valuemax="100"><span class="fill" style="display:block;width:{percent}%">'
+        f'aria-valuemax="100"><span class="fill" style="width:{percent}%;background:{fill}">'
         "</span></span>"
     )
     cells = (
@@ -88,16 +149,43 @@ def _row(record: JobRecord, now: datetime) -> str:
         f'<span class="state" style="background:{colour}" title="{title}">{e(state)}</span>',
         f"{bar} {percent}%",
         _eta(eta, now),
-        _ago(record.last_poll_success, now),
-        error,
+        updated,
+        note_html or '<span class="muted">-</span>',
     )
     tds = "".join(f"<td>{cell}</td>" for cell in cells)
-    return f'<tr data-job-id="{e(record.job_id)}" data-state="{e(state)}">{tds}</tr>'
+    kinds = " ".join(kind for kind, _ in notes)
+    return (
+        f'<tr data-job-id="{e(record.job_id)}" data-state="{e(state)}" '
+        f'data-attention="{kinds}">{tds}</tr>'
+    )
+
+
+def _summary(records: list[JobRecord], now: datetime) -> str:
+    counts: dict[str, int] = {}
+    for record in records:
+        for kind, _ in attention(record, now):
+            counts[kind] = counts.get(kind, 0) + 1
+    needing = sum(1 for r in records if attention(r, now))
+    if not needing:
+        return f"<p class='summary'>{_plural(len(records), 'job')}; none needs attention.</p>"
+    labels = {
+        "state": "failed or partly failed",
+        "failures": "finished with failed documents or tasks",
+        "stalled": "stalled",
+        "polling": "polling failing",
+    }
+    parts = ", ".join(f"{n} {labels[kind]}" for kind, n in counts.items())
+    verb = "needs" if needing == 1 else "need"
+    return (
+        f"<p class='summary'><strong>{_plural(needing, 'job')} of {len(records)} {verb} "
+        f"attention</strong>: {html.escape(parts)}.</p>"
+    )
 
 
 def render(records: Iterable[JobRecord], telemetry_path: str, now: datetime | None = None) -> bytes:
     now = now or datetime.now(UTC)
-    rows = "".join(_row(r, now) for r in sorted(records, key=lambda r: (r.source, r.job_id)))
+    ordered = sorted(records, key=lambda r: (r.source, r.job_id))
+    rows = "".join(_row(r, now) for r in ordered)
     path = html.escape(telemetry_path)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -106,9 +194,12 @@ def render(records: Iterable[JobRecord], telemetry_path: str, now: datetime | No
         f"<h1>asyncjob-exporter <small class='muted'>{html.escape(__version__)}</small></h1>"
         f"<p><a href='{path}'>Metrics</a> · <a href='/-/healthy'>Health</a> · "
         "<a href='/-/ready'>Readiness</a></p>"
+        f"{_summary(ordered, now)}"
         "<table><thead><tr><th>Source</th><th>Provider</th><th>Job</th><th>State</th>"
-        "<th>Progress</th><th>ETA</th><th>Last successful poll</th><th>Last error</th></tr></thead>"
+        "<th>Progress</th><th>ETA</th><th>Updated</th><th>Needs attention</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
-        f"<p class='muted'>Page rendered {now:%Y-%m-%d %H:%M:%S} UTC; it refreshes every 15 s.</p>"
+        f"<p class='muted'>Page rendered {now:%Y-%m-%d %H:%M:%S} UTC; it refreshes every 15 s. "
+        f"A running job is stalled after {duration(STALL_AFTER.total_seconds())} "
+        "without progress.</p>"
         "</body></html>"
     ).encode()

@@ -35,6 +35,7 @@ class JobRecord:
     last_error: ErrorReason | None = None
     last_poll_success: datetime | None = None
     last_progress_change: datetime | None = None
+    finished_at: datetime | None = None  # when the job reached a terminal state (API time if given)
 
     @property
     def finished(self) -> bool:
@@ -99,6 +100,9 @@ class Store:
             if old is None:  # removed by a reload while the poll was in flight
                 return
             changed = not snapshot.same_progress(old.snapshot)
+            finished_at = old.finished_at
+            if snapshot.state.terminal and finished_at is None:
+                finished_at = snapshot.last_update or at
             self._jobs[source, job_id] = replace(
                 old,
                 snapshot=snapshot,
@@ -106,6 +110,7 @@ class Store:
                 last_error=None,
                 last_poll_success=at,
                 last_progress_change=at if changed else old.last_progress_change,
+                finished_at=finished_at,
             )
 
     def record_failure(self, source: str, job_id: str, reason: ErrorReason) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import REPO, Harness
+from prometheus_client import CollectorRegistry
 
+from exporter import status_page
+from exporter.model import ErrorReason, JobSnapshot, State
+from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, Fault
+from exporter.store import JobRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -46,8 +52,10 @@ def chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess[str]:
 class Row:
     job_id: str
     state: str
+    attention: str
     cells: list[str] = field(default_factory=list)
     progress: str = ""
+    fill: str = ""
 
 
 class Rows(HTMLParser):
@@ -62,13 +70,22 @@ class Rows(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = {k: v or "" for k, v in attrs}
         if tag == "tr" and "data-job-id" in attributes:
-            self.rows.append(Row(attributes["data-job-id"], attributes["data-state"]))
+            self.rows.append(
+                Row(
+                    attributes["data-job-id"],
+                    attributes["data-state"],
+                    attributes["data-attention"],
+                )
+            )
         elif tag == "td" and self.rows:
             self._cell = []
         elif tag == "a":
             self.links.append(attributes.get("href", ""))
         elif tag == "span" and attributes.get("role") == "progressbar" and self.rows:
             self.rows[-1].progress = attributes["aria-valuenow"]
+        elif tag == "span" and attributes.get("class") == "fill" and self.rows:
+            style = dict(p.split(":", 1) for p in attributes["style"].split(";") if p)
+            self.rows[-1].fill = style["background"]
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td" and self._cell is not None:
@@ -80,10 +97,136 @@ class Rows(HTMLParser):
             self._cell.append(data)
 
 
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def record(job_id: str, snap: JobSnapshot | None, **fields: Any) -> JobRecord:
+    base = {"up": snap is not None, "last_poll_success": NOW - timedelta(seconds=5)}
+    return JobRecord("azure_document_translation", "translator", job_id, snap, **{**base, **fields})
+
+
+def snapshot(state: State, overall: float, **fields: Any) -> JobSnapshot:
+    return JobSnapshot(
+        state=state, vendor_status=state.value, progress={"overall": overall}, **fields
+    )
+
+
+DOCS = {"succeeded": 8, "failed": 2, "in_progress": 0, "not_started": 0, "cancelled": 0}
+CRAFTED = [
+    record("ok-clean", snapshot(State.SUCCEEDED, 1.0), finished_at=NOW - timedelta(seconds=100)),
+    record(
+        "ok-with-failures",
+        snapshot(State.SUCCEEDED, 1.0, documents=DOCS),
+        finished_at=NOW - timedelta(hours=2, minutes=5),
+    ),
+    record(
+        "stalled",
+        snapshot(State.RUNNING, 0.3),
+        last_progress_change=NOW - timedelta(minutes=35),
+    ),
+    record(
+        "moving",
+        snapshot(State.RUNNING, 0.6, estimated_completion=NOW + timedelta(minutes=3, seconds=20)),
+        last_progress_change=NOW - timedelta(minutes=29),
+    ),
+    record(
+        "broken",
+        snapshot(State.FAILED, 0.4, errors=1),
+        finished_at=NOW - timedelta(days=3, hours=4),
+    ),
+    record(
+        "failing-poll",
+        snapshot(State.RUNNING, 0.5),
+        up=False,
+        last_error=ErrorReason.THROTTLED,
+        last_progress_change=NOW - timedelta(minutes=1),
+        last_poll_success=NOW - timedelta(minutes=1, seconds=40),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (45, "45s"), (100, "1m40s"), (120, "2m"), (3600, "1h"), (7500, "2h5m"),
+     (3 * 86400 + 4 * 3600 + 59, "3d4h"), (-5, "0s")],
+)  # fmt: skip
+def test_durations_use_one_style(seconds: float, text: str) -> None:
+    assert status_page.duration(seconds) == text
+
+
+def test_attention_notes_per_case() -> None:
+    """Failed units of a finished job, a stall past 30 min, a failed job, a failing poll."""
+    notes = {r.job_id: status_page.attention(r, NOW) for r in CRAFTED}
+    assert notes == {
+        "ok-clean": [],
+        "ok-with-failures": [("failures", "2 failed documents")],
+        "stalled": [("stalled", "stalled: no progress for 35m")],
+        "moving": [],
+        "broken": [("state", "job failed (1 error)")],
+        "failing-poll": [("polling", "polling failing: throttled")],
+    }
+
+
+def serve_records(records: list[JobRecord], tmp_path: Path) -> Iterator[str]:
+    registry = CollectorRegistry()
+    app = make_app(registry, "/metrics", lambda: None, lambda: records, clock=lambda: NOW)
+    server = HttpServer(app, "127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/"
+    finally:
+        server.stop()
+
+
+def test_what_needs_attention_in_headless_chromium(tmp_path: Path) -> None:
+    """Each case reads right in the rendered DOM; the screenshot is kept for a person to see."""
+    for url in serve_records(CRAFTED, tmp_path):
+        dom = chromium("--dump-dom", url, user_data=tmp_path / "profile-dom").stdout
+        page = Rows()
+        page.feed(dom)
+        rows = {r.job_id: r for r in page.rows}
+        assert "4 jobs of 6 need attention" in " ".join(dom.split())
+        # A batch that succeeded with 2 failed documents is not plain green.
+        assert rows["ok-with-failures"].cells[3] == "succeeded"
+        assert rows["ok-with-failures"].cells[7] == "2 failed documents"
+        assert rows["ok-with-failures"].cells[6] == "finished 2h5m ago"
+        assert rows["ok-clean"].cells[6] == "finished 1m40s ago"  # not a growing "last poll"
+        assert rows["ok-clean"].cells[7] == "-"
+        assert rows["stalled"].cells[7] == "stalled: no progress for 35m"
+        assert rows["moving"].cells[7] == "-"
+        assert rows["moving"].cells[5] == "2026-03-02 12:03 UTC (in 3m20s)"
+        assert rows["moving"].cells[6] == "polled 5s ago"
+        assert rows["failing-poll"].cells[6] == "polled 1m40s ago"
+        assert rows["failing-poll"].cells[7] == "polling failing: throttled"
+        assert rows["broken"].cells[6] == "finished 3d4h ago"
+        assert rows["broken"].cells[7] == "job failed (1 error)"
+        assert rows["ok-with-failures"].fill == status_page.STATE_COLOURS[State.PARTIALLY_SUCCEEDED]
+        assert rows["ok-clean"].fill == status_page.STATE_COLOURS[State.SUCCEEDED]
+        # A failed job's bar is red, a running job's blue.
+        assert rows["broken"].fill == status_page.STATE_COLOURS[State.FAILED] == "#dc2626"
+        assert rows["moving"].fill == status_page.STATE_COLOURS[State.RUNNING]
+        assert "<script" not in dom
+        assert "http" not in dom.replace(url, "").replace("http-equiv", "")  # no outside asset
+        take_screenshot(url, "status-page-attention.png", tmp_path)
+
+
+def take_screenshot(url: str, name: str, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / name
+    screenshot.unlink(missing_ok=True)
+    chromium(
+        f"--screenshot={screenshot}",
+        "--window-size=1400,700",
+        url,
+        user_data=tmp_path / f"profile-{name}",
+    )
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_status_page_in_headless_chromium(
     make_harness: Callable[..., Harness], tmp_path: Path
 ) -> None:
-    """Each job is a row with its state, progress, ETA and last error; a screenshot is kept."""
+    """The demo's jobs, polled for real: a row each with state, progress, ETA and last error."""
     h = make_harness(at=60.0)
     h.exporter.poll_once()
     h.sim.set_fault("batch-ok", Fault(status=404))
@@ -95,7 +238,7 @@ def test_status_page_in_headless_chromium(
     rows = {r.job_id: r for r in page.rows}
     assert set(rows) == set(DEMO_JOB_IDS)
     assert "/metrics" in page.links
-    source, provider, _job, state, progress, eta, last_poll, error = rows["train-fail"].cells
+    source, provider, _job, state, progress, eta, updated, notes = rows["train-fail"].cells
     assert (source, provider, state, progress) == (
         "language-training",
         "azure_language_training",
@@ -103,25 +246,17 @@ def test_status_page_in_headless_chromium(
         "25%",
     )
     assert rows["train-fail"].state == "failed"
-    assert error == "-"
+    assert rows["train-fail"].attention == "state"
+    assert notes == "job failed (1 error)"
+    assert updated.startswith("finished ")
+    assert updated.endswith("s ago")
     assert rows["train-ok"].progress == "19"
-    # The simulator's estimate is 185 s after it started (wall clock); the page is read seconds
-    # after the start, so the job is due in about three minutes.
-    due = h.sim.started_at + timedelta(seconds=185)
-    assert rows["train-ok"].cells[5] == f"{due:%Y-%m-%d %H:%M} UTC (in 3 min)"
-    assert rows["batch-ok"].cells[7] == "not_found"  # failing now, last values kept
+    # The training estimate is 149 s after the simulator started (wall clock); the page is read
+    # seconds after the start, so it is due in 2m and some seconds.
+    due = h.sim.started_at + timedelta(seconds=149)
+    assert re.fullmatch(rf"{due:%Y-%m-%d %H:%M} UTC \(in 2m(\d+s)?\)", rows["train-ok"].cells[5])
+    assert rows["batch-ok"].cells[7] == "polling failing: not_found"  # last values kept
     assert rows["batch-ok"].state == "running"
     assert rows["batch-partial"].cells[4] == "50%"
-    assert last_poll.endswith("s ago")
     assert eta == "-"
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "status-page.png"
-    screenshot.unlink(missing_ok=True)
-    chromium(
-        f"--screenshot={screenshot}",
-        "--window-size=1400,700",
-        url,
-        user_data=tmp_path / "profile-shot",
-    )
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    take_screenshot(url, "status-page.png", tmp_path)

@@ -9,6 +9,7 @@ stays. A supervisor restarts any source's scheduler thread that died.
 from __future__ import annotations
 
 import threading
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,7 +28,7 @@ from exporter.poller import SourcePoller, utcnow
 from exporter.store import Store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from datetime import datetime
     from pathlib import Path
 
@@ -113,6 +114,11 @@ class Exporter:
             "job limit reached", source=source.name, max_jobs=source.max_jobs, refused=refused
         )
         return source.model_copy(update={"job_ids": source.job_ids[: source.max_jobs]})
+
+    @property
+    def pollers(self) -> Mapping[str, SourcePoller]:
+        """The running source pollers by source name (read-only)."""
+        return MappingProxyType(self._pollers)
 
     def reload(self, path: str | Path) -> list[tuple[str, str]]:
         """Re-read the config file (secret files too). Returns its problems; [] when applied."""

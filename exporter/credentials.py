@@ -3,7 +3,10 @@
 `azure-identity` is an optional extra (`pip install 'asyncjob-exporter[azure]'`): its
 `DefaultAzureCredential` tries managed identity, workload identity, environment variables and
 the Azure CLI. Tokens are cached per client ID and fetched again REFRESH_MARGIN before they
-expire. `credential_factory` is the seam: tests put a fake credential there.
+expire. `EntraToken` is what a request carries: the HTTP layer asks it for headers on each
+attempt, so getting a token is retried, counted and interruptible like the request itself, and
+building a request does no I/O. `credential_factory` is the seam: tests put a fake credential
+there.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from exporter.http import FetchError
-from exporter.model import ErrorReason
+from exporter.http import AuthUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 REFRESH_MARGIN = 300.0  # seconds before expiry when a token is replaced
@@ -65,9 +67,7 @@ class _Tokens:
                 try:
                     access = self._credential.get_token(SCOPE)
                 except Exception as exc:  # azure-identity raises many kinds; all mean "no token"
-                    raise FetchError(
-                        ErrorReason.AUTH, f"no Entra ID token ({type(exc).__name__})"
-                    ) from None
+                    raise AuthUnavailable(f"no Entra ID token ({type(exc).__name__})") from None
                 self._token, self._expires_on = access.token, float(access.expires_on)
             return self._token
 
@@ -77,13 +77,28 @@ _cache_lock = threading.Lock()
 
 
 def bearer_token(client_id: str | None) -> str:
-    """A valid token for Cognitive Services, from cache or fresh. Raises FetchError(AUTH)."""
+    """A valid token for Cognitive Services, from cache or fresh. Raises AuthUnavailable."""
     with _cache_lock:
         tokens = _cache.get(client_id)
         if tokens is None:
             factory = credential_factory or _default_credential
             tokens = _cache[client_id] = _Tokens(factory(client_id))
     return tokens.bearer()
+
+
+class EntraToken:
+    """The `Authenticator` of a request sent with an Entra ID token (see exporter.http)."""
+
+    __slots__ = ("client_id",)
+
+    def __init__(self, client_id: str | None) -> None:
+        self.client_id = client_id
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": f"Bearer {bearer_token(self.client_id)}"}
+
+    def __repr__(self) -> str:
+        return f"EntraToken(client_id={self.client_id!r})"
 
 
 def reset() -> None:

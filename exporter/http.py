@@ -1,40 +1,69 @@
-"""The one place upstream HTTP happens: timeouts, retries, Retry-After, a body size cap.
+"""The one place upstream HTTP happens: authentication, timeouts, retries, Retry-After, a size cap.
 
-`HttpClient.fetch_json` sends one `UpstreamRequest` and returns its decoded JSON body or raises
-`FetchError` with the reason Prometheus will count. 429, 5xx and connection errors are retried
-with capped exponential backoff (Retry-After wins when the server sends it, capped too); every
-attempt is reported to `observe` so the request counters include retries. The whole exchange,
-body included, has one deadline, so a server that trickles bytes cannot hold a worker forever.
+`HttpClient.fetch_json` sends one `UpstreamRequest` and returns a `Fetched` (the decoded JSON
+and any Retry-After the upstream sent with it) or raises `FetchError` with the reason Prometheus
+will count. Every attempt, whatever became of it, is appended to the caller's `attempts`: the
+HTTP layer reports what happened and counts nothing itself.
+
+- Authentication happens here, per attempt: a request's `auth` (an Entra ID token source) may do
+  network I/O, so it is retried, counted and interrupted at shutdown like the request itself.
+- 429, 5xx, connection errors and timeouts are retried with capped exponential backoff and full
+  jitter. A server's wait wins when it names one: the Retry-After header (seconds or a date), or,
+  for a 429 without the header, a wait written in the body ("retry after 1 second", as
+  Translator's own 429 says).
+- Faults are classified here, never left to escape: a connection broken mid-body is
+  `connection`, a stall is `timeout`, an undecodable or absurdly nested body is `bad_response`.
+- The whole exchange, body included, has one deadline, so a server that trickles bytes cannot
+  hold a worker for ever.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import re
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 import structlog
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
-from exporter.model import ErrorReason
+from exporter.model import Attempt, ErrorReason
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Mapping
 
     from exporter.providers.base import UpstreamRequest
 
 log = structlog.get_logger(__name__)
 
-RETRYABLE = frozenset({ErrorReason.THROTTLED, ErrorReason.SERVER_ERROR, ErrorReason.CONNECTION})
+RETRYABLE = frozenset(
+    {
+        ErrorReason.THROTTLED,
+        ErrorReason.SERVER_ERROR,
+        ErrorReason.CONNECTION,
+        ErrorReason.TIMEOUT,
+    }
+)
 _CHUNK = 64 * 1024
+_ERROR_BODY_BYTES = 16 * 1024  # of a 429's body, read for a wait named in words
 USER_AGENT = f"asyncjob-exporter/{__version__}"
+_WAIT_IN_WORDS = re.compile(
+    r"retry\W{0,3}after\D{0,20}?(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|minutes?)?\b",
+    re.IGNORECASE,
+)
+# What a broken connection looks like from inside a body read, by library layer.
+_BROKEN = (urllib3.exceptions.ProtocolError, http.client.HTTPException, OSError)
+_STALLED = (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +75,43 @@ class HttpSettings:
     backoff_base: float = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A successful exchange: the decoded body, and the upstream's Retry-After if it sent one."""
+
+    payload: Any
+    retry_after: float | None = None
+
+
 class FetchError(Exception):
     """A request failed for `reason`; the message is safe to log (no secrets, no body dump)."""
 
-    def __init__(self, reason: ErrorReason, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: ErrorReason,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+        self.retryable = reason in RETRYABLE if retryable is None else retryable
 
 
 class Stopped(Exception):  # noqa: N818 - not an error: the exporter is shutting down
     """Raised instead of waiting out a backoff when the exporter is stopping."""
+
+
+class AuthUnavailable(Exception):  # noqa: N818 - reads as what happened
+    """An authenticator could not produce credentials (no token); the message is safe to log."""
+
+
+class Authenticator(Protocol):
+    """Headers that cost I/O to obtain (an Entra ID bearer token). Raises AuthUnavailable."""
+
+    def headers(self) -> Mapping[str, str]: ...
 
 
 def classify_status(status: int) -> ErrorReason | None:
@@ -89,6 +144,17 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+def wait_in_words(text: str) -> float | None:
+    """A wait a throttling answer names in prose ("Please retry after 1 second"), in seconds."""
+    match = _WAIT_IN_WORDS.search(text)
+    if match is None:
+        return None
+    value, unit = float(match[1]), (match[2] or "s").lower()
+    if unit.startswith(("ms", "milli")):
+        return value / 1000
+    return value * 60 if unit.startswith("min") else value
+
+
 class HttpClient:
     """One per source: a pooled session sized for that source's concurrency."""
 
@@ -105,45 +171,56 @@ class HttpClient:
     def close(self) -> None:
         self._session.close()
 
-    def fetch_json(
-        self, request: UpstreamRequest, observe: Callable[[float, ErrorReason | None], None]
-    ) -> Any:
-        """Send `request` (retrying what is worth retrying) and return the decoded JSON."""
-        attempt = 0
+    def fetch_json(self, request: UpstreamRequest, attempts: list[Attempt]) -> Fetched:
+        """Send `request`, retrying what is worth retrying; every attempt goes into `attempts`."""
+        retry = 0
         while True:
+            if self._stop.is_set():
+                raise Stopped
             started = time.monotonic()
             try:
-                payload = self._attempt(request)
+                fetched = self._attempt(request)
             except FetchError as exc:
-                observe(time.monotonic() - started, exc.reason)
-                wait = self._retry_wait(exc, attempt)
+                attempts.append(Attempt(time.monotonic() - started, exc.reason))
+                wait = self._retry_wait(exc, retry)
                 if wait is None:
                     raise
                 log.debug("retrying", url=request.url, reason=exc.reason.value, wait=wait)
                 if self._stop.wait(wait):
                     raise Stopped from exc
-                attempt += 1
+                retry += 1
+            except Exception:
+                # A bug of ours mid-attempt: the attempt still happened and still counts.
+                attempts.append(Attempt(time.monotonic() - started, ErrorReason.BAD_RESPONSE))
+                raise
             else:
-                observe(time.monotonic() - started, None)
-                return payload
+                attempts.append(Attempt(time.monotonic() - started))
+                return fetched
 
-    def _retry_wait(self, exc: FetchError, attempt: int) -> float | None:
-        if exc.reason not in RETRYABLE or attempt >= self.settings.retries:
+    def _retry_wait(self, exc: FetchError, retry: int) -> float | None:
+        if not exc.retryable or retry >= self.settings.retries:
             return None
-        retry_after = exc.retry_after
-        if retry_after is None:
+        wait = exc.retry_after
+        if wait is None:
             # Full jitter: spread the retries of many jobs that failed together.
-            retry_after = random.uniform(0.5, 1.0) * self.settings.backoff_base * 2**attempt  # noqa: S311
-        return min(retry_after, self.settings.max_retry_wait)
+            wait = random.uniform(0.5, 1.0) * self.settings.backoff_base * 2**retry  # noqa: S311
+        return min(wait, self.settings.max_retry_wait)
 
-    def _attempt(self, request: UpstreamRequest) -> Any:
+    def _attempt(self, request: UpstreamRequest) -> Fetched:
         settings = self.settings
         deadline = time.monotonic() + settings.timeout
+        headers = dict(request.headers)
+        if request.auth is not None:
+            try:
+                headers.update(request.auth.headers())
+            except AuthUnavailable as exc:
+                # Token services fail for passing reasons too (IMDS not ready): worth a retry.
+                raise FetchError(ErrorReason.AUTH, str(exc), retryable=True) from None
         try:
             response = self._session.request(
                 request.method,
                 request.url,
-                headers=dict(request.headers),
+                headers=headers,
                 json=request.json,
                 timeout=settings.timeout,
                 stream=True,
@@ -156,19 +233,26 @@ class HttpClient:
         except requests.RequestException as exc:
             raise FetchError(ErrorReason.CONNECTION, _describe(exc)) from None
         with response:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             reason = classify_status(response.status_code)
             if reason is not None:
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                if reason is ErrorReason.THROTTLED and retry_after is None:
+                    body = self._read(response, deadline, _ERROR_BODY_BYTES, truncate=True)
+                    retry_after = wait_in_words(body.decode("utf-8", "replace"))
                 raise FetchError(reason, f"HTTP {response.status_code}", retry_after)
-            body = self._read(response, deadline)
+            body = self._read(response, deadline, settings.max_response_bytes)
         try:
-            return json.loads(body)
+            return Fetched(json.loads(body), retry_after)
         except (ValueError, UnicodeDecodeError):
             kind = response.headers.get("Content-Type", "no content type").split(";")[0]
             raise FetchError(ErrorReason.BAD_RESPONSE, f"body is not JSON ({kind})") from None
+        except RecursionError:
+            raise FetchError(ErrorReason.BAD_RESPONSE, "body nested too deeply") from None
 
-    def _read(self, response: requests.Response, deadline: float) -> bytes:
-        cap = self.settings.max_response_bytes
+    def _read(
+        self, response: requests.Response, deadline: float, cap: int, *, truncate: bool = False
+    ) -> bytes:
+        """The body, up to `cap` bytes (over it: an error, or with `truncate` the first `cap`)."""
         chunks: list[bytes] = []
         size = 0
         try:
@@ -176,20 +260,32 @@ class HttpClient:
             # reads even when a server trickles its answer a byte at a time.
             while chunk := response.raw.read1(_CHUNK, decode_content=True):
                 size += len(chunk)
+                chunks.append(chunk)
                 if size > cap:
+                    if truncate:
+                        break
                     raise FetchError(ErrorReason.BAD_RESPONSE, f"body larger than {cap} bytes")
                 if time.monotonic() > deadline:
                     raise FetchError(
                         ErrorReason.TIMEOUT, f"body not received within {self.settings.timeout:g}s"
                     )
-                chunks.append(chunk)
+        except _STALLED:
+            raise FetchError(ErrorReason.TIMEOUT, "body stalled (read timed out)") from None
+        except urllib3.exceptions.DecodeError:
+            raise FetchError(ErrorReason.BAD_RESPONSE, "body cannot be decoded") from None
         except requests.Timeout:
             raise FetchError(ErrorReason.TIMEOUT, "read timed out") from None
         except requests.RequestException as exc:
             raise FetchError(ErrorReason.CONNECTION, _describe(exc)) from None
-        return b"".join(chunks)
+        except _BROKEN as exc:
+            raise FetchError(ErrorReason.CONNECTION, f"connection broken ({_name(exc)})") from None
+        return b"".join(chunks)[:cap] if truncate else b"".join(chunks)
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 def _describe(exc: requests.RequestException) -> str:
     # The exception text can be long and nested; its class name says what happened.
-    return type(exc).__name__
+    return _name(exc)

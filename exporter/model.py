@@ -115,3 +115,41 @@ class JobSnapshot:
             and other.tasks == self.tasks
             and other.documents == self.documents
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt upstream (a retry is another attempt): how long, and how it failed."""
+
+    seconds: float
+    error: ErrorReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """Everything one poll of one job learned: the value the store applies and the scheduler
+    reads. Exactly one of `snapshot` (success) and `error` (failure) is set.
+
+    `retry_after` is the upstream's word on when to ask again (a Retry-After header, even on a
+    200, or a wait named in a throttling answer); `bug` names an exception in our own code.
+    """
+
+    source: str
+    job_id: str
+    at: datetime
+    attempts: tuple[Attempt, ...]
+    snapshot: JobSnapshot | None = None
+    error: ErrorReason | None = None
+    message: str = ""
+    retry_after: float | None = None
+    bug: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.snapshot is None) == (self.error is None):
+            msg = "an outcome holds a snapshot or an error, not both or neither"
+            raise ValueError(msg)
+
+    @property
+    def finished(self) -> bool:
+        """The job reached a terminal state: it is polled no more."""
+        return self.snapshot is not None and self.snapshot.state.terminal

@@ -1,14 +1,16 @@
-"""Polls the configured jobs in the background and writes what it learns into the store.
+"""Polls the configured jobs in the background; each poll is a value the store applies.
 
 Each source has its own scheduler thread and its own workers (`max_concurrency` of them), so a
 source whose upstream hangs cannot take workers from another. Within a source every job has its
 own due time: a slow job delays nobody. Intervals get +-10% jitter so jobs added together do not
 poll in lockstep. A job that reaches a terminal state is not polled again. After an auth failure
-a job waits AUTH_BACKOFF_FACTOR intervals: a revoked key must not turn into a request storm, and
-the source logs it once per such interval.
+a job waits AUTH_BACKOFF_FACTOR intervals: a revoked key must not turn into a request storm. A
+wait the upstream names (Retry-After, even on a 200) sets the earliest next poll of that job.
 
-`poll_job` is the whole life of one poll, and the one place an exception becomes a counted reason
-and a log line bound with `source` and `job_id`.
+`poll_job` is the whole life of one poll: it returns a `PollOutcome` and never writes anything.
+`SourcePoller` hands the outcome to the store (the one place it is applied), decides the next
+poll from it, and logs transitions only: one warning when a job starts failing, one line when it
+recovers, a traceback only for a bug in our own code.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import queue
 import random
 import threading
 import time
+import traceback
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from exporter.http import FetchError, HttpClient, HttpSettings, Stopped
-from exporter.model import ErrorReason
+from exporter.model import Attempt, ErrorReason, PollOutcome
 from exporter.providers.base import ParseError
 
 if TYPE_CHECKING:
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
     from exporter.config import Config
     from exporter.providers.base import Provider, SourceBase
-    from exporter.store import Store
+    from exporter.store import JobRecord, Store
 
 log = structlog.get_logger(__name__)
 
@@ -61,37 +64,30 @@ def poll_job(
     provider: Provider[Any],
     source: SourceBase,
     job_id: str,
-    store: Store,
     clock: Callable[[], datetime] = utcnow,
-    should_log: Callable[[ErrorReason], bool] = lambda _: True,
-) -> None:
-    """Fetch, parse and record one job's status. Never raises but for shutdown."""
-    bound = log.bind(source=source.name, job_id=job_id, provider=provider.name)
+) -> PollOutcome:
+    """Fetch and parse one job's status. Never raises but for shutdown (`Stopped`)."""
+    attempts: list[Attempt] = []
+    retry_after: float | None = None
     try:
-        payload = client.fetch_json(
-            provider.request(source, job_id),
-            lambda seconds, error: store.observe_request(source.name, seconds, error),
-        )
-        polled_at = clock()
-        snapshot = provider.parse(payload, polled_at)
-    except FetchError as exc:
-        reason, message = exc.reason, str(exc)
-    except ParseError as exc:
-        reason, message = exc.reason, str(exc)
-        store.count_error(source.name, reason)
+        fetched = client.fetch_json(provider.request(source, job_id), attempts)
+        retry_after = fetched.retry_after
+        snapshot = provider.parse(fetched.payload, clock())
+    except (FetchError, ParseError) as exc:
+        return PollOutcome(
+            source.name, job_id, clock(), tuple(attempts), error=exc.reason, message=str(exc),
+            retry_after=exc.retry_after if exc.retry_after is not None else retry_after,
+        )  # fmt: skip
     except Stopped:
-        return
-    except Exception as exc:  # a parser bug must cost one poll, not the poller thread
-        reason, message = ErrorReason.BAD_RESPONSE, f"unexpected {type(exc).__name__}"
-        store.count_error(source.name, reason)
-        bound.exception("parser failed")
-    else:
-        store.record_success(source.name, job_id, snapshot, polled_at)
-        bound.debug("polled", state=snapshot.state.value, progress=snapshot.progress["overall"])
-        return
-    store.record_failure(source.name, job_id, reason)
-    if should_log(reason):
-        bound.warning("poll failed", reason=reason.value, error=message)
+        raise
+    except Exception as exc:  # a bug must cost one poll, not the poller thread
+        return PollOutcome(
+            source.name, job_id, clock(), tuple(attempts), error=ErrorReason.BAD_RESPONSE,
+            message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
+        )  # fmt: skip
+    return PollOutcome(
+        source.name, job_id, clock(), tuple(attempts), snapshot=snapshot, retry_after=retry_after
+    )
 
 
 class Workers:
@@ -142,9 +138,10 @@ class SourcePoller:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.source = source
-        self._provider = config.provider(source)
+        self.provider = config.provider(source)
         self._interval = config.poll_interval(source)
         self._auth_backoff = self._interval * AUTH_BACKOFF_FACTOR
+        self._max_retry_wait = config.global_.max_retry_wait
         self._store = store
         self._clock = clock
         self._stop = threading.Event()
@@ -152,7 +149,7 @@ class SourcePoller:
         self._lock = threading.Lock()
         self._last_auth_log = -float("inf")
         workers = config.global_.max_concurrency
-        self._client = HttpClient(http_settings(config), workers, self._stop)
+        self.client = HttpClient(http_settings(config), workers, self._stop)
         self._workers = Workers(workers, f"poll-{source.name}")
         self._due: dict[str, float] = {}
         self._thread = self._new_thread()
@@ -197,21 +194,23 @@ class SourcePoller:
         if self._thread.is_alive():
             self._thread.join(grace)
         self._workers.stop(grace)
-        self._client.close()
+        self.client.close()
 
     def poll_all_once(self) -> None:
         """Poll every job once, concurrently, and return when all are done (for --once)."""
-        for done in [self._workers.submit(partial(self._poll, job)) for job in self.source.job_ids]:
+        polls = [self._workers.submit(partial(self._poll_once, job)) for job in self.source.job_ids]
+        for done in polls:
             done.wait()
+
+    def _poll_once(self, job_id: str) -> None:
+        self._poll(job_id)
 
     def _finished(self, job_id: str) -> bool:
         record = self._store.get(self.source.name, job_id)
         return record is not None and record.finished
 
-    def _should_log(self, reason: ErrorReason) -> bool:
+    def _should_log_auth(self) -> bool:
         """Auth failures are logged once per backoff interval for the whole source."""
-        if reason is not ErrorReason.AUTH:
-            return True
         with self._lock:
             now = time.monotonic()
             if now - self._last_auth_log < self._auth_backoff:
@@ -219,16 +218,33 @@ class SourcePoller:
             self._last_auth_log = now
             return True
 
-    def _poll(self, job_id: str) -> None:
-        poll_job(
-            self._client,
-            self._provider,
-            self.source,
-            job_id,
-            self._store,
-            self._clock,
-            self._should_log,
-        )
+    def _poll(self, job_id: str) -> PollOutcome | None:
+        """Poll one job and apply the outcome; None if shutting down or the job is gone."""
+        try:
+            outcome = poll_job(self.client, self.provider, self.source, job_id, self._clock)
+        except Stopped:
+            return None
+        before = self._store.apply(outcome)
+        if before is None:  # removed by a reload while the poll was in flight
+            return None
+        self._log_transition(before, outcome)
+        return outcome
+
+    def _log_transition(self, before: JobRecord, outcome: PollOutcome) -> None:
+        bound = log.bind(source=self.source.name, job_id=outcome.job_id, provider=before.provider)
+        if outcome.error is None:
+            if before.last_error is not None:
+                bound.info("poll recovered", after=before.last_error.value)
+            else:
+                bound.debug("polled", state=outcome.snapshot and outcome.snapshot.state.value)
+            return
+        if before.last_error is not None:  # already failing: said when it started
+            bound.debug("poll failed", reason=outcome.error.value, error=outcome.message)
+            return
+        if outcome.bug is not None:
+            bound.error("bug in the exporter", error=outcome.message, exception=outcome.bug)
+        elif outcome.error is not ErrorReason.AUTH or self._should_log_auth():
+            bound.warning("poll failing", reason=outcome.error.value, error=outcome.message)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -253,16 +269,21 @@ class SourcePoller:
             self._workers.submit(partial(self._poll_and_reschedule, job))
         return soonest
 
+    def next_wait(self, outcome: PollOutcome) -> float:
+        """The interval (auth backoff after an auth failure), or longer if the upstream asked
+        for it; a server's wait is capped by max_retry_wait, as its retries are."""
+        base = self._auth_backoff if outcome.error is ErrorReason.AUTH else self._interval
+        wait = base * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+        asked = min(outcome.retry_after or 0.0, self._max_retry_wait)
+        return max(wait, asked)
+
     def _poll_and_reschedule(self, job_id: str) -> None:
+        outcome = None
         try:
-            self._poll(job_id)
+            outcome = self._poll(job_id)
         finally:
-            record = self._store.get(self.source.name, job_id)
-            if record is not None and not record.finished and not self._stop.is_set():
-                wait = (
-                    self._auth_backoff if record.last_error is ErrorReason.AUTH else self._interval
-                )
-                jitter = random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+            if outcome is not None and not outcome.finished and not self._stop.is_set():
+                wait = self.next_wait(outcome)
                 with self._lock:
-                    self._due[job_id] = time.monotonic() + wait * jitter
+                    self._due[job_id] = time.monotonic() + wait
                 self._wake.set()

@@ -1,6 +1,7 @@
 """The only shared state: one immutable `JobRecord` per configured job, and request statistics.
 
-Pollers write, the collector reads. Writers replace a record whole under the lock; readers get a
+`apply(outcome)` is the one place a poll's result is written; the collector and the status page
+read. Writers replace a record whole under the lock; readers get a
 tuple of records that no later write can change, so a scrape never sees half an update.
 """
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from datetime import datetime
 
-    from exporter.model import JobSnapshot
+    from exporter.model import JobSnapshot, PollOutcome
 
 # Upstream calls take from tens of milliseconds to the timeout (10 s by default) and beyond.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -65,6 +66,38 @@ class _Counters:
     duration_sum: float = 0.0
     rejected: int = 0
 
+    def count(self, outcome: PollOutcome) -> None:
+        """Every attempt is a request (retries too), whatever became of its body."""
+        for attempt in outcome.attempts:
+            self.requests += 1
+            self.duration_sum += attempt.seconds
+            self.buckets[bisect.bisect_left(REQUEST_BUCKETS, attempt.seconds)] += 1
+            if attempt.error is not None:
+                self.errors[attempt.error] += 1
+        answered = not outcome.attempts or outcome.attempts[-1].error is None
+        if outcome.error is not None and answered:
+            # The request succeeded but its answer was unreadable (or an error sent with a 200).
+            self.errors[outcome.error] += 1
+
+
+def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
+    snapshot = outcome.snapshot
+    if snapshot is None:  # a failed poll keeps the last good values
+        return replace(old, up=False, last_error=outcome.error)
+    changed = not snapshot.same_progress(old.snapshot)
+    finished_at = old.finished_at
+    if snapshot.state.terminal and finished_at is None:
+        finished_at = snapshot.last_update or outcome.at
+    return replace(
+        old,
+        snapshot=snapshot,
+        up=True,
+        last_error=None,
+        last_poll_success=outcome.at,
+        last_progress_change=outcome.at if changed else old.last_progress_change,
+        finished_at=finished_at,
+    )
+
 
 class Store:
     def __init__(self) -> None:
@@ -94,49 +127,19 @@ class Store:
         with self._lock:
             return tuple(self._jobs.values())
 
-    def record_success(self, source: str, job_id: str, snapshot: JobSnapshot, at: datetime) -> None:
+    def apply(self, outcome: PollOutcome) -> JobRecord | None:
+        """Apply one poll's outcome, in one step: the job's record and its source's request
+        statistics. Returns the record as it was before, or None if the job is no longer
+        tracked (removed by a reload while the poll was in flight)."""
         with self._lock:
-            old = self._jobs.get((source, job_id))
-            if old is None:  # removed by a reload while the poll was in flight
-                return
-            changed = not snapshot.same_progress(old.snapshot)
-            finished_at = old.finished_at
-            if snapshot.state.terminal and finished_at is None:
-                finished_at = snapshot.last_update or at
-            self._jobs[source, job_id] = replace(
-                old,
-                snapshot=snapshot,
-                up=True,
-                last_error=None,
-                last_poll_success=at,
-                last_progress_change=at if changed else old.last_progress_change,
-                finished_at=finished_at,
-            )
-
-    def record_failure(self, source: str, job_id: str, reason: ErrorReason) -> None:
-        with self._lock:
-            old = self._jobs.get((source, job_id))
-            if old is not None:
-                self._jobs[source, job_id] = replace(old, up=False, last_error=reason)
-
-    def observe_request(self, source: str, seconds: float, error: ErrorReason | None) -> None:
-        """Count one upstream request (retries are requests too) and its outcome."""
-        with self._lock:
-            counters = self._counters.get(source)
-            if counters is None:
-                return
-            counters.requests += 1
-            counters.duration_sum += seconds
-            counters.buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
-            if error is not None:
-                counters.errors[error] += 1
-
-    def count_error(self, source: str, reason: ErrorReason) -> None:
-        """Count a failure found after the request itself succeeded (an unreadable answer)."""
-        with self._lock:
-            counters = self._counters.get(source)
+            counters = self._counters.get(outcome.source)
             if counters is not None:
-                counters.errors[reason] += 1
+                counters.count(outcome)
+            old = self._jobs.get((outcome.source, outcome.job_id))
+            if old is None:
+                return None
+            self._jobs[outcome.source, outcome.job_id] = _updated(old, outcome)
+            return old
 
     def count_rejected(self, source: str, jobs: int) -> None:
         """Count job IDs refused because the source is at its max_jobs limit."""

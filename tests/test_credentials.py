@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -10,11 +11,15 @@ import pytest
 from conftest import Harness, demo_raw_config
 
 from exporter import credentials
+from exporter.http import HttpClient, HttpSettings, Stopped
 from exporter.logging import Redactor
+from exporter.providers import PROVIDERS
+from exporter.providers.base import UpstreamRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from exporter.model import Attempt
     from exporter.simulator import Simulator
 
 
@@ -30,10 +35,12 @@ class FakeCredential:
 
     lifetime: int = 3600
     fail: bool = False
+    failures_left: int = 0
     scopes: list[tuple[str, ...]] = field(default_factory=list)
 
     def get_token(self, *scopes: str) -> AccessToken:
-        if self.fail:
+        if self.fail or self.failures_left > 0:
+            self.failures_left -= 1
             raise RuntimeError("ManagedIdentityCredential: no identity on this host")
         self.scopes.append(scopes)
         return AccessToken(f"tok-{len(self.scopes)}", int(time.time()) + self.lifetime)
@@ -108,6 +115,54 @@ def test_no_token_is_an_auth_failure(make_harness: Callable[..., Harness], fake:
     assert m.get("asyncjob_up", **LABELS) == 0
     assert m.get("asyncjob_last_poll_error_info", **LABELS, reason="auth") == 1
     assert h.sim.seen("analyze-ok") == []  # nothing was sent without a token
+    # Getting the token is an attempt like any other: counted, and retried (3 retries).
+    source = {"provider": LABELS["provider"], "source": LABELS["source"]}
+    assert m.get("asyncjob_request_errors_total", **source, reason="auth") == 4
+    assert m.get("asyncjob_requests_total", **source) == 4
+
+
+def test_a_token_that_comes_back_is_used_on_the_retry(
+    make_harness: Callable[..., Harness], fake: Any
+) -> None:
+    """The token service fails once (IMDS not ready yet): the retry gets a token, the poll works."""
+    credential, _ = fake
+    credential.failures_left = 1
+    h = make_harness(entra, bearer_tokens=frozenset({"tok-1"}))
+    h.exporter.poll_once()
+    m = h.scrape()
+    assert m.get("asyncjob_up", **LABELS) == 1
+    # One cached credential serves both sources: whichever asked first met the failure once.
+    errors = sum(v for (n, lbls), v in m.samples.items()
+                 if n == "asyncjob_request_errors_total" and ("reason", "auth") in lbls)  # fmt: skip
+    requests_sent = sum(v for (n, _), v in m.samples.items() if n == "asyncjob_requests_total")
+    assert (errors, requests_sent) == (1, 4)  # three jobs, one of them retried once
+    assert len(h.sim.requests) == 3
+
+
+def test_building_a_request_fetches_no_token(fake: Any) -> None:
+    """The token is obtained by the HTTP layer per attempt, not when the request is built."""
+    credential, _ = fake
+    source = PROVIDERS["azure_language_analyze_text"].source_model.model_validate(
+        {"name": "s", "provider": "azure_language_analyze_text", "endpoint": "https://x.example",
+         "job_ids": ["j"], "auth": {"azure_ad": {}}}
+    )  # fmt: skip
+    request = PROVIDERS["azure_language_analyze_text"].request(source, "j")
+    assert credential.scopes == []
+    assert "Authorization" not in request.headers
+    assert request.auth is not None
+    assert dict(request.auth.headers()) == {"Authorization": "Bearer tok-1"}
+
+
+def test_shutdown_interrupts_before_a_token_is_asked_for(fake: Any) -> None:
+    credential, _ = fake
+    stop = threading.Event()
+    stop.set()
+    client = HttpClient(HttpSettings(5.0, 3, 1.0, 1024), 1, stop)
+    request = UpstreamRequest("GET", "http://127.0.0.1:9/", auth=credentials.EntraToken(None))
+    attempts: list[Attempt] = []
+    with pytest.raises(Stopped):
+        client.fetch_json(request, attempts)
+    assert (credential.scopes, attempts) == ([], [])
 
 
 def test_bearer_tokens_are_redacted_in_logs() -> None:

@@ -14,9 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from conftest import Harness, Metrics, demo_raw_config, free_port, run_tool, wait_until, with_source
+from conftest import (
+    FIXTURES,
+    Harness,
+    Metrics,
+    demo_raw_config,
+    free_port,
+    run_tool,
+    wait_until,
+    with_source,
+)
 
 from exporter import logging as exporter_logging
+from exporter.model import ErrorReason
+from exporter.poller import poll_job
 from exporter.providers import PROVIDERS
 from exporter.simulator import Fault, SimJob, Simulator
 
@@ -108,6 +119,8 @@ FAULTS = [
         "bad_response",
     ),
     ("larger-than-the-cap", Fault(body=b'{"pad": "' + b"x" * 10_000 + b'"}'), "bad_response"),
+    ("reset-mid-body", Fault(cut_after=100), "connection"),
+    ("stall-mid-body", Fault(cut_after=100, stall=1.5), "timeout"),
 ]
 
 
@@ -197,7 +210,7 @@ def test_auth_failures_back_off_and_log_once(
     assert len(h.sim.seen("analyze-ok")) <= failed_at + 1
     assert [r.status for r in h.sim.seen("analyze-ok")][-1] == 401
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-    assert [(e["source"], e["reason"]) for e in lines if e["event"] == "poll failed"] == [
+    assert [(e["source"], e["reason"]) for e in lines if e["event"] == "poll failing"] == [
         ("language-analyze", "auth")
     ]
 
@@ -236,7 +249,9 @@ def test_parser_exception_is_contained(
     assert requests.get(f"{h.url}/-/ready", timeout=5).status_code == 200
     other_source_keeps_updating(h)
     logged = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-    failure = next(e for e in logged if e["event"] == "parser failed")
+    failures = [e for e in logged if e["event"] == "bug in the exporter"]
+    assert len(failures) == 1  # when the job starts failing, not once per poll
+    failure = failures[0]
     assert (failure["source"], failure["job_id"]) == ("language-analyze", "analyze-ok")
     assert "ZeroDivisionError" in failure["exception"]
 
@@ -310,3 +325,106 @@ def test_hostile_label_values_are_escaped_and_truncated(
     assert "\\nand a newline" in text
     result = run_tool("promtool", "check", "metrics", stdin=text.encode())
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # valid JSON, nested past any recursion limit
+BODY_FAULTS = [
+    # (fault, reason, attempts per poll: connection errors and timeouts are retried 3 times)
+    ("reset-mid-body", Fault(cut_after=100), "connection", 4),
+    ("stall-mid-body", Fault(cut_after=100, stall=1.5), "timeout", 4),
+    ("nested-100000-deep", Fault(body=DEEP), "bad_response", 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason", "attempts"),
+    [(f, r, a) for _, f, r, a in BODY_FAULTS],
+    ids=[n for n, *_ in BODY_FAULTS],
+)
+def test_body_faults_are_classified_retried_and_counted(
+    make_harness: Callable[..., Harness], fault: Fault, reason: str, attempts: int
+) -> None:
+    """Faults inside the body get their own reason, are retried where a retry can help, and
+    every attempt is a request: errors never outnumber requests."""
+    h = make_harness(lambda sim: demo_raw_config(sim, timeout="1s", max_response_bytes=1024 * 1024))
+    h.exporter.poll_once()
+    before = scrape(h)
+    h.sim.set_fault("analyze-ok", fault)
+    h.exporter.poll_once()
+    m = scrape(h)
+    source = {"provider": ANALYZE["provider"], "source": ANALYZE["source"]}
+
+    def delta(name: str, **labels: str) -> float:
+        return (m.get(name, **source, **labels) or 0) - (before.get(name, **source, **labels) or 0)
+
+    assert delta("asyncjob_request_errors_total", reason=reason) == attempts
+    assert delta("asyncjob_requests_total") == attempts
+    assert m.get("asyncjob_last_poll_error_info", **ANALYZE, reason=reason) == 1
+    assert m.get("asyncjob_tasks", **ANALYZE, state="completed") == before.get(
+        "asyncjob_tasks", **ANALYZE, state="completed"
+    )
+
+
+def test_a_failing_job_logs_when_it_starts_and_when_it_recovers(
+    make_harness: Callable[..., Harness], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One warning when polls start failing, one line on recovery, nothing per interval, and no
+    traceback: an upstream fault is not a bug of ours."""
+    exporter_logging.configure("info", "json")
+    h = make_harness(fast, start_polling=True)
+    wait_until(lambda: scrape(h).get("asyncjob_up", **ANALYZE) == 1, what="a first good poll")
+    h.sim.set_fault("analyze-ok", Fault(cut_after=50))
+    polls = len(h.sim.seen("analyze-ok"))
+    wait_until(lambda: len(h.sim.seen("analyze-ok")) >= polls + 12, what="three failing polls")
+    h.sim.clear_fault("analyze-ok")
+    wait_until(lambda: scrape(h).get("asyncjob_up", **ANALYZE) == 1, what="recovery")
+    h.exporter.stop()
+    logged = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    about_job = [
+        (e["event"], e.get("reason") or e.get("after"))
+        for e in logged
+        if e.get("job_id") == "analyze-ok"
+    ]
+    assert about_job == [("poll failing", "connection"), ("poll recovered", "connection")]
+    assert [e for e in logged if e["level"] == "error" or "exception" in e] == []
+
+
+def test_translator_429_without_header_waits_as_its_message_says(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Translator's own 429: error.code "429", no Retry-After, "retry after 1 second" in the
+    message. The wait is taken from the message, for the retries and for the next poll."""
+    body = (FIXTURES / "azure_document_translation" / "real-429-no-retry-after.json").read_bytes()
+    h = make_harness(lambda sim: demo_raw_config(sim, retries=0, max_retry_wait="30s"))
+    h.sim.set_fault("batch-ok", Fault(status=429, body=body))
+    poller = h.exporter.pollers["translator"]
+    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    assert (outcome.error, outcome.retry_after) == (ErrorReason.THROTTLED, 1.0)
+    assert h.sim.seen("batch-ok")[-1].status == 429
+    assert "retry-after" not in h.sim.seen("batch-ok")[-1].headers  # nothing to go by but words
+
+
+def test_retry_after_on_a_200_sets_the_earliest_next_poll(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """A 200 with Retry-After: 20 is a good poll, and the job is not polled again before 20 s
+    although its interval is 200 ms."""
+    h = make_harness(lambda sim: demo_raw_config(sim, max_retry_wait="30s"))
+    h.sim.set_fault("batch-ok", Fault(retry_after="20"))
+    poller = h.exporter.pollers["translator"]
+    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    assert outcome.snapshot is not None
+    assert outcome.retry_after == 20.0
+    waits = [poller.next_wait(outcome) for _ in range(50)]
+    assert min(waits) == 20.0
+    no_ask = dataclasses.replace(outcome, retry_after=None)
+    assert all(0.18 <= poller.next_wait(no_ask) <= 0.22 for _ in range(50))  # 200 ms +-10%
+
+
+def test_server_wait_is_capped_by_max_retry_wait(make_harness: Callable[..., Harness]) -> None:
+    """A Retry-After of a day does not freeze a job for a day: max_retry_wait caps it."""
+    h = make_harness(lambda sim: demo_raw_config(sim, max_retry_wait="30s"))
+    poller = h.exporter.pollers["translator"]
+    h.sim.set_fault("batch-ok", Fault(retry_after="86400"))
+    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    assert poller.next_wait(outcome) == 30.0

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime
+from importlib.metadata import version
 
 import pytest
+from conftest import REPO
+from packaging.requirements import Requirement
 
-from exporter.http import classify_status, retry_after_seconds
+from exporter.http import classify_status, retry_after_seconds, wait_in_words
 from exporter.model import ErrorReason
 from exporter.server import parse_listen_address
 
@@ -28,6 +32,24 @@ NOW = datetime(2026, 11, 22, 8, 0, 0, tzinfo=UTC)
 )
 def test_retry_after(header: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(header, NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        # Translator's own 429 body, as it comes without a Retry-After header.
+        ("Too many requests. ... Please retry after 1 second.", 1.0),
+        ("Rate limit is exceeded. Try again in 2 seconds.", None),  # no 'retry after': no guess
+        ("retry after 30 seconds", 30.0),
+        ("Retry-After: 5", 5.0),
+        ("please retry after 1.5s", 1.5),
+        ("retry after 2 minutes", 120.0),
+        ("retry after 250 ms", 0.25),
+        ("no wait named here", None),
+    ],
+)
+def test_wait_in_words(text: str, seconds: float | None) -> None:
+    assert wait_in_words(text) == seconds
 
 
 @pytest.mark.parametrize(
@@ -61,3 +83,13 @@ def test_listen_address(address: str, parsed: tuple[str, int]) -> None:
 def test_bad_listen_address(address: str) -> None:
     with pytest.raises(ValueError, match="invalid listen address"):
         parse_listen_address(address)
+
+
+def test_urllib3_floor_is_declared() -> None:
+    """The body is read with urllib3's read1 (2.2+); an older urllib3 must not be installable."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    urllib3_req = next(r for r in wanted if r.name == "urllib3")
+    assert not urllib3_req.specifier.contains("2.1.0")
+    assert urllib3_req.specifier.contains("2.2.0")
+    assert urllib3_req.specifier.contains(version("urllib3"))

@@ -42,7 +42,7 @@ def test_secrets_absent_from_logs_and_metrics(
     metrics = h.scrape().text
     err = capsys.readouterr().err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    failures = [e for e in lines if e["event"] == "poll failed"]
+    failures = [e for e in lines if e["event"] == "poll failing"]
     assert {e["reason"] for e in failures} == {"auth"}
     # 8 jobs fail, but an auth failure is logged once per source per backoff interval.
     assert sorted(e["source"] for e in failures) == sorted(

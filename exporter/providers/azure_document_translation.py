@@ -69,7 +69,7 @@ def request(source: Source, job_id: str) -> UpstreamRequest:
     else:
         route = path("translator", "document", "batches", job_id)
         url = f"{source.endpoint}/{route}?api-version={version}"
-    return UpstreamRequest("GET", url, source.auth.headers())
+    return source.get(url)
 
 
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all

@@ -39,9 +39,7 @@ class Source(AzureSource):
 def request(source: Source, job_id: str) -> UpstreamRequest:
     route = path("language", f"analyze-{source.workload}", "jobs", job_id)
     version = source.api_version or DEFAULT_API_VERSION
-    return UpstreamRequest(
-        "GET", f"{source.endpoint}/{route}?api-version={version}", source.auth.headers()
-    )
+    return source.get(f"{source.endpoint}/{route}?api-version={version}")
 
 
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all

@@ -65,9 +65,7 @@ def request(source: Source, job_id: str) -> UpstreamRequest:
         "language", "authoring", workload, "projects", source.project, "train", "jobs", job_id
     )
     version = source.api_version or DEFAULT_API_VERSION
-    return UpstreamRequest(
-        "GET", f"{source.endpoint}/{route}?api-version={version}", source.auth.headers()
-    )
+    return source.get(f"{source.endpoint}/{route}?api-version={version}")
 
 
 # (phase label, result key, reported by every job)

@@ -42,7 +42,7 @@ def request(source: Source, job_id: str) -> UpstreamRequest:
     route = path(
         "text", "analytics", source.api_version or DEFAULT_API_VERSION, "analyze", "jobs", job_id
     )
-    return UpstreamRequest("GET", f"{source.endpoint}/{route}", source.auth.headers())
+    return source.get(f"{source.endpoint}/{route}")
 
 
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all

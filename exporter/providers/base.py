@@ -30,6 +30,7 @@ from exporter.values import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from exporter.http import Authenticator
     from exporter.model import JobSnapshot
 
 MAX_COUNT = 2**63 - 1
@@ -76,17 +77,18 @@ class AzureKeyAuth(StrictModel):
         return self
 
     def headers(self) -> dict[str, str]:
-        if self.azure_ad is not None:
-            headers = {
-                "Authorization": f"Bearer {credentials.bearer_token(self.azure_ad.client_id)}"
-            }
-        else:
-            key = self.subscription_key or self.subscription_key_file
-            assert key is not None  # guaranteed by _one_key
-            headers = {"Ocp-Apim-Subscription-Key": key.get_secret_value()}
+        """The headers known without I/O: the key, the region. A token comes from `token()`."""
+        headers = {}
+        key = self.subscription_key or self.subscription_key_file
+        if key is not None:
+            headers["Ocp-Apim-Subscription-Key"] = key.get_secret_value()
         if self.region:
             headers["Ocp-Apim-Subscription-Region"] = self.region
         return headers
+
+    def token(self) -> Authenticator | None:
+        """The Entra ID token source the HTTP layer asks on each attempt; None with a key."""
+        return None if self.azure_ad is None else credentials.EntraToken(self.azure_ad.client_id)
 
 
 class ApiKeyAuth(StrictModel):
@@ -121,6 +123,10 @@ class SourceBase(StrictModel):
 class AzureSource(SourceBase):
     auth: AzureKeyAuth
 
+    def get(self, url: str) -> UpstreamRequest:
+        """A GET to this source's resource, authenticated as its `auth` says."""
+        return UpstreamRequest("GET", url, self.auth.headers(), auth=self.auth.token())
+
 
 S = TypeVar("S", bound=SourceBase)
 
@@ -133,6 +139,7 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     json: Mapping[str, Any] | None = field(default=None, repr=False)
+    auth: Authenticator | None = None  # headers obtained per attempt, with I/O (a token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +151,19 @@ class Provider(Generic[S]):
 
 
 class ParseError(Exception):
-    """The upstream answered, but not with a job status we can read."""
+    """The upstream answered, but not with a job status we can read (or with an error in a 200).
 
-    def __init__(self, message: str, reason: ErrorReason = ErrorReason.BAD_RESPONSE) -> None:
+    `retry_after` is a wait the answer itself names (a throttling error's `retry_after`)."""
+
+    def __init__(
+        self,
+        message: str,
+        reason: ErrorReason = ErrorReason.BAD_RESPONSE,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def path(*segments: str) -> str:

@@ -99,11 +99,15 @@ def request(source: Source, job_id: str) -> UpstreamRequest:
     )
 
 
-def _failed_poll(message: str) -> ParseError:
+def _failed_poll(message: str, answer: Mapping[str, Any]) -> ParseError:
+    wait = answer.get("retry_after")  # ModelsLab's 429 names its wait in the body
+    retry_after = None
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 <= wait < 1e6:
+        retry_after = float(wait)
     for pattern, reason in _FAILED_POLL:
         if pattern.search(message):
-            return ParseError(f"API error: {message[:120]}", reason)
-    return ParseError(f"API error: {message[:120]}")
+            return ParseError(f"API error: {message[:120]}", reason, retry_after)
+    return ParseError(f"API error: {message[:120]}", retry_after=retry_after)
 
 
 def parse_step(line: str) -> tuple[int, int, float | None] | None:
@@ -143,7 +147,7 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:
     # The API spells it "messege"; newer ModelsLab answers and errors say "message".
     message = text(answer, "messege", "message", "training_status")
     if status.casefold() != "success":
-        raise _failed_poll(message or status)
+        raise _failed_poll(message or status, answer)
     if not message:
         raise ParseError("missing messege (the training stage)")
     state = map_status(message.strip(), STAGES)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 DEMO_KEY = "demo-key"
 _TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
+_CUT = "X-Simulator-Cut"  # internal: the handler breaks off the body after this many bytes
+_STALL = "X-Simulator-Stall"  # internal: ...and pauses this long instead of resetting
 Answer = tuple[int, dict[str, str], bytes]
 
 _AUTHORING = r"^/language/authoring/analyze-(text|conversations)/projects/[^/]+/train/jobs/([^/]+)$"
@@ -50,6 +53,8 @@ class Fault:
     body: bytes | None = None
     content_type: str = "application/json"
     trickle: float = 0.0  # seconds between the bytes of the body
+    cut_after: int | None = None  # send this many body bytes, then reset the connection...
+    stall: float = 0.0  # ...or, if set, pause this long there and then send the rest
     times: int | None = None  # answers left; None until cleared
 
 
@@ -166,6 +171,12 @@ class Simulator:
         answer = denied or (fault and _fault_answer(fault))
         if answer:
             return answer
+        status, extra, out = self._job_status(api, variant, job_id)
+        if fault and fault.retry_after:  # a normal answer that paces the client (Translator)
+            extra = {**extra, "Retry-After": fault.retry_after}
+        return status, extra, out
+
+    def _job_status(self, api: str, variant: str, job_id: str) -> Answer:
         job = self._jobs.get(job_id)
         if job is None or job.api != api:
             if api == "stable_diffusion":
@@ -196,6 +207,9 @@ class Simulator:
 def _fault_answer(fault: Fault) -> Answer | None:
     if fault.delay:
         time.sleep(fault.delay)
+    if fault.cut_after is not None:
+        body = fault.body or _json({"status": "running", "padding": "x" * 4096})
+        return 200, {_CUT: str(fault.cut_after), _STALL: str(fault.stall)}, body
     if fault.trickle:
         body = fault.body or b'{"status": "running", "tasks": {}}'
         return fault.status or 200, {_TRICKLE: str(fault.trickle)}, body
@@ -219,50 +233,72 @@ def _error(status: int, code: str, message: str) -> Answer:
     return status, {}, _json({"error": {"code": code, "message": message}})
 
 
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    sim: Simulator  # set per server by _handler()
+
+    def setup(self) -> None:
+        super().setup()
+        self.sim.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.sim.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.sim.arrivals.append(self.path)
+        status, extra, out = self.sim.answer(self.command, self.path, headers, body)
+        self.sim.requests.append(
+            Seen(time.monotonic(), self.command, self.path, headers, body, status)
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
+        trickle = float(extra.pop(_TRICKLE, 0))
+        cut = extra.pop(_CUT, None)
+        stall = float(extra.pop(_STALL, 0))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        # A client that gave up (a timeout test) is told nothing more.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if cut is not None:
+                self._break_off(out, int(cut), stall)
+            else:
+                self._write(out, trickle)
+
+    def _write(self, out: bytes, trickle: float) -> None:
+        if not trickle:
+            self.wfile.write(out)
+        for i in range(len(out) if trickle else 0):
+            self.wfile.write(out[i : i + 1])
+            self.wfile.flush()
+            time.sleep(trickle)
+
+    def _break_off(self, out: bytes, cut: int, stall: float) -> None:
+        self.wfile.write(out[:cut])
+        self.wfile.flush()
+        if stall:
+            time.sleep(stall)
+            self.wfile.write(out[cut:])
+            return
+        # SO_LINGER 0: close with a reset, as a crashed server or a middlebox does.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    do_GET = do_POST = _serve  # noqa: N815 - BaseHTTPRequestHandler's naming
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
 def _handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            sim.connections.add(self.connection)
-
-        def finish(self) -> None:
-            sim.connections.discard(self.connection)
-            with contextlib.suppress(OSError):
-                super().finish()
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            sim.arrivals.append(self.path)
-            status, extra, out = sim.answer(self.command, self.path, headers, body)
-            sim.requests.append(
-                Seen(time.monotonic(), self.command, self.path, headers, body, status)
-            )
-            self.send_response(status)
-            self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
-            trickle = float(extra.pop(_TRICKLE, 0))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            # A client that gave up (a timeout test) is told nothing more.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                if not trickle:
-                    self.wfile.write(out)
-                for i in range(len(out) if trickle else 0):
-                    self.wfile.write(out[i : i + 1])
-                    self.wfile.flush()
-                    time.sleep(trickle)
-
-        do_GET = do_POST = _serve  # noqa: N815 - BaseHTTPRequestHandler's naming
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    return Handler
+    return type("Handler", (_Handler,), {"sim": sim})
 
 
 def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -> dict[str, Any]:

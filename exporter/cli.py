@@ -16,7 +16,7 @@ from exporter import __version__
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.server import HttpServer, make_app, parse_listen_address
+from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
@@ -33,6 +33,12 @@ def _telemetry_path(value: str) -> str:
     if not value.startswith("/") or value == "/" or value.startswith("/-/"):
         raise argparse.ArgumentTypeError(f"{value!r} must start with / and not be / or under /-/")
     return value
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
 
 
 def _listen_address(value: str) -> str:
@@ -83,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="enable POST /-/reload (SIGHUP reloads either way)",
+    )
+    add(
+        "--web.max-connections",
+        dest="max_connections",
+        default=MAX_CONNECTIONS,
+        type=_positive_int,
+        metavar="N",
+        help="connections served at once; more wait in the listen backlog (default: %(default)s)",
     )
     add(
         "--web.telemetry-path",
@@ -159,7 +173,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         headers=web.headers,
     )
     try:
-        server = HttpServer(app, args.listen_address, web.tls)
+        server = HttpServer(app, args.listen_address, web.tls, args.max_connections)
     except OSError as exc:
         # The OS reason is the whole story (port in use, no permission); no traceback needed.
         reason = exc.strerror or str(exc)

@@ -1,12 +1,18 @@
 """The exporter's own HTTP endpoint: /metrics, the status page at /, /-/healthy and /-/ready.
 
-A plain WSGI app on a threading server from the standard library; /metrics is client_python's
-own WSGI app, so content negotiation (OpenMetrics, gzip) works as in every Python exporter.
+A plain WSGI app on a threading server from the standard library. /metrics is one code path:
+client_python's encoders chosen by `Accept` (text or OpenMetrics), gzip by `Accept-Encoding`,
+`?name[]=` (percent-encoded or not) restricting the families, and concurrent scrapes sharing one
+render. The server holds at most `max_connections` connections (beyond that they wait in the
+listen backlog), and a client must send its request line and headers within HEADER_TIMEOUT in
+all, however it trickles them: a watchdog cuts it off then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import heapq
 import socket
 import ssl
 import sys
@@ -15,16 +21,17 @@ import time
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
-from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import status_page
+from exporter.webconfig import Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from prometheus_client.registry import CollectorRegistry
 
@@ -34,9 +41,61 @@ if TYPE_CHECKING:
 StartResponse: TypeAlias = Any
 Environ: TypeAlias = dict[str, Any]
 App: TypeAlias = "Callable[[Environ, StartResponse], Iterable[bytes]]"
-CONNECTION_TIMEOUT = 30.0
+CONNECTION_TIMEOUT = 30.0  # idle: the longest wait for the next byte once the headers are in
+HEADER_TIMEOUT = 10.0  # the request line and headers, in all
+MAX_CONNECTIONS = 512  # as Prometheus's --web.max-connections
 
 log = structlog.get_logger(__name__)
+
+
+class _Watchdog:
+    """One thread that shuts down connections whose headers are not in by their deadline.
+
+    A per-read timeout restarts with every byte, so a client trickling a byte every few seconds
+    would hold its thread for ever; this deadline is fixed when the connection is taken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._armed: dict[int, int] = {}  # id(socket) -> sequence number of its live deadline
+        self._sequence = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="header-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, conn: socket.socket, seconds: float) -> None:
+        with self._lock:
+            self._sequence += 1
+            self._armed[id(conn)] = self._sequence
+            heapq.heappush(self._heap, (time.monotonic() + seconds, self._sequence, conn))
+        self._wake.set()
+
+    def disarm(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._armed.pop(id(conn), None)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            with self._lock:
+                now = time.monotonic()
+                expired = []
+                while self._heap and self._heap[0][0] <= now:
+                    _, sequence, conn = heapq.heappop(self._heap)
+                    if self._armed.get(id(conn)) == sequence:
+                        del self._armed[id(conn)]
+                        expired.append(conn)
+                wait = self._heap[0][0] - now if self._heap else None
+            for conn in expired:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the thread ends
+            self._wake.wait(wait)
+            self._wake.clear()
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -48,6 +107,12 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = False
     block_on_close = True
     tls: ssl.SSLContext | None = None
+    header_timeout = HEADER_TIMEOUT
+
+    def limit(self, max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.watchdog = _Watchdog()
+        self.closing = False
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, address = self.socket.accept()
@@ -58,7 +123,27 @@ class _Server(ThreadingMixIn, WSGIServer):
             conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, address
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # At the limit the accept loop waits here, so new connections wait in the backlog.
+        while not self.slots.acquire(timeout=0.5):
+            if self.closing:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.watchdog.disarm(request)
+            self.slots.release()
+
     def finish_request(self, request: Any, client_address: Any) -> None:
+        self.watchdog.arm(request, self.header_timeout)  # disarmed once the headers are read
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.do_handshake()
@@ -81,6 +166,13 @@ class _DualStackServer(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    server: _Server
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self.server.watchdog.disarm(self.connection)  # the request line and headers are in
+        return ok
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # scrapes every few seconds are not news; errors are logged by the app
 
@@ -106,10 +198,21 @@ class SharedRender:
         self._lock = threading.Lock()
         self._renders: dict[str, tuple[float, bytes, bytes | None]] = {}
 
-    def get(self, accept: str, gzipped: bool, arrived: float | None = None) -> tuple[str, bytes]:
-        """The body for a scrape that arrived at `arrived` (time.monotonic(); default now)."""
+    def get(
+        self,
+        accept: str,
+        gzipped: bool,
+        arrived: float | None = None,
+        names: Sequence[str] = (),
+    ) -> tuple[str, bytes]:
+        """The body for a scrape that arrived at `arrived` (time.monotonic(); default now).
+
+        With `names` (`?name[]=`), only those families, rendered for this scrape alone."""
         arrived = time.monotonic() if arrived is None else arrived
         encoder, content_type = choose_encoder(accept)
+        if names:
+            body = encoder(self._registry.restricted_registry(names))
+            return content_type, gzip.compress(body) if gzipped else body
         with self._lock:
             started, body, compressed = self._renders.get(content_type, (-1.0, b"", None))
             if started < arrived:
@@ -134,7 +237,6 @@ class ExporterApp:
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._filtered_metrics = make_wsgi_app(registry)  # ?name[]=... restricts the output
         self._shared = SharedRender(registry)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
@@ -156,24 +258,27 @@ class ExporterApp:
             return start_response(status, headers + self._headers, *exc_info)
 
         path = environ.get("PATH_INFO") or "/"
-        if (
-            self._auth
-            and path != "/-/healthy"
-            and not self._auth.allows(environ.get("HTTP_AUTHORIZATION"))
-        ):
-            respond("401 Unauthorized", [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
-            ])  # fmt: skip
-            return [b"Unauthorized\n"]
+        if self._auth and path != "/-/healthy":
+            verdict = self._auth.check(environ.get("HTTP_AUTHORIZATION"))
+            if verdict is Verdict.BUSY:
+                respond("429 Too Many Requests", [
+                    ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1"),
+                ])  # fmt: skip
+                return [b"Too many password checks at once; retry later\n"]
+            if verdict is not Verdict.ALLOWED:
+                respond("401 Unauthorized", [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
+                ])  # fmt: skip
+                return [b"Unauthorized\n"]
         return self._routes.get(path, _not_found)(environ, respond)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if "name[]" in environ.get("QUERY_STRING", ""):
-            body: Iterable[bytes] = self._filtered_metrics(environ, start_response)
-            return body
+        # parse_qs decodes what clients send (name%5B%5D=...), as Prometheus's handler does.
+        names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])
         gzipped = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
-        content_type, output = self._shared.get(environ.get("HTTP_ACCEPT", ""), gzipped)
+        accept = environ.get("HTTP_ACCEPT", "")
+        content_type, output = self._shared.get(accept, gzipped, names=names)
         headers = [("Content-Type", content_type)] + (
             [("Content-Encoding", "gzip")] if gzipped else []
         )
@@ -225,7 +330,14 @@ def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
 class HttpServer:
     """The WSGI app on a background thread; `port` is the bound port (useful with :0)."""
 
-    def __init__(self, app: App, address: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        address: str,
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout: float = HEADER_TIMEOUT,
+    ) -> None:
         host, port = parse_listen_address(address)
         server_class: type[_Server] = _Server
         if not host and socket.has_dualstack_ipv6():
@@ -236,6 +348,8 @@ class HttpServer:
         self._server = server_class((host or "0.0.0.0", port), _QuietHandler)  # noqa: S104
         self._server.set_app(app)
         self._server.tls = tls
+        self._server.header_timeout = header_timeout
+        self._server.limit(max_connections)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
@@ -243,5 +357,7 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
+        self._server.closing = True  # the accept loop stops waiting for a free slot
         self._server.shutdown()
         self._server.server_close()
+        self._server.watchdog.stop()

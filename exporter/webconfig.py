@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import ssl
 import threading
+from collections import OrderedDict
 from typing import Any, Literal
 
 import bcrypt
@@ -139,39 +141,66 @@ class WebConfigFile(StrictModel):
         return users
 
 
+class Verdict(enum.Enum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    BUSY = "busy"  # too many password checks under way: answer 429, check nothing
+
+
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes, caching results.
 
-    bcrypt is slow by design; a scraper sends the same credentials every few seconds, so each
-    (user, password) pair is checked once and remembered by its SHA-256, never in clear. An
-    unknown user still costs a bcrypt check, so timing does not tell which users exist.
+    bcrypt is slow by design (about 80 ms of CPU a check); a scraper sends the same credentials
+    every few seconds, so each (user, password) pair is checked once and remembered by its
+    SHA-256, never in clear. Verified credentials and failed ones are kept apart, each in its
+    own bounded LRU, so guesses can never evict the scraper's entry. Checks of credentials not
+    yet seen run at most MAX_CHECKS at a time; a request that finds no free slot within
+    CHECK_WAIT is answered 429, so guessing cannot take more than that much CPU from scrapes.
+    An unknown user still costs a bcrypt check, so timing does not tell which users exist.
     """
 
     _DUMMY = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
-    MAX_CACHED = 1024
+    MAX_VERIFIED = 64
+    MAX_FAILED = 1024
+    MAX_CHECKS = 1
+    CHECK_WAIT = 0.2
 
     def __init__(self, users: dict[str, str]) -> None:
         self._users = {user: hashed.encode() for user, hashed in users.items()}
-        self._cache: dict[bytes, bool] = {}
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._failed: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._checks = threading.BoundedSemaphore(self.MAX_CHECKS)
 
-    def allows(self, authorization: str | None) -> bool:
+    def check(self, authorization: str | None) -> Verdict:
         credentials = _decode_basic(authorization)
         if credentials is None:
-            return False
+            return Verdict.DENIED
         user, password = credentials
         key = hashlib.sha256(user + b"\0" + password).digest()
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        hashed = self._users.get(user.decode("utf-8", "replace"))
-        ok = bcrypt.checkpw(password, hashed or self._DUMMY) and hashed is not None
+            for cache, verdict in (
+                (self._verified, Verdict.ALLOWED),
+                (self._failed, Verdict.DENIED),
+            ):
+                if key in cache:
+                    cache.move_to_end(key)
+                    return verdict
+        if not self._checks.acquire(timeout=self.CHECK_WAIT):
+            return Verdict.BUSY
+        try:
+            hashed = self._users.get(user.decode("utf-8", "replace"))
+            ok = bcrypt.checkpw(password, hashed or self._DUMMY) and hashed is not None
+        finally:
+            self._checks.release()
+        cache, limit = (
+            (self._verified, self.MAX_VERIFIED) if ok else (self._failed, self.MAX_FAILED)
+        )
         with self._lock:
-            if len(self._cache) >= self.MAX_CACHED:
-                self._cache.clear()
-            self._cache[key] = ok
-        return ok
+            cache[key] = None
+            if len(cache) > limit:
+                cache.popitem(last=False)
+        return Verdict.ALLOWED if ok else Verdict.DENIED
 
 
 def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.server import SharedRender
+from exporter.server import HttpServer, SharedRender, make_app
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from conftest import Harness
     from prometheus_client.metrics_core import Metric
 
 
@@ -53,3 +58,77 @@ def test_a_scrape_is_answered_by_a_render_started_after_it_arrived() -> None:
     content_type, body = shared.get("application/openmetrics-text; version=1.0.0", gzipped=False)
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["name[]=asyncjob_up&name[]=asyncjob_build_info", "name%5B%5D=asyncjob_up&name%5B%5D=asyncjob_build_info"],
+    ids=["raw", "percent-encoded"],
+)  # fmt: skip
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_name_filter_in_every_form(
+    make_harness: Callable[..., Harness], query: str, gzipped: bool, openmetrics: bool
+) -> None:
+    """?name[]= restricts the families, however the brackets are written, with gzip and in
+    OpenMetrics too: one code path for every scrape."""
+    h = make_harness()
+    headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
+    if openmetrics:
+        headers["Accept"] = "application/openmetrics-text; version=1.0.0"
+    response = requests.get(f"{h.url}/metrics?{query}", headers=headers, timeout=5)
+    assert response.status_code == 200
+    assert (response.headers.get("Content-Encoding") == "gzip") == gzipped
+    text = response.text  # requests undoes the gzip
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert families == {"asyncjob_up", "asyncjob_build_info"}
+    assert text.endswith("# EOF\n") == openmetrics
+
+
+def test_slow_clients_cannot_take_more_than_the_connection_limit() -> None:
+    """A bounded slowloris (60 clients trickling a byte every 0.3 s, for at most 6 s) against
+    a limit of 20 connections: the server never runs more than 20 request threads, each slow
+    client is cut off at the header deadline, and every scrape is answered."""
+    registry = CollectorRegistry()
+    app = make_app(registry, "/metrics", lambda: None)
+    server = HttpServer(app, "127.0.0.1:0", max_connections=20, header_timeout=1.0)
+    server.start()
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.wait(0.02):
+            serving = sum("process_request_thread" in t.name for t in threading.enumerate())
+            peak = max(peak, serving)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    clients = []
+    try:
+        for _ in range(60):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\n")
+            clients.append(conn)
+        cut_off = 0
+        deadline = time.monotonic() + 6
+        scrapes: list[requests.Response] = []
+        while time.monotonic() < deadline and cut_off < len(clients):
+            cut_off = 0
+            for conn in clients:
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    cut_off += 1
+            scrapes.append(requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=15))
+            time.sleep(0.3)
+        assert scrapes
+        assert all(r.status_code == 200 for r in scrapes)
+        assert peak <= 20
+        assert peak >= 10  # the slow clients did take slots: the limit is what held them back
+    finally:
+        stop.set()
+        watcher.join()
+        for conn in clients:
+            conn.close()
+        server.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
@@ -13,7 +15,7 @@ import yaml
 
 from exporter.config import ConfigError
 from exporter.server import HttpServer, make_app
-from exporter.webconfig import BasicAuth, load_web_config
+from exporter.webconfig import BasicAuth, Verdict, load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -175,8 +177,8 @@ def test_basic_auth_checks_bcrypt_once_per_credentials(monkeypatch: pytest.Monke
     monkeypatch.setattr(bcrypt, "checkpw", counting)
     good = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
     bad = "Basic " + base64.b64encode(b"prometheus:nope").decode()
-    assert [auth.allows(good) for _ in range(5)] == [True] * 5
-    assert [auth.allows(bad) for _ in range(3)] == [False] * 3
+    assert [auth.check(good) for _ in range(5)] == [Verdict.ALLOWED] * 5
+    assert [auth.check(bad) for _ in range(3)] == [Verdict.DENIED] * 3
     assert len(checks) == 2
 
 
@@ -228,3 +230,84 @@ def test_bad_web_config_stops_the_exporter_at_start(
     path.write_text("basic_auth_users: {prometheus: hunter2}\n")
     assert main(["--demo", "--web.listen-address=127.0.0.1:0", f"--web.config.file={path}"]) == 1
     assert "basic_auth_users: expected a bcrypt hash" in capsys.readouterr().err
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class CountingBcrypt:
+    """bcrypt.checkpw, counted: calls per password and the most ever running at once."""
+
+    def __init__(self) -> None:
+        self.real = bcrypt.checkpw
+        self.calls: dict[bytes, int] = {}
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, password: bytes, hashed: bytes) -> bool:
+        with self._lock:
+            self.calls[password] = self.calls.get(password, 0) + 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            return self.real(password, hashed)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_guesses_cannot_evict_the_scrapers_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,100 wrong passwords (more than the failed-credentials cache holds) later, the scraper's
+    credentials are still known: they cost one bcrypt check in all."""
+    counting = CountingBcrypt()
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    auth = BasicAuth({"prometheus": HASH})
+    assert auth.check(basic("prometheus", PASSWORD)) is Verdict.ALLOWED
+    for i in range(BasicAuth.MAX_FAILED + 76):
+        assert auth.check(basic("prometheus", f"guess-{i}")) is Verdict.DENIED
+    assert auth.check(basic("prometheus", PASSWORD)) is Verdict.ALLOWED
+    assert counting.calls[PASSWORD.encode()] == 1
+
+
+def test_password_guessing_is_bounded_and_scrapes_go_on(
+    serve_with: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 clients guess (15 distinct passwords each, bounded) while Prometheus scrapes: at most
+    one bcrypt check runs at a time, the overflow gets 429, no guess gets in, and every scrape is
+    answered 200 without a bcrypt check of its own after the first."""
+    slow_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()  # ~80 ms
+    counting = CountingBcrypt()
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    base = f"http://{serve_with({'basic_auth_users': {'prometheus': slow_hash}})}"
+    first = requests.get(f"{base}/metrics", auth=("prometheus", PASSWORD), timeout=10)
+    assert first.status_code == 200
+    guesses: list[int] = []
+
+    def guess(client: int) -> None:
+        with requests.Session() as session:
+            for i in range(15):
+                response = session.get(f"{base}/metrics", auth=("prometheus", f"{client}-{i}"),
+                                       timeout=30)  # fmt: skip
+                guesses.append(response.status_code)
+
+    guessers = [threading.Thread(target=guess, args=(n,)) for n in range(20)]
+    for thread in guessers:
+        thread.start()
+    scrapes: list[tuple[int, float]] = []
+    while any(t.is_alive() for t in guessers) and len(scrapes) < 200:
+        started = time.monotonic()
+        response = requests.get(f"{base}/metrics", auth=("prometheus", PASSWORD), timeout=30)
+        scrapes.append((response.status_code, time.monotonic() - started))
+    for thread in guessers:
+        thread.join()
+    assert len(guesses) == 300
+    assert set(guesses) <= {401, 429}
+    assert guesses.count(429) > 0  # the overflow was turned away, not queued for bcrypt
+    assert counting.peak == 1
+    assert scrapes
+    assert {status for status, _ in scrapes} == {200}
+    assert counting.calls[PASSWORD.encode()] == 1
+    latencies = sorted(seconds for _, seconds in scrapes)
+    print(f"scrapes during guessing: {len(scrapes)}, p50 {latencies[len(latencies) // 2]:.3f}s")

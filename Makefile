@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3 and make:
 #   make demo   - the exporter on its embedded simulator, at http://localhost:9879/metrics
+#                 (another port: make demo PORT=9900)
 #   make test   - lint, types and the whole suite (fetches Prometheus from Debian packages)
 
 PYTHON ?= python3
@@ -7,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
+PORT   ?= 9879
 
 .PHONY: demo test lint typecheck unit bench tools clean
 
@@ -23,7 +25,7 @@ $(TOOLS): scripts/fetch-tools.sh
 tools: $(TOOLS)
 
 demo: $(STAMP)
-	$(BIN)/asyncjob-exporter --demo
+	$(BIN)/asyncjob-exporter --demo --web.listen-address=:$(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests benchmarks grafana
@@ -40,5 +42,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# Everything the build and the tests leave behind.
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist \
+		*.egg-info test-artifacts
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

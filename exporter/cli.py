@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import signal
 import sys
@@ -15,7 +16,7 @@ from prometheus_client import generate_latest
 from exporter import __version__
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
@@ -67,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the configuration file, print every problem, and exit",
+        help="validate the configuration file (and --web.config.file, if given), print every "
+        "problem, and exit without listening",
+    )
+    add(
+        "--config.schema",
+        dest="config_schema",
+        action="store_true",
+        help="print the configuration file's JSON Schema (for editors) and exit",
     )
     add(
         "--web.listen-address",
@@ -207,9 +215,49 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
     return 0
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check(args: argparse.Namespace) -> int:
+    """--config.check: the config (the built-in one with --demo) and the web config, every
+    problem of both at once; nothing is started and nothing listens."""
+    ok = True
+    where = "--demo" if args.demo else args.config_file
+    try:
+        if args.demo:
+            from exporter.simulator import demo_config  # noqa: PLC0415 - demo only
+
+            config = parse_config(demo_config("http://127.0.0.1:1"))
+        else:
+            config = load_config(args.config_file)
+    except ConfigError as exc:
+        _print_problems(exc, where, sys.stderr)
+        ok = False
+    else:
+        jobs = sum(len(s.job_ids) for s in config.sources)
+        sources = _plural(len(config.sources), "source")
+        print(f"{where}: OK ({sources}, {_plural(jobs, 'job')})")  # noqa: T201
+    if args.web_config_file:
+        try:
+            web = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            _print_problems(exc, args.web_config_file, sys.stderr)
+            ok = False
+        else:
+            features = [f for f, on in (("TLS", web.tls), ("basic auth", web.auth)) if on]
+            print(f"{args.web_config_file}: OK ({', '.join(features) or 'no TLS, no auth'})")  # noqa: T201
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     exporter_logging.configure(args.log_level, args.log_format)
+    if args.config_schema:
+        print(json.dumps(json_schema(), indent=2))  # noqa: T201
+        return 0
+    if args.config_check:
+        return _check(args)
     if args.demo:
         from exporter.simulator import Simulator, demo_config  # noqa: PLC0415 - demo only
 
@@ -225,10 +273,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_problems(exc, args.config_file, sys.stderr)
         return 1
-    if args.config_check:
-        jobs = sum(len(s.job_ids) for s in config.sources)
-        print(f"{args.config_file}: OK ({len(config.sources)} sources, {jobs} jobs)")  # noqa: T201
-        return 0
     if args.once:
         return _once(config)
     return serve(config, args)

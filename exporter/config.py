@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from exporter.providers import PROVIDERS
 from exporter.providers.base import SourceBase, StrictModel
-from exporter.values import Duration
+from exporter.values import DURATION_PATTERN, Duration, format_duration
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -212,6 +212,44 @@ def read_yaml(path: str | Path) -> Any:
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError (never a bare OSError or YAMLError)."""
     return parse_config(read_yaml(path), env)
+
+
+def json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema, from the same pydantic models that validate it.
+
+    Each provider's source model is one `oneOf` branch, told apart by `provider` (a const), so an
+    editor completes and checks the keys of the provider being written. `${VAR}` references are
+    strings, so a number or a list written as one is flagged by the schema but accepted by the
+    exporter."""
+    defs: dict[str, Any] = {}
+
+    def take(schema: dict[str, Any]) -> dict[str, Any]:
+        defs.update(schema.pop("$defs", {}))
+        for prop in schema.get("properties", {}).values():
+            kinds = [prop, *prop.get("anyOf", ())]
+            duration = any(k.get("pattern") == DURATION_PATTERN for k in kinds)
+            if duration and isinstance(prop.get("default"), float):
+                prop["default"] = format_duration(prop["default"])  # as it is written: "30s"
+        return schema
+
+    variants = []
+    for name, provider in PROVIDERS.items():
+        schema = take(provider.source_model.model_json_schema())
+        schema["title"] = name
+        schema["properties"]["provider"] = {"const": name, "description": "the upstream API"}
+        variants.append(schema)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "asyncjob-exporter configuration",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sources"],
+        "properties": {
+            "global": take(GlobalConfig.model_json_schema()),
+            "sources": {"type": "array", "minItems": 1, "items": {"oneOf": variants}},
+        },
+        "$defs": dict(sorted(defs.items())),
+    }
 
 
 def secrets(config: Config) -> list[str]:

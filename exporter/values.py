@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, SecretStr, WithJsonSchema
 
 _DURATION_RE = re.compile(
     r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
@@ -65,10 +65,25 @@ def read_secret_file(path: Any) -> SecretStr:
     return SecretStr(secret)
 
 
-FileSecret = Annotated[SecretStr, BeforeValidator(read_secret_file)]
+FileSecret = Annotated[
+    SecretStr,
+    BeforeValidator(read_secret_file),
+    WithJsonSchema({"type": "string", "description": "path of a file holding the secret"}),
+]
 """Written in config as a path; holds the file's content. A reload reads the file again."""
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+DURATION_PATTERN = r"^([0-9]+(y|w|d|h|m|s|ms))+$"
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "a Prometheus duration: 500ms, 30s, 5m, 1h30m (units ms s m h d w y)",
+        }
+    ),
+]
 """Seconds, written in config as a Prometheus duration string."""
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -12,13 +12,15 @@ import base64
 import binascii
 import enum
 import hashlib
+import re
 import ssl
 import threading
 from collections import OrderedDict
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import bcrypt
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from exporter.config import ConfigError, read_yaml, validation_problems
 from exporter.providers.base import StrictModel
@@ -64,13 +66,32 @@ def _refuse(not_implemented: dict[str, str]) -> Any:
     return model_validator(mode="before")(check)
 
 
+def _readable(path: str) -> str:
+    """A certificate or key file that can be read; the message names the path."""
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    return path
+
+
+ReadableFile = Annotated[str, AfterValidator(_readable)]
+
+
+def _ssl_reason(exc: OSError) -> str:
+    """OpenSSL's reason without the C source line it appends (not "PEM lib (_ssl.c:3905)")."""
+    text = str(exc.strerror or exc)
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text.removeprefix("[SSL] "))
+
+
 class TlsServerConfig(StrictModel):
-    cert_file: str
-    key_file: str
+    cert_file: ReadableFile
+    key_file: ReadableFile
     client_auth_type: ClientAuth | Literal["RequestClientCert", "RequireAnyClientCert"] = (
         "NoClientCert"
     )
-    client_ca_file: str | None = None
+    client_ca_file: ReadableFile | None = None
     min_version: TlsVersion = "TLS12"
     max_version: TlsVersion | None = None
 
@@ -85,6 +106,7 @@ class TlsServerConfig(StrictModel):
             )
         if self.client_auth_type != "NoClientCert" and not self.client_ca_file:
             raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        self.context()  # a certificate that does not load is a problem of the file, now
         return self
 
     def context(self) -> ssl.SSLContext:
@@ -94,10 +116,18 @@ class TlsServerConfig(StrictModel):
             context.maximum_version = _TLS_VERSIONS[self.max_version]
         try:
             context.load_cert_chain(self.cert_file, self.key_file)
-            if self.client_ca_file:
-                context.load_verify_locations(self.client_ca_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cannot load certificate, key or CA: {exc.strerror or exc}") from None
+            raise ValueError(
+                f"cannot load certificate {self.cert_file!r} with key {self.key_file!r}: "
+                f"{_ssl_reason(exc)} (is each a PEM file, and does the key match the certificate?)"
+            ) from None
+        if self.client_ca_file:
+            try:
+                context.load_verify_locations(self.client_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot load client CA {self.client_ca_file!r}: {_ssl_reason(exc)}"
+                ) from None
         context.verify_mode = {
             "NoClientCert": ssl.CERT_NONE,
             "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
@@ -232,8 +262,6 @@ def load_web_config(path: str) -> WebConfig:
         return WebConfig(WebConfigFile())
     try:
         parsed = WebConfigFile.model_validate(raw)
-        return WebConfig(parsed)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc)) from None
-    except ValueError as exc:  # a certificate that does not load
-        raise ConfigError([("tls_server_config", str(exc))]) from None
+    return WebConfig(parsed)

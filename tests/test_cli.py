@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -11,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 import yaml
-from conftest import Metrics, demo_raw_config, wait_until
+from conftest import REPO, Metrics, demo_raw_config, free_port, wait_until
 
 from exporter.cli import build_parser, main
 from exporter.simulator import ManualClock, Simulator
@@ -109,6 +112,8 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
         ([], "telemetry_path", "/metrics"),
         ([], "log_level", "info"),
         ([], "log_format", None),
+        ([], "max_connections", 512),
+        (["--web.max-connections=20"], "max_connections", 20),
         (["--web.listen-address=[::1]:9100"], "listen_address", "[::1]:9100"),
         (["--web.telemetry-path=/custom"], "telemetry_path", "/custom"),
     ],
@@ -126,6 +131,8 @@ def test_flag_defaults_follow_prometheus_conventions(
         ["--web.telemetry-path=/"],
         ["--web.telemetry-path=/-/x"],
         ["--log.level=trace"],
+        ["--web.max-connections=0"],
+        ["--web.max-connections=many"],
     ],
 )
 def test_bad_flags_are_refused(flags: list[str]) -> None:
@@ -138,3 +145,98 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--version"])
     assert re.fullmatch(r"asyncjob-exporter \S+\n", capsys.readouterr().out)
+
+
+def test_config_check_covers_the_web_config_with_every_problem_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both files' problems in one run, the unreadable certificate and key named by path."""
+    config = tmp_path / "config.yaml"
+    config.write_text("sources:\n  - {name: x, provider: azure_foo}\n")
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config: {cert_file: /missing/cert.pem, key_file: /missing/key.pem}\n"
+        "basic_auth_users: {prometheus: hunter2}\n"
+    )
+    args = ["--config.check", f"--config.file={config}", f"--web.config.file={web}"]
+    assert main(args) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{config}: 1 problem",
+        (
+            "sources[0].provider: unknown provider 'azure_foo'; expected one of "
+            "azure_language_training, azure_language_analyze_text, azure_text_analytics_analyze, "
+            "azure_document_translation, stable_diffusion_finetune"
+        ),
+        f"{web}: 3 problems",
+        "tls_server_config.cert_file: cannot read '/missing/cert.pem': No such file or directory",
+        "tls_server_config.key_file: cannot read '/missing/key.pem': No such file or directory",
+        "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password",
+    ]
+
+
+def test_config_check_says_ok_for_both_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
+    assert main(["--demo", "--config.check", f"--web.config.file={web}"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "--demo: OK (5 sources, 8 jobs)",
+        f"{web}: OK (no TLS, no auth)",
+    ]
+
+
+def test_demo_config_check_does_not_listen() -> None:
+    """--demo --config.check checks the built-in config and exits; it binds nothing. The port it
+    is given is held by this test, so trying to listen there would fail."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        checked = subprocess.run(
+            [sys.executable, "-m", "exporter", "--demo", "--config.check",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.format=json"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert (checked.returncode, checked.stdout, checked.stderr) == (
+        0,
+        "--demo: OK (5 sources, 8 jobs)\n",
+        "",
+    )
+
+
+def test_make_demo_takes_a_port() -> None:
+    """`make demo PORT=N` serves the demo on N (the README's first command, with a port)."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "demo", f"PORT={port}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+
+        def serving() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/-/healthy", timeout=2).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_until(serving, timeout=60, what=f"make demo on port {port}")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def test_make_clean_removes_what_the_build_leaves(tmp_path: Path) -> None:
+    """`make clean` in a copy of the tree: build/, *.egg-info, test-artifacts/ and the caches go;
+    the sources stay."""
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    leftovers = ["build/lib", "dist", "asyncjob_exporter.egg-info", "test-artifacts",
+                 ".venv/bin", ".tools/bin", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                 ".hypothesis", "exporter/__pycache__"]  # fmt: skip
+    for folder in leftovers:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "file").write_text("x")
+    (tmp_path / "exporter" / "cli.py").write_text("# source\n")
+    subprocess.run(["make", "-C", str(tmp_path), "clean"], check=True, capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "exporter"]
+    assert [p.name for p in (tmp_path / "exporter").iterdir()] == ["cli.py"]

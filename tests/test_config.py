@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 
 from exporter.cli import main
 from exporter.config import ConfigError, load_config, parse_config
@@ -46,28 +53,92 @@ def test_config_check_exits_nonzero_and_prints_each_problem(
     assert err[1:] == expected
 
 
-def test_example_config_is_valid(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """config.example.yaml passes --config.check once its variables and files exist."""
-    key_file = tmp_path / "key"
-    key_file.write_text("file-secret\n")
-    text = (
-        (REPO / "config.example.yaml")
-        .read_text()
-        .replace("/run/secrets/text-analytics-key", str(key_file))
-    )
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(text)
-    for name in ("AZURE_LANGUAGE_KEY", "AZURE_TRANSLATOR_KEY", "SD_API_KEY"):
-        monkeypatch.setenv(name, f"value-of-{name}")
-    assert main(["--config.check", "--config.file", str(config_path)]) == 0
-    assert capsys.readouterr().out.strip() == f"{config_path}: OK (5 sources, 5 jobs)"
-    config = load_config(config_path)
+def example_env(tmp_path: Path) -> dict[str, str]:
+    """A value for every variable config.example.yaml names (outside comments); a *_FILE
+    variable gets the path of a real file holding a secret."""
+    lines = (REPO / "config.example.yaml").read_text().splitlines()
+    code = [line.split("#", 1)[0] for line in lines]
+    names = set(re.findall(r"\$\{([A-Z_]+)\}", "\n".join(code)))
+    env = {}
+    for name in sorted(names):
+        if name.endswith("_FILE"):
+            secret = tmp_path / name.lower()
+            secret.write_text("file-secret\n")
+            env[name] = str(secret)
+        else:
+            env[name] = f"value-of-{name}"
+    return env
+
+
+def test_example_config_passes_its_own_check(tmp_path: Path) -> None:
+    """The example as shipped, unedited: with the variables it names set, --config.check is OK."""
+    env = example_env(tmp_path)
+    assert set(env) == {"AZURE_LANGUAGE_KEY", "AZURE_TRANSLATOR_KEY", "SD_API_KEY",
+                        "TEXT_ANALYTICS_KEY_FILE"}  # fmt: skip
+    checked = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.check", "--config.file", "config.example.yaml"],
+        env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert checked.stdout == "config.example.yaml: OK (5 sources, 5 jobs)\n"
+    config = load_config(REPO / "config.example.yaml", env=env)
     assert config.global_.poll_interval == 30.0
     assert config.poll_interval(config.sources[3]) == 60.0
     headers = config.provider(config.sources[2]).request(config.sources[2], "j").headers
     assert headers["Ocp-Apim-Subscription-Key"] == "file-secret"  # newline stripped
+
+
+def test_one_source_is_not_written_as_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        "sources:\n  - {name: t, provider: azure_document_translation, "
+        "endpoint: 'https://x.example', auth: {subscription_key: k}, job_ids: [a]}\n"
+    )
+    assert main(["--config.check", "--config.file", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: OK (1 source, 1 job)\n"
+
+
+# -- the JSON Schema for editors ---------------------------------------------------------------
+
+SCHEMA_FILE = REPO / "config.schema.json"
+
+
+def test_committed_schema_is_what_the_models_export(capsys: pytest.CaptureFixture[str]) -> None:
+    """config.schema.json is `asyncjob-exporter --config.schema`; regenerate it when this fails:
+    asyncjob-exporter --config.schema > config.schema.json"""
+    assert main(["--config.schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(SCHEMA_FILE.read_text())
+
+
+def test_example_config_points_editors_at_the_schema_and_satisfies_it() -> None:
+    text = (REPO / "config.example.yaml").read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=config.schema.json"
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(text), schema)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda raw: raw["sources"][0].update(projekt="x"), "Additional properties"),
+        (lambda raw: raw["global"].update(poll_interval="30 seconds"), "does not match"),
+        (lambda raw: raw["sources"][4].update(provider="stable_diffusion"), "'stable_diffusion_"),
+        (lambda raw: raw["sources"][3]["auth"].update(regoin="x"), "'regoin' was unexpected"),
+    ],
+    ids=["typo-in-a-key", "bad-duration", "unknown-provider", "typo-in-auth"],
+)
+def test_schema_catches_what_an_editor_should_flag(change: Any, error: str) -> None:
+    raw = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    change(raw)
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    errors = list(validator.iter_errors(raw))
+    assert errors
+    # Under oneOf the message that names the problem is in the branch of the source's provider.
+    messages = [e.message for err in errors for e in (err, *(err.context or ()))]
+    assert any(error in message for message in messages), messages
 
 
 def test_missing_config_file_is_a_config_error() -> None:

@@ -182,42 +182,61 @@ def test_basic_auth_checks_bcrypt_once_per_credentials(monkeypatch: pytest.Monke
     assert len(checks) == 2
 
 
+TLS = {"cert_file": "CERT", "key_file": "KEY"}  # replaced by real files from `pki`
+
+
 @pytest.mark.parametrize(
-    ("web", "problem"),
+    ("web", "problems"),
     [
         ({"tls_server_config": {"cert_file": "/nonexistent.pem", "key_file": "/nonexistent.key"}},
-         "tls_server_config: cannot load certificate, key or CA: No such file or directory"),
-        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
-         "tls_server_config: cipher_suites: Python's ssl module picks the cipher suites; remove this key"),
-        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": "RequireAndVerifyClientCert"}},
-         "tls_server_config: client_auth_type RequireAndVerifyClientCert needs client_ca_file"),
-        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": "RequireAnyClientCert"}},
-         ("tls_server_config: client_auth_type RequireAnyClientCert (a certificate taken without checking it) "
-          "is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert")),
-        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "min_version": "TLS9"}},
-         "tls_server_config.min_version: Input should be 'TLS10', 'TLS11', 'TLS12' or 'TLS13'"),
+         ["tls_server_config.cert_file: cannot read '/nonexistent.pem': No such file or directory",
+          "tls_server_config.key_file: cannot read '/nonexistent.key': No such file or directory"]),
+        ({"tls_server_config": {"cert_file": "KEY", "key_file": "CERT"}},
+         [("tls_server_config: cannot load certificate 'KEY' with key 'CERT': PEM lib "
+          "(is each a PEM file, and does the key match the certificate?)")]),
+        ({"tls_server_config": {**TLS, "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}},
+         ["tls_server_config: cipher_suites: Python's ssl module picks the cipher suites; remove this key"]),
+        ({"tls_server_config": {**TLS, "client_auth_type": "RequireAndVerifyClientCert"}},
+         ["tls_server_config: client_auth_type RequireAndVerifyClientCert needs client_ca_file"]),
+        ({"tls_server_config": {**TLS, "client_auth_type": "RequireAnyClientCert"}},
+         [("tls_server_config: client_auth_type RequireAnyClientCert (a certificate taken without checking it) "
+           "is not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert")]),
+        ({"tls_server_config": {**TLS, "min_version": "TLS9"}},
+         ["tls_server_config.min_version: Input should be 'TLS10', 'TLS11', 'TLS12' or 'TLS13'"]),
         ({"http_server_config": {"http2": False}},
-         "http_server_config: http2: the exporter serves HTTP/1.1 only; remove this key"),
+         ["http_server_config: http2: the exporter serves HTTP/1.1 only; remove this key"]),
         ({"http_server_config": {"headers": {"Server": "x"}}},
-         ("http_server_config.headers: header 'Server' cannot be set; allowed: Content-Security-Policy, "
-          "Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection")),
+         [("http_server_config.headers: header 'Server' cannot be set; allowed: Content-Security-Policy, "
+           "Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection")]),
         ({"basic_auth_users": {"prometheus": "plaintext-password"}},
-         "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password"),
-        ({"tls_config": {}}, "tls_config: unknown key"),
-        ({"tls_server_config": {"cert_file": "c", "key_file": "k", "http2": True}},
-         "tls_server_config.http2: unknown key"),
+         ["basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password"]),
+        ({"tls_config": {}}, ["tls_config: unknown key"]),
+        ({"tls_server_config": {**TLS, "http2": True}}, ["tls_server_config.http2: unknown key"]),
+        # Every problem at once, from every section.
+        ({"tls_server_config": {"cert_file": "/nonexistent.pem", "key_file": "KEY"},
+          "basic_auth_users": {"prometheus": "hunter2"}, "http_server_config": {"headers": {"Server": "x"}}},
+         ["tls_server_config.cert_file: cannot read '/nonexistent.pem': No such file or directory",
+          ("http_server_config.headers: header 'Server' cannot be set; allowed: Content-Security-Policy, "
+           "Strict-Transport-Security, X-Content-Type-Options, X-Frame-Options, X-XSS-Protection"),
+          "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password"]),
     ],
-    ids=["missing-cert", "cipher-suites", "no-client-ca", "require-any", "bad-version", "http2",
-         "forbidden-header", "plaintext-password", "unknown-key", "http-key-in-tls-section"],
+    ids=["missing-cert-and-key", "swapped-cert-and-key", "cipher-suites", "no-client-ca", "require-any",
+         "bad-version", "http2", "forbidden-header", "plaintext-password", "unknown-key",
+         "http-key-in-tls-section", "every-problem-at-once"],
 )  # fmt: skip
 def test_bad_web_config_is_refused_with_its_location(
-    tmp_path: Path, web: dict[str, Any], problem: str
+    tmp_path: Path, pki: Pki, web: dict[str, Any], problems: list[str]
 ) -> None:
+    files = {"CERT": str(pki.cert_file), "KEY": str(pki.key_file)}
+    text = yaml.safe_dump(web)
+    for placeholder, real in files.items():
+        text = text.replace(f" {placeholder}\n", f" {real}\n")
+        problems = [p.replace(f"'{placeholder}'", f"'{real}'") for p in problems]
     path = tmp_path / "web.yml"
-    path.write_text(yaml.safe_dump(web))
+    path.write_text(text)
     with pytest.raises(ConfigError) as caught:
         load_web_config(str(path))
-    assert [f"{where}: {what}" for where, what in caught.value.problems] == [problem]
+    assert [f"{where}: {what}" for where, what in caught.value.problems] == problems
 
 
 def test_bad_web_config_stops_the_exporter_at_start(

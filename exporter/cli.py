@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import signal
+import socket
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
@@ -149,19 +149,57 @@ def _print_problems(error: ConfigError, path: str, out: TextIO) -> None:
         print(f"{where}: {what}", file=out)
 
 
-def _signals() -> queue.SimpleQueue[str]:
-    """SIGTERM and SIGINT ask to stop, SIGHUP to reload; the main thread acts on them in order."""
-    events: queue.SimpleQueue[str] = queue.SimpleQueue()
+class Signals:
+    """SIGTERM and SIGINT ask to stop, SIGHUP to reload; the main thread takes them in order.
 
-    def handle(signum: int, _frame: Any) -> None:
-        events.put("reload" if signum == signal.SIGHUP else "stop")
+    A Python-level handler runs only when the main thread executes bytecode, so a signal that
+    lands just before the main thread blocks, or on another thread, would wait for ever. The C
+    handler writes every signal's number to a socket instead (`signal.set_wakeup_fd`), whatever
+    thread takes the signal and whenever it comes, and the main thread reads from that socket.
+    """
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, handle)
-    return events
+    WANTED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._write.settimeout(0)  # non-blocking, as set_wakeup_fd requires
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, _noted) for signum in self.WANTED}
+
+    def next(self) -> str:
+        """Block until the next wanted signal: "reload" or "stop"."""
+        while True:
+            signum = self._read.recv(1)[0]
+            if signum == signal.SIGHUP:
+                return "reload"
+            if signum in self.WANTED:
+                return "stop"
+
+    def close(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._read.close()
+        self._write.close()
+
+
+def _noted(_signum: int, _frame: Any) -> None:
+    """The Python-level handler does nothing: the signal number is already in the socket."""
 
 
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads. Signals are taken from the start, so one
+    that arrives while the exporter starts is acted on once it runs, not lost or fatal."""
+    signals = Signals()
+    try:
+        return _serve(config, args, signals, banner)
+    finally:
+        signals.close()
+
+
+def _serve(
+    config: Config, args: argparse.Namespace, signals: Signals, banner: Sequence[str]
+) -> int:
     web = WebConfig(WebConfigFile())
     if args.web_config_file:
         try:
@@ -186,8 +224,8 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         # The OS reason is the whole story (port in use, no permission); no traceback needed.
         reason = exc.strerror or str(exc)
         log.error("cannot listen", address=args.listen_address, error=reason)  # noqa: TRY400
+        exporter.stop()
         return 1
-    events = _signals()
     server.start()
     exporter.start()
     jobs = sum(len(s.job_ids) for s in config.sources)
@@ -204,7 +242,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         f"Status page:    {base}/",
     ):
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
-    while events.get() != "stop":
+    while signals.next() != "stop":
         if reload is None:
             log.warning("reload ignored: --demo runs a built-in config")
         else:

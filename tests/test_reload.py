@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import signal
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -17,7 +20,6 @@ from exporter.simulator import Fault, ManualClock, Simulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 TRAINING = {"provider": "azure_language_training", "source": "language-training"}
 
@@ -193,3 +195,40 @@ def _up(base: str, job_id: str) -> bool:
         )
         == 1
     )
+
+
+def thread_kill(pid: int, tid: int, signum: int) -> None:
+    """tgkill(2): a signal to one thread of a process, as the kernel may route a process's."""
+    number = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum})")
+
+
+def test_signals_taken_by_another_thread_are_not_lost(tmp_path: Path) -> None:
+    """The cause of a flaky reload: a Python-level handler runs only when the main thread runs
+    bytecode, so a SIGHUP that a worker thread took (or that came just before the main thread
+    blocked) waited for ever. Here each signal goes to a thread that is not the main one."""
+    with Simulator(clock=ManualClock(60.0)) as sim:
+        raw = demo_raw_config(sim, poll_interval="300ms")
+        raw["sources"] = raw["sources"][3:4]
+        raw["sources"][0]["job_ids"] = ["batch-ok"]
+        path = tmp_path / "config.yaml"
+        write(path, raw)
+        port = free_port()
+        process = run_exporter(path, port)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _up(base, "batch-ok"), what="the exporter to poll batch-ok")
+            workers = [int(t.name) for t in Path(f"/proc/{process.pid}/task").iterdir()]
+            workers.remove(process.pid)  # the main thread's ID is the process's
+            raw["sources"][0]["job_ids"] = ["batch-ok", "batch-partial"]
+            write(path, raw)
+            thread_kill(process.pid, workers[0], signal.SIGHUP)
+            wait_until(lambda: _up(base, "batch-partial"), what="batch-partial after SIGHUP")
+            thread_kill(process.pid, workers[-1], signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)

@@ -86,7 +86,7 @@ class _Families:
             "Unix time the exporter last saw the job's state or progress change.",
         )
         self.requests = CounterMetricFamily(
-            "asyncjob_requests", "HTTP requests sent upstream, retries included.",
+            "asyncjob_requests", "Upstream request attempts, retries included.",
             labels=SOURCE_LABELS,
         )  # fmt: skip
         self.request_errors = CounterMetricFamily(

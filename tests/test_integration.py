@@ -16,8 +16,9 @@ import pytest
 import requests
 from conftest import Harness, demo_raw_config, wait_until, with_source
 
-from exporter.model import ErrorReason, State
-from exporter.simulator import Fault, Simulator
+from exporter.model import MAX_LABEL_LENGTH, ErrorReason, State
+from exporter.simulator import DEMO_JOBS, Fault, Simulator
+from exporter.simulator.scenarios import render
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -455,3 +456,18 @@ def test_states_cover_the_canonical_set(make_harness: MakeHarness) -> None:
         series = m.series("asyncjob_state", job_id=job_id)
         assert {s["state"] for s in series} == {s.value for s in State}
         assert sum(m.get("asyncjob_state", **s) or 0 for s in series) == 1.0
+
+
+def test_demo_fine_tune_progress_keeps_rising_past_a_long_log(make_harness: MakeHarness) -> None:
+    """sd-ok (the worker's own wording) at 160 s: 4 of 6 steps done, the log well past 200
+    characters. The old parser read only the first 200 and stayed at step 1 or 2."""
+    h = make_harness(at=160.0)
+    h.exporter.poll_once()
+    assert h.sim.seen("sd-ok")[-1].status == 200
+    m = h.scrape()
+    # (160 - 5) / 200 of 6 steps -> floor(4.65) = 4 done, 2 more to go.
+    assert m.get("asyncjob_progress_ratio", **job("sd-ok", phase="overall")) == pytest.approx(4 / 6)
+    sd_ok = next(j for j in DEMO_JOBS if j.job_id == "sd-ok")
+    log = render(sd_ok, 160.0, h.sim.started_at)["data"]
+    assert len(log) > MAX_LABEL_LENGTH + 100  # step 4 starts well past the 200th character
+    assert "Step:4 Stage 4 done, 2 More Steps to go" in log

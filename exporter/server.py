@@ -18,8 +18,8 @@ import ssl
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -98,19 +98,22 @@ class _Watchdog:
             self._wake.clear()
 
 
-class _Server(ThreadingMixIn, WSGIServer):
+class _Server(WSGIServer):
+    """Connections are served by a pool of at most `max_connections` threads. At the limit the
+    accept loop waits for a free slot, so further connections wait in the kernel's backlog
+    rather than in memory, and the thread count never exceeds the limit."""
+
     allow_reuse_address = True
     # socketserver's default backlog is 5: a burst of scrapers would see dropped SYNs and
     # retransmits of 1, 3, 7... seconds. Let the kernel queue a burst instead.
     request_queue_size = 1024
-    # Shutdown waits for in-flight requests (a scrape finishes); CONNECTION_TIMEOUT bounds that.
-    daemon_threads = False
-    block_on_close = True
     tls: ssl.SSLContext | None = None
     header_timeout = HEADER_TIMEOUT
 
     def limit(self, max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
+        name = f"http-{self.server_address[1]}"  # per server: tests run several in one process
+        self.pool = ThreadPoolExecutor(max_connections, thread_name_prefix=name)
         self.watchdog = _Watchdog()
         self.closing = False
 
@@ -118,29 +121,38 @@ class _Server(ThreadingMixIn, WSGIServer):
         conn, address = self.socket.accept()
         conn.settimeout(CONNECTION_TIMEOUT)
         if self.tls is not None:
-            # The handshake happens in the request's own thread (finish_request), so a client
-            # that never completes it cannot stall the accept loop.
+            # The handshake happens in the connection's own thread (finish_request), so a
+            # client that never completes it cannot stall the accept loop.
             conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # At the limit the accept loop waits here, so new connections wait in the backlog.
         while not self.slots.acquire(timeout=0.5):
             if self.closing:
                 self.shutdown_request(request)
                 return
         try:
-            super().process_request(request, client_address)
+            self.pool.submit(self._serve_connection, request, client_address)
         except BaseException:
             self.slots.release()
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
             self.watchdog.disarm(request)
+            self.shutdown_request(request)
             self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        # In-flight requests finish (a scrape completes); CONNECTION_TIMEOUT and the header
+        # deadline bound how long that can take.
+        self.pool.shutdown(wait=True)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         self.watchdog.arm(request, self.header_timeout)  # disarmed once the headers are read

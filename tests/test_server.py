@@ -87,7 +87,7 @@ def test_name_filter_in_every_form(
 
 def test_slow_clients_cannot_take_more_than_the_connection_limit() -> None:
     """A bounded slowloris (60 clients trickling a byte every 0.3 s, for at most 6 s) against
-    a limit of 20 connections: the server never runs more than 20 request threads, each slow
+    a limit of 20 connections: the server never runs more than 20 connection threads, each slow
     client is cut off at the header deadline, and every scrape is answered."""
     registry = CollectorRegistry()
     app = make_app(registry, "/metrics", lambda: None)
@@ -99,7 +99,8 @@ def test_slow_clients_cannot_take_more_than_the_connection_limit() -> None:
     def watch() -> None:
         nonlocal peak
         while not stop.wait(0.02):
-            serving = sum("process_request_thread" in t.name for t in threading.enumerate())
+            mine = f"http-{server.port}_"
+            serving = sum(t.name.startswith(mine) for t in threading.enumerate())
             peak = max(peak, serving)
 
     watcher = threading.Thread(target=watch)

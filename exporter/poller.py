@@ -278,12 +278,13 @@ class SourcePoller:
         return max(wait, asked)
 
     def _poll_and_reschedule(self, job_id: str) -> None:
-        outcome = None
+        wait: float | None = self._interval  # if the poll itself raised (a bug): try again later
         try:
             outcome = self._poll(job_id)
+            # None: shutting down or no longer tracked; a finished job is polled no more.
+            wait = None if outcome is None or outcome.finished else self.next_wait(outcome)
         finally:
-            if outcome is not None and not outcome.finished and not self._stop.is_set():
-                wait = self.next_wait(outcome)
+            if wait is not None and not self._stop.is_set():
                 with self._lock:
                     self._due[job_id] = time.monotonic() + wait
                 self._wake.set()

@@ -428,3 +428,24 @@ def test_server_wait_is_capped_by_max_retry_wait(make_harness: Callable[..., Har
     h.sim.set_fault("batch-ok", Fault(retry_after="86400"))
     outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
     assert poller.next_wait(outcome) == 30.0
+
+
+def test_a_bug_applying_an_outcome_does_not_stop_the_jobs_polling(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If applying a poll's outcome raises (a bug of ours), the job is polled again later."""
+    h = make_harness(fast, start_polling=True)
+    real_apply = h.exporter.store.apply
+    raised: list[str] = []
+
+    def buggy_once(outcome: Any) -> Any:
+        if outcome.job_id == "analyze-ok" and not raised:
+            raised.append(outcome.job_id)
+            raise RuntimeError("a bug while applying an outcome")
+        return real_apply(outcome)
+
+    monkeypatch.setattr(h.exporter.store, "apply", buggy_once)
+    wait_until(lambda: raised, what="the bug to strike")
+    polls = len(h.sim.seen("analyze-ok"))
+    wait_until(lambda: len(h.sim.seen("analyze-ok")) > polls, what="analyze-ok polled again")
+    wait_until(lambda: scrape(h).get("asyncjob_up", **ANALYZE) == 1, what="analyze-ok up")

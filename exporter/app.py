@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from exporter.config import Config
     from exporter.providers.base import SourceBase
+    from exporter.storage import Storage
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +45,10 @@ class Exporter:
         config: Config,
         clock: Callable[[], datetime] = utcnow,
         supervise_every: float = 1.0,
+        storage: Storage | None = None,
     ) -> None:
         self.config = config
-        self.store = Store()
+        self.store = Store(storage, clock)
         self._clock = clock
         self._supervise_every = supervise_every
         self.registry = CollectorRegistry()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import socket
@@ -18,6 +19,7 @@ from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
+from exporter.storage import Storage, StorageError
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
@@ -115,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="path under which to expose metrics (default: %(default)s)",
     )
     add(
+        "--storage.path",
+        dest="storage_path",
+        default="data/",
+        metavar="DIR",
+        help="where what the exporter knows is kept across restarts, a SQLite database "
+        "(default: %(default)s; --once and --demo keep everything in memory)",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -189,68 +199,76 @@ def _noted(_signum: int, _frame: Any) -> None:
 
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads. Signals are taken from the start, so one
-    that arrives while the exporter starts is acted on once it runs, not lost or fatal."""
-    signals = Signals()
-    try:
-        return _serve(config, args, signals, banner)
-    finally:
-        signals.close()
-
-
-def _serve(
-    config: Config, args: argparse.Namespace, signals: Signals, banner: Sequence[str]
-) -> int:
-    web = WebConfig(WebConfigFile())
-    if args.web_config_file:
+    that arrives while the exporter starts is acted on once it runs, not lost or fatal. What is
+    opened is closed in reverse order on the way out, whichever way that is."""
+    with contextlib.ExitStack() as opened:
+        signals = Signals()
+        opened.callback(signals.close)
+        web = WebConfig(WebConfigFile())
+        if args.web_config_file:
+            try:
+                web = load_web_config(args.web_config_file)
+            except ConfigError as exc:
+                _print_problems(exc, args.web_config_file, sys.stderr)
+                return 1
+        storage = None
+        if not args.demo:  # the demo, like --once, keeps everything in memory
+            try:
+                storage = Storage.open(args.storage_path)
+            except StorageError as exc:
+                log.error("cannot open storage", error=str(exc))  # noqa: TRY400 - it says all
+                return 1
+            opened.callback(storage.close)
+        exporter = Exporter(config, storage=storage)
+        opened.callback(exporter.stop)
+        reload = None if args.demo else partial(exporter.reload, args.config_file)
+        app = make_app(
+            exporter.registry,
+            args.telemetry_path,
+            exporter.not_ready,
+            exporter.store.jobs,
+            reload=reload if args.enable_lifecycle else None,
+            auth=web.auth,
+            headers=web.headers,
+        )
         try:
-            web = load_web_config(args.web_config_file)
-        except ConfigError as exc:
-            _print_problems(exc, args.web_config_file, sys.stderr)
+            server = HttpServer(app, args.listen_address, web.tls, args.max_connections)
+        except OSError as exc:
+            # The OS reason is the whole story (port in use, no permission); no traceback.
+            reason = exc.strerror or str(exc)
+            log.error("cannot listen", address=args.listen_address, error=reason)  # noqa: TRY400
             return 1
-    exporter = Exporter(config)
-    reload = None if args.demo else partial(exporter.reload, args.config_file)
-    app = make_app(
-        exporter.registry,
-        args.telemetry_path,
-        exporter.not_ready,
-        exporter.store.jobs,
-        reload=reload if args.enable_lifecycle else None,
-        auth=web.auth,
-        headers=web.headers,
-    )
-    try:
-        server = HttpServer(app, args.listen_address, web.tls, args.max_connections)
-    except OSError as exc:
-        # The OS reason is the whole story (port in use, no permission); no traceback needed.
-        reason = exc.strerror or str(exc)
-        log.error("cannot listen", address=args.listen_address, error=reason)  # noqa: TRY400
-        exporter.stop()
-        return 1
-    server.start()
-    exporter.start()
+        server.start()
+        opened.callback(server.stop)
+        exporter.start()
+        _announce(config, args, web, server.port, banner)
+        while signals.next() != "stop":
+            if reload is None:
+                log.warning("reload ignored: --demo runs a built-in config")
+            else:
+                reload()
+        log.info("shutting down")
+    return 0
+
+
+def _announce(
+    config: Config, args: argparse.Namespace, web: WebConfig, port: int, banner: Sequence[str]
+) -> None:
     jobs = sum(len(s.job_ids) for s in config.sources)
     log.info(
-        "listening", address=args.listen_address, port=server.port, tls=web.tls is not None,
+        "listening", address=args.listen_address, port=port, tls=web.tls is not None,
         basic_auth=web.auth is not None, sources=len(config.sources), jobs=jobs,
+        storage=None if args.demo else args.storage_path,
     )  # fmt: skip
     host, _ = parse_listen_address(args.listen_address)
     scheme = "https" if web.tls else "http"
-    base = f"{scheme}://{host or 'localhost'}:{server.port}"
+    base = f"{scheme}://{host or 'localhost'}:{port}"
     for line in (
         *banner,
         f"Metrics:        {base}{args.telemetry_path}",
         f"Status page:    {base}/",
     ):
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
-    while signals.next() != "stop":
-        if reload is None:
-            log.warning("reload ignored: --demo runs a built-in config")
-        else:
-            reload()
-    log.info("shutting down")
-    exporter.stop()
-    server.stop()
-    return 0
 
 
 def _plural(n: int, word: str) -> str:

@@ -10,15 +10,22 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from exporter.model import ErrorReason
+from exporter.storage import record_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-    from datetime import datetime
+    from collections.abc import Callable, Iterable
 
     from exporter.model import JobSnapshot, PollOutcome
+    from exporter.storage import Storage
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 # Upstream calls take from tens of milliseconds to the timeout (10 s by default) and beyond.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -26,11 +33,15 @@ REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """What the exporter knows about one configured job."""
+    """What the exporter knows about one tracked job: its identity (source, job ID, and the
+    project where the API has one), how it arrived, and what its polls learned."""
 
     provider: str
     source: str
     job_id: str
+    first_seen: datetime
+    project: str | None = None
+    origin: str = "config"
     snapshot: JobSnapshot | None = None  # the last good values; kept when a poll fails
     up: bool = False
     last_error: ErrorReason | None = None
@@ -100,24 +111,50 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
 
 
 class Store:
-    def __init__(self) -> None:
+    """With a `Storage`, every change to a record is also queued for the database, and jobs the
+    config tracks resume from what was stored before a restart."""
+
+    def __init__(
+        self, storage: Storage | None = None, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], JobRecord] = {}
         self._counters: dict[str, _Counters] = {}
+        self._storage = storage
+        self._clock = clock
+        stored = storage.load() if storage is not None else []
+        self._restored = {(job.source, job.job_id): job for job in stored}
+
+    def _new_record(self, provider: str, source: str, job_id: str) -> JobRecord:
+        stored = self._restored.pop((source, job_id), None)
+        if stored is not None and stored.provider == provider:
+            return JobRecord(
+                provider, source, job_id, stored.first_seen, stored.project, stored.origin,
+                **record_fields(stored.record),
+            )  # fmt: skip
+        return JobRecord(provider, source, job_id, self._clock())
 
     def configure(self, wanted: Iterable[tuple[str, str, str]]) -> None:
-        """Track exactly these (provider, source, job_id); kept jobs keep their records."""
+        """Track exactly these (provider, source, job_id); kept jobs keep their records, and
+        jobs new to this process resume from storage where it has them."""
         with self._lock:
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
             for provider, source, job_id in wanted:
                 old = self._jobs.get((source, job_id))
                 keep = old is not None and old.provider == provider
-                jobs[source, job_id] = old if keep and old else JobRecord(provider, source, job_id)
+                jobs[source, job_id] = (
+                    old if keep and old else self._new_record(provider, source, job_id)
+                )
                 old_counters = self._counters.get(source)
                 keep = old_counters is not None and old_counters.provider == provider
                 counters[source] = old_counters if keep and old_counters else _Counters(provider)
+            gone = [key for key in self._jobs if key not in jobs]
+            added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
             self._jobs, self._counters = jobs, counters
+            if self._storage is not None:
+                self._storage.delete(gone)
+                self._storage.save(added)
 
     def get(self, source: str, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -138,7 +175,9 @@ class Store:
             old = self._jobs.get((outcome.source, outcome.job_id))
             if old is None:
                 return None
-            self._jobs[outcome.source, outcome.job_id] = _updated(old, outcome)
+            new = self._jobs[outcome.source, outcome.job_id] = _updated(old, outcome)
+            if self._storage is not None:
+                self._storage.save((new,))
             return old
 
     def count_rejected(self, source: str, jobs: int) -> None:

@@ -41,6 +41,10 @@ def test_dockerfile_shape() -> None:
     assert f"127.0.0.1:{EXPORTER_PORT}/-/healthy" in DOCKERFILE
     assert re.findall(r"^EXPOSE (\d+)", DOCKERFILE, re.MULTILINE) == [str(EXPORTER_PORT)]
     assert "--config.file=/etc/asyncjob-exporter/config.yaml" in DOCKERFILE
+    # The storage directory is a volume the non-root user owns.
+    assert "--storage.path=/var/lib/asyncjob-exporter" in DOCKERFILE
+    assert 'VOLUME ["/var/lib/asyncjob-exporter"]' in DOCKERFILE
+    assert f"chown {users[-1]} /var/lib/asyncjob-exporter" in DOCKERFILE
 
 
 def test_compose_mounts_exist() -> None:

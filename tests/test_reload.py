@@ -145,7 +145,7 @@ def test_reload_endpoint_needs_the_lifecycle_flag(make_harness: Callable[..., Ha
 def run_exporter(config: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "exporter", f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.format=json"],
+         f"--storage.path={config.parent / 'data'}", "--log.format=json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

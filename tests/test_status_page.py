@@ -102,7 +102,9 @@ NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 def record(job_id: str, snap: JobSnapshot | None, **fields: Any) -> JobRecord:
     base = {"up": snap is not None, "last_poll_success": NOW - timedelta(seconds=5)}
-    return JobRecord("azure_document_translation", "translator", job_id, snap, **{**base, **fields})
+    seen = NOW - timedelta(days=4)
+    return JobRecord("azure_document_translation", "translator", job_id, seen, snapshot=snap,
+                     **{**base, **fields})  # fmt: skip
 
 
 def snapshot(state: State, overall: float, **fields: Any) -> JobSnapshot:

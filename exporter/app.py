@@ -9,6 +9,7 @@ stays. A supervisor restarts any source's scheduler thread that died.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,8 @@ from exporter.collector import JobCollector
 from exporter.config import ConfigError, load_config, secrets
 from exporter.logging import redactor
 from exporter.poller import SourcePoller, utcnow
-from exporter.store import Store
+from exporter.store import CONFIG, SourceJobs, Store
+from exporter.values import is_path_safe_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -33,10 +35,40 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from exporter.config import Config
-    from exporter.providers.base import SourceBase
+    from exporter.providers.base import Located, SourceBase
     from exporter.storage import Storage
+    from exporter.store import JobRecord
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What registering a job came to: its record (created or already tracked), or a problem
+    with the request (`at_limit` when the source has no room)."""
+
+    record: JobRecord | None = None
+    created: bool = False
+    problem: str | None = None
+    at_limit: bool = False
+
+
+def _registration_problem(source: SourceBase, job_id: str, project: str | None) -> str | None:
+    if not is_path_safe_id(job_id):
+        return f"{job_id!r} is not a valid job ID: use 1-128 letters, digits or -_.:"
+    has_projects = "project" in type(source).model_fields
+    if project is not None and not has_projects:
+        return f"source {source.name!r} ({source.provider}) has no projects; leave project out"
+    if project is not None and not is_path_safe_id(project):
+        return f"{project!r} is not a valid project name: use 1-128 letters, digits or -_.:"
+    if has_projects and project is None and _project(source) is None:
+        return f"source {source.name!r} has no project of its own: give the job's project"
+    return None
+
+
+def _project(source: SourceBase) -> str | None:
+    project = getattr(source, "project", None)
+    return project if isinstance(project, str) else None
 
 
 class Exporter:
@@ -75,15 +107,15 @@ class Exporter:
     def apply(self, config: Config) -> None:
         """Make `config` the running one; unchanged sources and jobs keep everything."""
         with self._lock:
-            sources = [self._within_limit(s) for s in config.sources]
+            for source in config.sources:
+                if len(source.job_ids) > source.max_jobs:
+                    refused = len(source.job_ids) - source.max_jobs
+                    log.warning("job limit reached", source=source.name,
+                                max_jobs=source.max_jobs, refused=refused)  # fmt: skip
             self.store.configure(
-                (source.provider, source.name, job_id)
-                for source in sources
-                for job_id in source.job_ids
+                SourceJobs(s.provider, s.name, tuple(s.job_ids), _project(s), s.max_jobs)
+                for s in config.sources
             )
-            for source, original in zip(sources, config.sources, strict=True):
-                if refused := len(original.job_ids) - len(source.job_ids):
-                    self.store.count_rejected(source.name, refused)
             old, same_global = self._pollers, config.global_ == self.config.global_
             self._pollers = {
                 s.name: (
@@ -91,7 +123,7 @@ class Exporter:
                     if s.name in old and old[s.name].source == s and same_global
                     else SourcePoller(config, s, self.store, self._clock)
                 )
-                for s in sources
+                for s in config.sources
             }
             self.config = config
             retired = [p for name, p in old.items() if self._pollers.get(name) is not p]
@@ -107,15 +139,67 @@ class Exporter:
             self._reload_ok.set(1)
             self._reload_time.set_to_current_time()
 
-    @staticmethod
-    def _within_limit(source: SourceBase) -> SourceBase:
-        if len(source.job_ids) <= source.max_jobs:
-            return source
-        refused = len(source.job_ids) - source.max_jobs
-        log.warning(
-            "job limit reached", source=source.name, max_jobs=source.max_jobs, refused=refused
-        )
-        return source.model_copy(update={"job_ids": source.job_ids[: source.max_jobs]})
+    def register(
+        self, source_name: str, job_id: str, project: str | None, origin: str
+    ) -> Registration:
+        """Track a job that did not come from the config file, and poll it right away.
+
+        With storage, a new job is committed before this returns, so an answer of 201 means
+        it survives a crash."""
+        with self._lock:
+            source = next((s for s in self.config.sources if s.name == source_name), None)
+            if source is None:
+                names = ", ".join(s.name for s in self.config.sources)
+                return Registration(problem=f"unknown source {source_name!r}; known: {names}")
+            problem = _registration_problem(source, job_id, project)
+            if problem is not None:
+                return Registration(problem=problem)
+            project = project or _project(source)
+            added = self.store.add(source.provider, source.name, job_id, project, origin)
+            if added is None:
+                log.warning("job limit reached", source=source.name, max_jobs=source.max_jobs,
+                            refused=1, origin=origin)  # fmt: skip
+                return Registration(
+                    problem=f"source {source_name!r} tracks {source.max_jobs} jobs, its max_jobs",
+                    at_limit=True,
+                )
+            record, created = added
+            poller = self._pollers[source.name]
+        if created:
+            if self.store.storage is not None:
+                self.store.storage.flush()
+            poller.schedule_now(job_id, project)
+            log.info("job registered", source=source.name, job_id=job_id, origin=origin)
+        return Registration(record=record, created=created)
+
+    def locate(self, url: str) -> tuple[SourceBase, Located] | str:
+        """The one source whose endpoint and API a job status URL belongs to, and the job it
+        names; or why not (no source, or more than one)."""
+        found = [
+            (source, located)
+            for source in self.config.sources
+            if (located := self.config.provider(source).locate(source, url)) is not None
+        ]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            return "operation_location matches no source's endpoint and job status path"
+        names = ", ".join(source.name for source, _ in found)
+        return f"operation_location matches more than one source ({names}); give source instead"
+
+    def unregister(self, source_name: str, job_id: str) -> JobRecord | str | None:
+        """Stop tracking a job that did not come from the config file: its record; a reason
+        when it cannot be removed (it is listed in the config file); None if not tracked."""
+        with self._lock:
+            record = self.store.get(source_name, job_id)
+            if record is None:
+                return None
+            if record.origin == CONFIG:
+                return f"job {job_id!r} is listed in the config file; remove it there"
+            self.store.remove(source_name, job_id)
+            self._pollers[source_name].forget(job_id)
+        log.info("job unregistered", source=source_name, job_id=job_id)
+        return record
 
     @property
     def pollers(self) -> Mapping[str, SourcePoller]:

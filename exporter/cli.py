@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from exporter import __version__
 from exporter import logging as exporter_logging
+from exporter.api import JobsApi
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="enable POST /-/reload (SIGHUP reloads either way)",
+    )
+    add(
+        "--web.enable-jobs-api",
+        dest="enable_jobs_api",
+        action="store_true",
+        help="enable /api/v1/jobs: register, list and remove jobs without editing the config",
     )
     add(
         "--web.max-connections",
@@ -228,8 +235,8 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
             exporter.not_ready,
             exporter.store.jobs,
             reload=reload if args.enable_lifecycle else None,
-            auth=web.auth,
-            headers=web.headers,
+            web=web,
+            jobs_api=JobsApi(exporter) if args.enable_jobs_api else None,
         )
         try:
             server = HttpServer(app, args.listen_address, web.tls, args.max_connections)

@@ -146,7 +146,9 @@ def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> S
     except ValidationError as exc:
         problems.extend(validation_problems(exc, loc))
         return None
-    return source
+    crossed = source.problems()
+    problems.extend((format_location((*loc, key)), message) for key, message in crossed)
+    return None if crossed else source
 
 
 def _duplicates(raw_sources: Sequence[Any], problems: list[tuple[str, str]]) -> None:

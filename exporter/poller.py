@@ -65,12 +65,13 @@ def poll_job(
     source: SourceBase,
     job_id: str,
     clock: Callable[[], datetime] = utcnow,
+    project: str | None = None,
 ) -> PollOutcome:
     """Fetch and parse one job's status. Never raises but for shutdown (`Stopped`)."""
     attempts: list[Attempt] = []
     retry_after: float | None = None
     try:
-        fetched = client.fetch_json(provider.request(source, job_id), attempts)
+        fetched = client.fetch_json(provider.request(source, job_id, project), attempts)
         retry_after = fetched.retry_after
         snapshot = provider.parse(fetched.payload, clock())
     except (FetchError, ParseError) as exc:
@@ -152,6 +153,7 @@ class SourcePoller:
         self.client = HttpClient(http_settings(config), workers, self._stop)
         self._workers = Workers(workers, f"poll-{source.name}")
         self._due: dict[str, float] = {}
+        self._projects: dict[str, str | None] = {}  # the project each job's requests go to
         self._thread = self._new_thread()
         self.started = False
 
@@ -163,17 +165,31 @@ class SourcePoller:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        # Spread the first polls over a tenth of the interval (at most 1 s) instead of a burst;
-        # jobs already finished (kept across a reload) are not polled again.
+        """Poll every job the store tracks for this source, however it came, but finished
+        ones (kept across a reload or a restart). The first polls are spread over a tenth of
+        the interval (at most 1 s) instead of a burst."""
         now = time.monotonic()
         spread = min(self._interval * JITTER, 1.0)
-        self._due = {
-            job: now + random.uniform(0, spread)  # noqa: S311
-            for job in self.source.job_ids
-            if not self._finished(job)
-        }
+        with self._lock:
+            for record in self._store.jobs_of(self.source.name):
+                if not record.finished:
+                    self._projects[record.job_id] = record.project
+                    self._due[record.job_id] = now + random.uniform(0, spread)  # noqa: S311
         self._thread.start()
         self.started = True
+
+    def schedule_now(self, job_id: str, project: str | None) -> None:
+        """A job new to the store: poll it right away, not one interval later."""
+        with self._lock:
+            self._projects[job_id] = project
+            self._due[job_id] = time.monotonic()
+        self._wake.set()
+
+    def forget(self, job_id: str) -> None:
+        """A job no longer tracked: no further polls (one in flight is not rescheduled)."""
+        with self._lock:
+            self._due.pop(job_id, None)
+            self._projects.pop(job_id, None)
 
     def restart_if_dead(self) -> bool:
         """Start a new scheduler thread if the old one died; True if it had to."""
@@ -198,16 +214,15 @@ class SourcePoller:
 
     def poll_all_once(self) -> None:
         """Poll every job once, concurrently, and return when all are done (for --once)."""
-        polls = [self._workers.submit(partial(self._poll_once, job)) for job in self.source.job_ids]
+        jobs = self._store.jobs_of(self.source.name)
+        with self._lock:
+            self._projects.update((record.job_id, record.project) for record in jobs)
+        polls = [self._workers.submit(partial(self._poll_once, r.job_id)) for r in jobs]
         for done in polls:
             done.wait()
 
     def _poll_once(self, job_id: str) -> None:
         self._poll(job_id)
-
-    def _finished(self, job_id: str) -> bool:
-        record = self._store.get(self.source.name, job_id)
-        return record is not None and record.finished
 
     def _should_log_auth(self) -> bool:
         """Auth failures are logged once per backoff interval for the whole source."""
@@ -221,7 +236,11 @@ class SourcePoller:
     def _poll(self, job_id: str) -> PollOutcome | None:
         """Poll one job and apply the outcome; None if shutting down or the job is gone."""
         try:
-            outcome = poll_job(self.client, self.provider, self.source, job_id, self._clock)
+            with self._lock:
+                project = self._projects.get(job_id)
+            outcome = poll_job(
+                self.client, self.provider, self.source, job_id, self._clock, project
+            )
         except Stopped:
             return None
         before = self._store.apply(outcome)

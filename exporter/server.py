@@ -27,16 +27,17 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import structlog
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from exporter import status_page
+from exporter import api, status_page
+from exporter.api import JobsApi
 from exporter.webconfig import Verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from prometheus_client.registry import CollectorRegistry
 
     from exporter.store import JobRecord
-    from exporter.webconfig import BasicAuth
+    from exporter.webconfig import WebConfig
 
 StartResponse: TypeAlias = Any
 Environ: TypeAlias = dict[str, Any]
@@ -245,18 +246,19 @@ class ExporterApp:
         not_ready: Callable[[], str | None],
         jobs: Callable[[], Iterable[JobRecord]] = tuple,
         reload: Callable[[], list[tuple[str, str]]] | None = None,
-        auth: BasicAuth | None = None,
-        headers: Mapping[str, str] | None = None,
+        web: WebConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        jobs_api: App | None = None,
     ) -> None:
         self._shared = SharedRender(registry)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
         self._clock = clock  # what the status page calls "now"
+        self._jobs_api = jobs_api or JobsApi(None)  # None: --web.enable-jobs-api is off
         self._reload_config = reload  # None: --web.enable-lifecycle is off
-        self._auth = auth
-        self._headers = list((headers or {}).items())
+        self._auth = web.auth if web else None
+        self._headers = list(web.headers.items()) if web else []
         self._routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
             telemetry_path: self._metrics,
             "/-/healthy": self._healthy,
@@ -283,6 +285,8 @@ class ExporterApp:
                     ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
                 ])  # fmt: skip
                 return [b"Unauthorized\n"]
+        if path == api.PREFIX or path.startswith(f"{api.PREFIX}/"):
+            return self._jobs_api(environ, respond)
         return self._routes.get(path, _not_found)(environ, respond)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from exporter.model import JobSnapshot, PollOutcome
-    from exporter.storage import Storage
+    from exporter.storage import Storage, StoredJob
 
 
 def _utcnow() -> datetime:
@@ -110,6 +110,21 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     )
 
 
+CONFIG = "config"
+"""The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceJobs:
+    """What the config says about one source's jobs."""
+
+    provider: str
+    source: str
+    job_ids: tuple[str, ...]
+    project: str | None
+    max_jobs: int
+
+
 class Store:
     """With a `Storage`, every change to a record is also queued for the database, and jobs the
     config tracks resume from what was stored before a restart."""
@@ -124,37 +139,108 @@ class Store:
         self._clock = clock
         stored = storage.load() if storage is not None else []
         self._restored = {(job.source, job.job_id): job for job in stored}
+        self._limits: dict[str, int] = {}
 
-    def _new_record(self, provider: str, source: str, job_id: str) -> JobRecord:
+    def _new_record(
+        self, provider: str, source: str, job_id: str, project: str | None, origin: str
+    ) -> JobRecord:
         stored = self._restored.pop((source, job_id), None)
         if stored is not None and stored.provider == provider:
             return JobRecord(
-                provider, source, job_id, stored.first_seen, stored.project, stored.origin,
+                provider, source, job_id, stored.first_seen, project or stored.project, origin,
                 **record_fields(stored.record),
             )  # fmt: skip
-        return JobRecord(provider, source, job_id, self._clock())
+        return JobRecord(provider, source, job_id, self._clock(), project, origin)
 
-    def configure(self, wanted: Iterable[tuple[str, str, str]]) -> None:
-        """Track exactly these (provider, source, job_id); kept jobs keep their records, and
-        jobs new to this process resume from storage where it has them."""
+    def configure(self, sources: Iterable[SourceJobs]) -> None:
+        """Track these sources: exactly their config-listed jobs (the first `max_jobs`; the
+        rest are refused and counted), plus the jobs that came by other routes while their
+        source stays. Kept jobs keep their records; jobs new to this process resume from
+        storage where it has them, and jobs that came by other routes before a restart are
+        tracked again."""
+        specs = list(sources)
         with self._lock:
+            # Jobs that came by other routes, now or before a restart, stay while their source
+            # does (and while it has room).
+            others = [r for r in self._jobs.values() if r.origin != CONFIG]
+            others += [self._restore(s) for s in self._restored.values() if s.origin != CONFIG]
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
-            for provider, source, job_id in wanted:
-                old = self._jobs.get((source, job_id))
-                keep = old is not None and old.provider == provider
-                jobs[source, job_id] = (
-                    old if keep and old else self._new_record(provider, source, job_id)
+            for spec in specs:
+                old_counters = self._counters.get(spec.source)
+                keep = old_counters is not None and old_counters.provider == spec.provider
+                counters[spec.source] = (
+                    old_counters if keep and old_counters else _Counters(spec.provider)
                 )
-                old_counters = self._counters.get(source)
-                keep = old_counters is not None and old_counters.provider == provider
-                counters[source] = old_counters if keep and old_counters else _Counters(provider)
-            gone = [key for key in self._jobs if key not in jobs]
+                listed = spec.job_ids[: spec.max_jobs]
+                counters[spec.source].rejected += len(spec.job_ids) - len(listed)
+                for job_id in listed:
+                    old = self._jobs.get((spec.source, job_id))
+                    if old is not None and old.provider == spec.provider:
+                        jobs[spec.source, job_id] = replace(old, origin=CONFIG)
+                    else:
+                        jobs[spec.source, job_id] = self._new_record(
+                            spec.provider, spec.source, job_id, spec.project, CONFIG
+                        )
+                room = spec.max_jobs - len(listed)
+                for record in others:
+                    key = (record.source, record.job_id)
+                    mine = (record.source, record.provider) == (spec.source, spec.provider)
+                    if mine and room > 0 and key not in jobs:
+                        jobs[key] = record
+                        room -= 1
+            gone = [key for key in (*self._jobs, *self._restored) if key not in jobs]
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
             self._jobs, self._counters = jobs, counters
+            self._limits = {spec.source: spec.max_jobs for spec in specs}
+            self._restored = {}
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
+
+    def _restore(self, stored: StoredJob) -> JobRecord:
+        return JobRecord(
+            stored.provider, stored.source, stored.job_id, stored.first_seen, stored.project,
+            stored.origin, **record_fields(stored.record),
+        )  # fmt: skip
+
+    def add(
+        self, provider: str, source: str, job_id: str, project: str | None, origin: str
+    ) -> tuple[JobRecord, bool] | None:
+        """Track a job that came by another route than the config: (record, True) when new,
+        (its record, False) when already tracked, None when the source is at its max_jobs
+        (counted). The source must be configured."""
+        with self._lock:
+            old = self._jobs.get((source, job_id))
+            if old is not None:
+                return old, False
+            counters = self._counters[source]
+            if sum(1 for key in self._jobs if key[0] == source) >= self._limits[source]:
+                counters.rejected += 1
+                return None
+            record = self._jobs[source, job_id] = self._new_record(
+                provider, source, job_id, project, origin
+            )
+            if self._storage is not None:
+                self._storage.save((record,))
+            return record, True
+
+    def remove(self, source: str, job_id: str) -> JobRecord | None:
+        """Stop tracking a job; its record, or None if it was not tracked."""
+        with self._lock:
+            record = self._jobs.pop((source, job_id), None)
+            if record is not None and self._storage is not None:
+                self._storage.delete(((source, job_id),))
+            return record
+
+    @property
+    def storage(self) -> Storage | None:
+        """The storage behind the store (to flush before saying a job is kept), if any."""
+        return self._storage
+
+    def jobs_of(self, source: str) -> list[JobRecord]:
+        with self._lock:
+            return [record for key, record in self._jobs.items() if key[0] == source]
 
     def get(self, source: str, job_id: str) -> JobRecord | None:
         with self._lock:

@@ -90,9 +90,13 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def is_path_safe_id(value: str) -> bool:
+    """Letters, digits and -_.: only (and not "." or ".."), so no ID can change a request path."""
+    return bool(_ID_RE.match(value)) and set(value) != {"."}
+
+
 def _check_id(value: str) -> str:
-    # Letters, digits and -_.: only (and not "." or ".."), so no ID can change the request path.
-    if not _ID_RE.match(value) or set(value) == {"."}:
+    if not is_path_safe_id(value):
         raise ValueError(f"{value!r} is not a valid ID: use 1-128 letters, digits or -_.:")
     return value
 

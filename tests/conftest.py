@@ -18,6 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import logging as exporter_logging
+from exporter.api import JobsApi
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.server import HttpServer, make_app
@@ -25,6 +26,8 @@ from exporter.simulator import DEMO_JOBS, DEMO_KEY, ManualClock, SimJob, Simulat
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from exporter.storage import Storage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
@@ -194,12 +197,17 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         start_polling: bool = False,
         jobs: tuple[SimJob, ...] = DEMO_JOBS,
         sim_clock: Callable[[], float] | None = None,
+        jobs_api: bool = False,
+        storage: Storage | None = None,
         **sim_options: Any,
     ) -> Harness:
         clock = ManualClock(at)
         sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY, **sim_options).start()
-        exporter = Exporter(parse_config(config_for(sim), env={}))
-        app = make_app(exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs)
+        exporter = Exporter(parse_config(config_for(sim), env={}), storage=storage)
+        app = make_app(
+            exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs,
+            jobs_api=JobsApi(exporter) if jobs_api else None,
+        )  # fmt: skip
         server = HttpServer(app, "127.0.0.1:0")
         server.start()
         harness = Harness(sim, clock, exporter, server)

@@ -293,3 +293,45 @@ def test_a_second_exporter_process_on_the_same_path_exits_with_the_reason(tmp_pa
         finally:
             first.send_signal(signal.SIGTERM)
             first.communicate(timeout=15)
+
+
+def test_a_registered_job_survives_kill_9_and_is_polled_again(tmp_path: Path) -> None:
+    """A 201 from the jobs API means committed: killed right after it, the exporter comes back
+    tracking the job (origin api) and polls it."""
+    with Simulator(clock=ManualClock(60.0)) as sim:
+        raw = demo_raw_config(sim, poll_interval="300ms")
+        raw["sources"] = [raw["sources"][3]]  # the translator
+        raw["sources"][0]["job_ids"] = ["batch-ok"]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        data, port = tmp_path / "data", free_port()
+        api = f"http://127.0.0.1:{port}/api/v1/jobs"
+
+        def run() -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "exporter", f"--config.file={config}",
+                 f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={data}",
+                 "--web.enable-jobs-api", "--log.format=json"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+
+        first = run()
+        try:
+            wait_until(lambda: scrape(port), what="the exporter to serve")
+            created = requests.post(api, json={"source": "translator", "job_id": "batch-partial"},
+                                    timeout=10)  # fmt: skip
+            assert created.status_code == 201
+        finally:
+            first.send_signal(signal.SIGKILL)  # at once: no writer batch to wait for
+            first.communicate(timeout=10)
+        polls = len(sim.seen("batch-partial"))
+        second = run()
+        try:
+            wait_until(lambda: len(sim.seen("batch-partial")) > polls, what="a poll after restart")
+            listed = {j["job_id"]: j for j in requests.get(api, timeout=10).json()["jobs"]}
+            assert listed["batch-partial"]["origin"] == "api"
+            assert listed["batch-ok"]["origin"] == "config"
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=15) == 0
+            second.communicate(timeout=10)

@@ -65,7 +65,7 @@ def serve_with(
         loaded = load_web_config(str(path))
         app = make_app(
             h.exporter.registry, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
-            auth=loaded.auth, headers=loaded.headers,
+            web=loaded,
         )  # fmt: skip
         server = HttpServer(app, "127.0.0.1:0", loaded.tls)
         server.start()

@@ -24,11 +24,13 @@ one failed document::
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from exporter.model import JobSnapshot, State
 from exporter.providers.base import (
     AzureSource,
+    Located,
     Provider,
     UpstreamRequest,
     count,
@@ -37,6 +39,7 @@ from exporter.providers.base import (
     obj,
     path,
     ratio,
+    route,
     text,
     timestamp,
 )
@@ -62,7 +65,11 @@ class Source(AzureSource):
     pass
 
 
-def request(source: Source, job_id: str) -> UpstreamRequest:
+# Either route names a batch, whichever version the source polls with.
+ROUTE = re.compile(r"/translator/(?:document|text/batch/v1\.[^/]+)/batches/(?P<job_id>[^/]+)")
+
+
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
     version = source.api_version or DEFAULT_API_VERSION
     if version.startswith("v1."):
         url = f"{source.endpoint}/{path('translator', 'text', 'batch', version, 'batches', job_id)}"
@@ -100,4 +107,9 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     )
 
 
-PROVIDER = Provider("azure_document_translation", Source, request, parse)
+def locate(source: Source, url: str) -> Located | None:
+    found = route(source, url, ROUTE)
+    return None if found is None else Located(found["job_id"])
+
+
+PROVIDER = Provider("azure_document_translation", Source, request, parse, locate)

@@ -19,10 +19,11 @@ Yields, for a job with one of two tasks done::
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from exporter.providers.azure_common import LANGUAGE_STATUSES, parse_task_job
-from exporter.providers.base import AzureSource, Provider, UpstreamRequest, path
+from exporter.providers.base import AzureSource, Located, Provider, UpstreamRequest, path, route
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -32,11 +33,14 @@ if TYPE_CHECKING:
 DEFAULT_API_VERSION = "2023-04-01"
 
 
+ROUTE = re.compile(r"/language/analyze-(?P<workload>text|conversations)/jobs/(?P<job_id>[^/]+)")
+
+
 class Source(AzureSource):
     workload: Literal["text", "conversations"] = "text"
 
 
-def request(source: Source, job_id: str) -> UpstreamRequest:
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
     route = path("language", f"analyze-{source.workload}", "jobs", job_id)
     version = source.api_version or DEFAULT_API_VERSION
     return source.get(f"{source.endpoint}/{route}?api-version={version}")
@@ -46,4 +50,9 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     return parse_task_job(payload, LANGUAGE_STATUSES)
 
 
-PROVIDER = Provider("azure_language_analyze_text", Source, request, parse)
+def locate(source: Source, url: str) -> Located | None:
+    found = route(source, url, ROUTE)
+    return Located(found["job_id"]) if found and found["workload"] == source.workload else None
+
+
+PROVIDER = Provider("azure_language_analyze_text", Source, request, parse, locate)

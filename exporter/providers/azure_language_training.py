@@ -27,12 +27,14 @@ ended it is not exported, since evaluation can run long after it and nothing est
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from exporter.model import JobSnapshot
 from exporter.providers.azure_common import LANGUAGE_STATUSES, LAST_UPDATE_KEYS
 from exporter.providers.base import (
     AzureSource,
+    Located,
     Provider,
     UpstreamRequest,
     error_count,
@@ -42,6 +44,7 @@ from exporter.providers.base import (
     opt_obj,
     path,
     percent,
+    route,
     text,
     timestamp,
 )
@@ -54,16 +57,28 @@ if TYPE_CHECKING:
 DEFAULT_API_VERSION = "2023-04-01"
 
 
+ROUTE = re.compile(
+    r"/language/authoring/analyze-(?P<workload>text|conversations)"
+    r"/projects/(?P<project>[^/]+)/train/jobs/(?P<job_id>[^/]+)"
+)
+
+
 class Source(AzureSource):
-    project: PathSafeId
+    project: PathSafeId | None = None  # the jobs' project; jobs can also bring their own
     workload: Literal["text", "conversations"] = "text"
 
+    def problems(self) -> list[tuple[str, str]]:
+        if self.job_ids and self.project is None:
+            return [("project", "required key is missing (the job_ids' training project)")]
+        return []
 
-def request(source: Source, job_id: str) -> UpstreamRequest:
+
+def request(source: Source, job_id: str, project: str | None = None, /) -> UpstreamRequest:
+    project = project or source.project
+    if project is None:  # registration refuses such a job; reaching here is a bug
+        raise ValueError(f"training job {job_id!r} has no project")
     workload = f"analyze-{source.workload}"
-    route = path(
-        "language", "authoring", workload, "projects", source.project, "train", "jobs", job_id
-    )
+    route = path("language", "authoring", workload, "projects", project, "train", "jobs", job_id)
     version = source.api_version or DEFAULT_API_VERSION
     return source.get(f"{source.endpoint}/{route}?api-version={version}")
 
@@ -111,4 +126,11 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     )
 
 
-PROVIDER = Provider("azure_language_training", Source, request, parse)
+def locate(source: Source, url: str) -> Located | None:
+    found = route(source, url, ROUTE)
+    if found is None or found["workload"] != source.workload:
+        return None
+    return Located(found["job_id"], found["project"])
+
+
+PROVIDER = Provider("azure_language_training", Source, request, parse, locate)

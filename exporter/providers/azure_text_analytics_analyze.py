@@ -17,13 +17,14 @@ The v3.2 previews spell success `completed`; a task-level `rejected` means faile
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from exporter.model import State
 from exporter.providers.azure_common import LANGUAGE_STATUSES, parse_task_job
-from exporter.providers.base import AzureSource, Provider, UpstreamRequest, path
+from exporter.providers.base import AzureSource, Located, Provider, UpstreamRequest, path, route
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -38,7 +39,10 @@ class Source(AzureSource):
     api_version: str | None = Field(default=None, pattern=r"^v3\.[0-9]+(-preview\.[0-9]+)?$")
 
 
-def request(source: Source, job_id: str) -> UpstreamRequest:
+ROUTE = re.compile(r"/text/analytics/(?P<version>v3\.[^/]+)/analyze/jobs/(?P<job_id>[^/]+)")
+
+
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
     route = path(
         "text", "analytics", source.api_version or DEFAULT_API_VERSION, "analyze", "jobs", job_id
     )
@@ -49,4 +53,10 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     return parse_task_job(payload, STATUSES)
 
 
-PROVIDER = Provider("azure_text_analytics_analyze", Source, request, parse)
+def locate(source: Source, url: str) -> Located | None:
+    found = route(source, url, ROUTE)
+    version = source.api_version or DEFAULT_API_VERSION
+    return Located(found["job_id"]) if found and found["version"] == version else None
+
+
+PROVIDER = Provider("azure_text_analytics_analyze", Source, request, parse, locate)

@@ -1,10 +1,13 @@
 """What every provider module is made of: its source config model, its request, its parser.
 
-A provider is a `Provider` record of three things. `source_model` is a pydantic model for one
-`sources[]` entry (unknown keys forbidden). `request(source, job_id)` returns the one HTTP request
-that fetches a job's status. `parse(payload, polled_at)` turns the decoded JSON into a
-`JobSnapshot` or raises `ParseError`. Parsers are pure: no I/O, no clock but the one they are
-given, so they are tested by feeding them recorded payloads.
+A provider is a `Provider` record of four things. `source_model` is a pydantic model for one
+`sources[]` entry (unknown keys forbidden). `request(source, job_id, project)` returns the one
+HTTP request that fetches a job's status (`project` where the API has projects; the source's own
+otherwise). `parse(payload, polled_at)` turns the decoded JSON into a `JobSnapshot` or raises
+`ParseError`. `locate(source, url)` reads a job's ID and project from a status URL (the
+`Operation-Location` header the API answered when the job started), or None if the URL is not
+one of this source's. Parsers are pure: no I/O, no clock but the one they are given, so they are
+tested by feeding them recorded payloads.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -25,9 +28,11 @@ from exporter.values import (
     HttpUrl,
     PathSafeId,
     SourceName,
+    is_path_safe_id,
 )
 
 if TYPE_CHECKING:
+    import re
     from collections.abc import Callable, Mapping
 
     from exporter.http import Authenticator
@@ -116,8 +121,12 @@ class SourceBase(StrictModel):
     endpoint: HttpUrl
     api_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,40}$")
     poll_interval: Duration | None = None
-    job_ids: list[PathSafeId] = Field(min_length=1)
+    job_ids: list[PathSafeId] = Field(default_factory=list)
     max_jobs: int = Field(default=10_000, ge=1)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) of what is wrong across this source's keys; [] when nothing is."""
+        return []
 
 
 class AzureSource(SourceBase):
@@ -129,6 +138,21 @@ class AzureSource(SourceBase):
 
 
 S = TypeVar("S", bound=SourceBase)
+S_contra = TypeVar("S_contra", bound=SourceBase, contravariant=True)
+
+
+class RequestBuilder(Protocol[S_contra]):
+    def __call__(
+        self, source: S_contra, job_id: str, project: str | None = None, /
+    ) -> UpstreamRequest: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A job named by a status URL."""
+
+    job_id: str
+    project: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +170,9 @@ class UpstreamRequest:
 class Provider(Generic[S]):
     name: str
     source_model: type[S]
-    request: Callable[[S, str], UpstreamRequest]
+    request: RequestBuilder[S]
     parse: Callable[[Any, datetime], JobSnapshot]
+    locate: Callable[[S, str], Located | None]
 
 
 class ParseError(Exception):
@@ -164,6 +189,22 @@ class ParseError(Exception):
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+
+
+def route(source: SourceBase, url: str, pattern: re.Pattern[str]) -> dict[str, str] | None:
+    """The named groups of `pattern` matched against `url`'s path below the source's endpoint;
+    None if the URL is on another host or path, or names an ID that is not path-safe."""
+    base, target = urlsplit(source.endpoint), urlsplit(url)
+    same_place = (target.scheme, target.netloc.lower()) == (base.scheme, base.netloc.lower())
+    prefix = base.path.rstrip("/")
+    if not same_place or not target.path.startswith(prefix + "/"):
+        return None
+    match = pattern.fullmatch(target.path[len(prefix) :])
+    if match is None:
+        return None
+    groups = {key: unquote(value) for key, value in match.groupdict().items() if value}
+    ids = [groups[key] for key in ("job_id", "project") if key in groups]
+    return groups if all(is_path_safe_id(value) for value in ids) else None
 
 
 def path(*segments: str) -> str:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.providers.base import (
     ApiKeyAuth,
+    Located,
     ParseError,
     Provider,
     SourceBase,
@@ -43,6 +44,7 @@ from exporter.providers.base import (
     obj,
     path,
     ratio,
+    route,
     text,
 )
 from exporter.values import HttpUrl
@@ -92,7 +94,10 @@ class Source(SourceBase):
     auth: ApiKeyAuth
 
 
-def request(source: Source, job_id: str) -> UpstreamRequest:
+ROUTE = re.compile(r"/api/v3/fine_tune_status/(?P<job_id>[^/]+)")
+
+
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
     url = f"{source.endpoint}/{path('api', 'v3', 'fine_tune_status', job_id)}"
     return UpstreamRequest(
         "POST", url, {"Content-Type": "application/json"}, {"key": source.auth.secret()}
@@ -168,4 +173,10 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:
     )
 
 
-PROVIDER = Provider("stable_diffusion_finetune", Source, request, parse)
+def locate(source: Source, url: str) -> Located | None:
+    """The API has no Operation-Location; its status URL names the fine-tune all the same."""
+    found = route(source, url, ROUTE)
+    return None if found is None else Located(found["job_id"])
+
+
+PROVIDER = Provider("stable_diffusion_finetune", Source, request, parse, locate)

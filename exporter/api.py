@@ -1,0 +1,173 @@
+"""The jobs API, `/api/v1/jobs`: register, list and stop tracking jobs without editing config.
+
+Off unless `--web.enable-jobs-api` is given (like `--web.enable-lifecycle`); behind the same TLS
+and basic auth as /metrics. Every answer is JSON; every refusal is a 4xx with `{"error": ...}`.
+
+    POST   /api/v1/jobs                     {"source": "...", "job_id": "...", "project": "..."}
+                                            or {"operation_location": "<Operation-Location>"}
+                                            201 new, 200 already tracked
+    GET    /api/v1/jobs                     every tracked job
+    DELETE /api/v1/jobs/{source}/{job_id}   204; 409 for a job listed in the config file
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from datetime import datetime
+
+    from exporter.app import Exporter, Registration
+    from exporter.store import JobRecord
+
+PREFIX = "/api/v1/jobs"
+MAX_BODY = 64 * 1024
+API = "api"  # the origin of a job registered here
+
+StartResponse = Any
+Environ = dict[str, Any]
+
+
+def _time(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def job_json(record: JobRecord) -> dict[str, Any]:
+    snap = record.snapshot
+    return {
+        "source": record.source,
+        "provider": record.provider,
+        "job_id": record.job_id,
+        "project": record.project,
+        "origin": record.origin,
+        "state": None if snap is None else snap.state.value,
+        "progress": None if snap is None else snap.progress["overall"],
+        "up": record.up,
+        "first_seen": _time(record.first_seen),
+        "finished_at": _time(record.finished_at),
+    }
+
+
+def _answer(start_response: StartResponse, status: HTTPStatus, body: Any = None) -> list[bytes]:
+    payload = b"" if body is None else json.dumps(body).encode() + b"\n"
+    headers = [("Content-Type", "application/json")] if body is not None else []
+    start_response(f"{status.value} {status.phrase}", headers)
+    return [payload]
+
+
+def _error(start_response: StartResponse, status: HTTPStatus, message: str) -> list[bytes]:
+    return _answer(start_response, status, {"error": message})
+
+
+class JobsApi:
+    """The WSGI side of the jobs API; the exporter does the work."""
+
+    def __init__(self, exporter: Exporter | None) -> None:
+        self._exporter = exporter  # None: the API is disabled
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._exporter is None:
+            return _error(start_response, HTTPStatus.FORBIDDEN,
+                          "the jobs API is not enabled (--web.enable-jobs-api)")  # fmt: skip
+        path = environ.get("PATH_INFO") or ""
+        method = environ.get("REQUEST_METHOD", "GET")
+        routes: dict[tuple[bool, str], Callable[..., list[bytes]]] = {
+            (False, "GET"): self._list,
+            (False, "POST"): self._register,
+            (True, "DELETE"): self._delete,
+        }
+        one_job = path != PREFIX
+        handler = routes.get((one_job, method))
+        if handler is None:
+            allowed = ", ".join(m for (one, m) in routes if one == one_job)
+            return _error(start_response, HTTPStatus.METHOD_NOT_ALLOWED,
+                          f"{method} is not allowed here; use {allowed}")  # fmt: skip
+        return handler(self._exporter, environ, start_response)
+
+    @staticmethod
+    def _list(exporter: Exporter, _: Environ, start_response: StartResponse) -> list[bytes]:
+        jobs = sorted(exporter.store.jobs(), key=lambda r: (r.source, r.job_id))
+        return _answer(start_response, HTTPStatus.OK, {"jobs": [job_json(r) for r in jobs]})
+
+    @staticmethod
+    def _register(
+        exporter: Exporter, environ: Environ, start_response: StartResponse
+    ) -> list[bytes]:
+        body = _read_json(environ)
+        if isinstance(body, tuple):
+            return _error(start_response, *body)
+        registration = _registration(exporter, body)
+        if isinstance(registration, str):
+            return _error(start_response, HTTPStatus.BAD_REQUEST, registration)
+        if registration.at_limit:
+            return _error(start_response, HTTPStatus.TOO_MANY_REQUESTS,
+                          f"{registration.problem}; no more jobs are accepted")  # fmt: skip
+        if registration.record is None:
+            return _error(start_response, HTTPStatus.BAD_REQUEST, registration.problem or "")
+        status = HTTPStatus.CREATED if registration.created else HTTPStatus.OK
+        return _answer(start_response, status, job_json(registration.record))
+
+    @staticmethod
+    def _delete(exporter: Exporter, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        parts = (environ.get("PATH_INFO") or "")[len(PREFIX) + 1 :].split("/")
+        if len(parts) != 2 or not all(parts):
+            return _error(start_response, HTTPStatus.NOT_FOUND,
+                          f"expected {PREFIX}/{{source}}/{{job_id}}")  # fmt: skip
+        source, job_id = (unquote(part) for part in parts)
+        removed = exporter.unregister(source, job_id)
+        if removed is None:
+            return _error(start_response, HTTPStatus.NOT_FOUND,
+                          f"no job {job_id!r} is tracked for source {source!r}")  # fmt: skip
+        if isinstance(removed, str):
+            return _error(start_response, HTTPStatus.CONFLICT, removed)
+        return _answer(start_response, HTTPStatus.NO_CONTENT)
+
+
+_SHAPE = (
+    'give {"source": ..., "job_id": ...} (strings, and "project" for a training source without '
+    'one), or {"operation_location": "<the Operation-Location URL>"}'
+)
+
+
+def _registration(exporter: Exporter, body: dict[str, Any]) -> Registration | str:
+    """Register what the body names; a string says what is wrong with the body."""
+    if "operation_location" in body:
+        url = body["operation_location"]
+        if set(body) != {"operation_location"} or not isinstance(url, str):
+            return "give operation_location (a URL string) alone"
+        located = exporter.locate(url)
+        if isinstance(located, str):
+            return located
+        source, job = located
+        return exporter.register(source.name, job.job_id, job.project, API)
+    source_name, job_id, project = (body.get(key) for key in ("source", "job_id", "project"))
+    if (
+        set(body) - {"source", "job_id", "project"}
+        or not isinstance(source_name, str)
+        or not isinstance(job_id, str)
+        or not (project is None or isinstance(project, str))
+    ):
+        return _SHAPE
+    return exporter.register(source_name, job_id, project, API)
+
+
+def _read_json(environ: Environ) -> dict[str, Any] | tuple[HTTPStatus, str]:
+    """The request body as a JSON object, or (status, reason)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return HTTPStatus.BAD_REQUEST, "Content-Length is not a number"
+    if length > MAX_BODY:
+        return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY} bytes"
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return HTTPStatus.BAD_REQUEST, "the body is not JSON"
+    if not isinstance(body, dict):
+        return HTTPStatus.BAD_REQUEST, "the body must be a JSON object"
+    return body

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -153,6 +153,71 @@ def _registration(exporter: Exporter, body: dict[str, Any]) -> Registration | st
     ):
         return _SHAPE
     return exporter.register(source_name, job_id, project, API)
+
+
+WEBHOOKS = "/api/v1/webhooks"
+_WEBHOOK_ANSWERS = {
+    "registered": HTTPStatus.OK,
+    "known": HTTPStatus.OK,
+    "unauthorized": HTTPStatus.UNAUTHORIZED,
+    "invalid": HTTPStatus.BAD_REQUEST,
+    "refused": HTTPStatus.TOO_MANY_REQUESTS,
+}
+
+
+class WebhooksApi:
+    """`POST /api/v1/webhooks/{provider's slug}/{source}`: a provider's call-back names a job.
+
+    The source's own token authenticates the call (`?token=` or `X-Webhook-Token`), so these
+    paths are not behind basic auth: the provider cannot send it. The job named is registered
+    if new and polled at once; what the payload says of its state is not believed."""
+
+    def __init__(self, exporter: Exporter | None) -> None:
+        self._exporter = exporter
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        parts = (environ.get("PATH_INFO") or "")[len(WEBHOOKS) + 1 :].split("/")
+        if self._exporter is None or len(parts) != 2:
+            return _error(start_response, HTTPStatus.NOT_FOUND, "no such webhook")
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _error(start_response, HTTPStatus.METHOD_NOT_ALLOWED, "use POST")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        token = environ.get("HTTP_X_WEBHOOK_TOKEN") or (query.get("token") or [""])[0]
+        body = _read_json(environ)
+        payload = None if isinstance(body, tuple) else body
+        if isinstance(body, tuple) and body[0] is HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            return _error(start_response, *body)
+        slug, source = (unquote(part) for part in parts)
+        result = self._exporter.webhook(slug, source, token, payload)
+        if result is None:
+            return _error(start_response, HTTPStatus.NOT_FOUND,
+                          f"no source {source!r} takes {slug} webhooks")  # fmt: skip
+        status = _WEBHOOK_ANSWERS[result]
+        if status is HTTPStatus.OK:
+            return _answer(start_response, status, {"result": result})
+        return _error(start_response, status, f"webhook {result}")
+
+
+class Api:
+    """Everything under /api/v1: the jobs API (if enabled) and the providers' webhooks."""
+
+    def __init__(self, exporter: Exporter | None, *, jobs: bool = False) -> None:
+        self._jobs = JobsApi(exporter if jobs else None)
+        self._webhooks = WebhooksApi(exporter)
+
+    @staticmethod
+    def serves(path: str) -> bool:
+        return path == PREFIX or path.startswith((f"{PREFIX}/", f"{WEBHOOKS}/"))
+
+    @staticmethod
+    def open_path(path: str) -> bool:
+        """Paths that authenticate on their own (a webhook's token), not with basic auth."""
+        return path.startswith(f"{WEBHOOKS}/")
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.open_path(environ.get("PATH_INFO") or ""):
+            return self._webhooks(environ, start_response)
+        return self._jobs(environ, start_response)
 
 
 def _read_json(environ: Environ) -> dict[str, Any] | tuple[HTTPStatus, str]:

@@ -8,10 +8,11 @@ stays. A supervisor restarts any source's scheduler thread that died.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import (
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from exporter.store import JobRecord
 
 log = structlog.get_logger(__name__)
+
+WEBHOOK = "webhook"  # the origin of a job a provider's webhook call brought
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,14 @@ class Exporter:
                     log.warning("job limit reached", source=source.name,
                                 max_jobs=source.max_jobs, refused=refused)  # fmt: skip
             self.store.configure(
-                SourceJobs(s.provider, s.name, tuple(s.job_ids), _project(s), s.max_jobs)
+                SourceJobs(
+                    s.provider,
+                    s.name,
+                    tuple(s.job_ids),
+                    _project(s),
+                    s.max_jobs,
+                    webhook=s.webhook_secret() is not None,
+                )
                 for s in config.sources
             )
             old, same_global = self._pollers, config.global_ == self.config.global_
@@ -171,6 +181,37 @@ class Exporter:
             poller.schedule_now(job_id, project)
             log.info("job registered", source=source.name, job_id=job_id, origin=origin)
         return Registration(record=record, created=created)
+
+    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | None:
+        """A provider's call-back: the result (see store.WEBHOOK_RESULTS), or None when no
+        source by that name takes this webhook. The payload only names the job: it is polled
+        at once for its state, never believed."""
+        with self._lock:
+            source = next((s for s in self.config.sources if s.name == source_name), None)
+            hook = None if source is None else self.config.provider(source).webhook
+            secret = None if source is None else source.webhook_secret()
+        if source is None or hook is None or hook.slug != slug or secret is None:
+            return None
+        if not hmac.compare_digest(token.encode(), secret.encode()):
+            result = "unauthorized"
+        else:
+            job_id = hook.job_id(payload)
+            result = "invalid" if job_id is None else self._webhook_job(source, job_id)
+        self.store.count_webhook(source.name, result)
+        log.info("webhook", source=source.name, result=result)
+        return result
+
+    def _webhook_job(self, source: SourceBase, job_id: str) -> str:
+        registration = self.register(source.name, job_id, None, WEBHOOK)
+        if registration.at_limit:
+            return "refused"
+        if registration.record is None:
+            return "invalid"
+        if registration.created:
+            return "registered"
+        if not registration.record.finished:
+            self._pollers[source.name].schedule_now(job_id, registration.record.project)
+        return "known"
 
     def locate(self, url: str) -> tuple[SourceBase, Located] | str:
         """The one source whose endpoint and API a job status URL belongs to, and the job it

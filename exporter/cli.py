@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 
 from exporter import __version__
 from exporter import logging as exporter_logging
-from exporter.api import JobsApi
+from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
@@ -236,7 +236,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
             exporter.store.jobs,
             reload=reload if args.enable_lifecycle else None,
             web=web,
-            jobs_api=JobsApi(exporter) if args.enable_jobs_api else None,
+            api=Api(exporter, jobs=args.enable_jobs_api),
         )
         try:
             server = HttpServer(app, args.listen_address, web.tls, args.max_connections)

@@ -103,6 +103,11 @@ class _Families:
             "Job IDs refused by reason (limit: the source is at its max_jobs).",
             labels=[*SOURCE_LABELS, "reason"],
         )
+        self.webhooks = CounterMetricFamily(
+            "asyncjob_webhooks",
+            "Webhook calls by result (registered, known, unauthorized, invalid, refused).",
+            labels=[*SOURCE_LABELS, "result"],
+        )
         self.tracked = GaugeMetricFamily(
             "asyncjob_tracked_jobs", "Jobs configured for the source.", labels=SOURCE_LABELS
         )
@@ -155,6 +160,8 @@ class _Families:
         self.duration.add_metric(key, buckets, stats.duration_sum)
         self.tracked.add_metric(key, stats.tracked_jobs)
         self.rejected.add_metric([*key, "limit"], stats.rejected)
+        for result, calls in (stats.webhooks or {}).items():
+            self.webhooks.add_metric([*key, result], calls)
 
     def all(self) -> Iterator[Metric]:
         yield self.build
@@ -176,6 +183,7 @@ class _Families:
         yield self.duration
         yield self.tracked
         yield self.rejected
+        yield self.webhooks
 
 
 class JobCollector(Collector):

@@ -27,8 +27,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import structlog
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from exporter import api, status_page
-from exporter.api import JobsApi
+from exporter import status_page
+from exporter.api import Api
 from exporter.webconfig import Verdict
 
 if TYPE_CHECKING:
@@ -248,14 +248,14 @@ class ExporterApp:
         reload: Callable[[], list[tuple[str, str]]] | None = None,
         web: WebConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        jobs_api: App | None = None,
+        api: Api | None = None,
     ) -> None:
         self._shared = SharedRender(registry)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
         self._clock = clock  # what the status page calls "now"
-        self._jobs_api = jobs_api or JobsApi(None)  # None: --web.enable-jobs-api is off
+        self._api = api or Api(None)  # None: no jobs API and no webhooks
         self._reload_config = reload  # None: --web.enable-lifecycle is off
         self._auth = web.auth if web else None
         self._headers = list(web.headers.items()) if web else []
@@ -272,7 +272,7 @@ class ExporterApp:
             return start_response(status, headers + self._headers, *exc_info)
 
         path = environ.get("PATH_INFO") or "/"
-        if self._auth and path != "/-/healthy":
+        if self._auth and path != "/-/healthy" and not Api.open_path(path):
             verdict = self._auth.check(environ.get("HTTP_AUTHORIZATION"))
             if verdict is Verdict.BUSY:
                 respond("429 Too Many Requests", [
@@ -285,8 +285,8 @@ class ExporterApp:
                     ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
                 ])  # fmt: skip
                 return [b"Unauthorized\n"]
-        if path == api.PREFIX or path.startswith(f"{api.PREFIX}/"):
-            return self._jobs_api(environ, respond)
+        if Api.serves(path):
+            return self._api(environ, respond)
         return self._routes.get(path, _not_found)(environ, respond)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

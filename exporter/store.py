@@ -66,6 +66,7 @@ class SourceStats:
     bucket_counts: tuple[int, ...]  # per REQUEST_BUCKETS, then +Inf; not cumulative
     duration_sum: float
     rejected: int  # job IDs refused because the source is at max_jobs
+    webhooks: dict[str, int] | None  # calls by result; None: the source takes no webhook
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class _Counters:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_BUCKETS) + 1))
     duration_sum: float = 0.0
     rejected: int = 0
+    webhooks: dict[str, int] | None = None
 
     def count(self, outcome: PollOutcome) -> None:
         """Every attempt is a request (retries too), whatever became of its body."""
@@ -110,6 +112,10 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     )
 
 
+WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused")
+"""How a webhook call ended: a new job, one already tracked, a wrong or missing token, no
+usable job ID in it, or the source at its max_jobs."""
+
 CONFIG = "config"
 """The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""
 
@@ -123,6 +129,7 @@ class SourceJobs:
     job_ids: tuple[str, ...]
     project: str | None
     max_jobs: int
+    webhook: bool = False  # the source takes webhook calls
 
 
 class Store:
@@ -172,6 +179,10 @@ class Store:
                 counters[spec.source] = (
                     old_counters if keep and old_counters else _Counters(spec.provider)
                 )
+                if spec.webhook and counters[spec.source].webhooks is None:
+                    counters[spec.source].webhooks = dict.fromkeys(WEBHOOK_RESULTS, 0)
+                if not spec.webhook:
+                    counters[spec.source].webhooks = None
                 listed = spec.job_ids[: spec.max_jobs]
                 counters[spec.source].rejected += len(spec.job_ids) - len(listed)
                 for job_id in listed:
@@ -266,6 +277,12 @@ class Store:
                 self._storage.save((new,))
             return old
 
+    def count_webhook(self, source: str, result: str) -> None:
+        with self._lock:
+            counters = self._counters.get(source)
+            if counters is not None and counters.webhooks is not None:
+                counters.webhooks[result] += 1
+
     def count_rejected(self, source: str, jobs: int) -> None:
         """Count job IDs refused because the source is at its max_jobs limit."""
         with self._lock:
@@ -288,6 +305,7 @@ class Store:
                     bucket_counts=tuple(c.buckets),
                     duration_sum=c.duration_sum,
                     rejected=c.rejected,
+                    webhooks=None if c.webhooks is None else dict(c.webhooks),
                 )
                 for source, c in self._counters.items()
             )

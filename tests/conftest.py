@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import logging as exporter_logging
-from exporter.api import JobsApi
+from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.server import HttpServer, make_app
@@ -206,7 +206,7 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         exporter = Exporter(parse_config(config_for(sim), env={}), storage=storage)
         app = make_app(
             exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs,
-            jobs_api=JobsApi(exporter) if jobs_api else None,
+            api=Api(exporter, jobs=jobs_api),
         )  # fmt: skip
         server = HttpServer(app, "127.0.0.1:0")
         server.start()

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 import yaml
-from conftest import REPO, Harness
+from conftest import REPO, Harness, with_source
 
 from exporter.cli import build_parser
 from exporter.config import GlobalConfig
@@ -42,7 +42,7 @@ def test_flags() -> None:
 
 
 def test_metrics(make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(at=1000.0)
+    h = make_harness(with_source(4, webhook_token="t"), at=1000.0)  # every family exposed
     h.sim.set_fault("batch-ok", Fault(status=404))
     h.exporter.poll_once()
     exposed = {name for name, _ in h.scrape().samples}

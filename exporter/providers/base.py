@@ -128,6 +128,10 @@ class SourceBase(StrictModel):
         """(key, message) of what is wrong across this source's keys; [] when nothing is."""
         return []
 
+    def webhook_secret(self) -> str | None:
+        """The token a webhook call must carry for this source; None: no webhook."""
+        return None
+
 
 class AzureSource(SourceBase):
     auth: AzureKeyAuth
@@ -167,12 +171,22 @@ class UpstreamRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """A provider that calls back: its path under /api/v1/webhooks/, and how to read the job's
+    ID from what it posts (a hint only: the job is polled for its state)."""
+
+    slug: str
+    job_id: Callable[[Any], str | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Provider(Generic[S]):
     name: str
     source_model: type[S]
     request: RequestBuilder[S]
     parse: Callable[[Any, datetime], JobSnapshot]
     locate: Callable[[S, str], Located | None]
+    webhook: Webhook | None = None
 
 
 class ParseError(Exception):

@@ -31,6 +31,8 @@ import re
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.providers.base import (
     ApiKeyAuth,
@@ -39,6 +41,7 @@ from exporter.providers.base import (
     Provider,
     SourceBase,
     UpstreamRequest,
+    Webhook,
     finished_progress,
     map_status,
     obj,
@@ -47,7 +50,7 @@ from exporter.providers.base import (
     route,
     text,
 )
-from exporter.values import HttpUrl
+from exporter.values import FileSecret, HttpUrl
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -92,6 +95,17 @@ MAX_ETA_MINUTES = 60 * 24 * 366
 class Source(SourceBase):
     endpoint: HttpUrl = DEFAULT_ENDPOINT
     auth: ApiKeyAuth
+    webhook_token: SecretStr | None = None  # required by /api/v1/webhooks/stable-diffusion/NAME
+    webhook_token_file: FileSecret | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.webhook_token is not None and self.webhook_token_file is not None:
+            return [("webhook_token_file", "set webhook_token or webhook_token_file, not both")]
+        return []
+
+    def webhook_secret(self) -> str | None:
+        token = self.webhook_token or self.webhook_token_file
+        return None if token is None else token.get_secret_value()
 
 
 ROUTE = re.compile(r"/api/v3/fine_tune_status/(?P<job_id>[^/]+)")
@@ -179,4 +193,17 @@ def locate(source: Source, url: str) -> Located | None:
     return None if found is None else Located(found["job_id"])
 
 
-PROVIDER = Provider("stable_diffusion_finetune", Source, request, parse, locate)
+def webhook_job_id(payload: Any) -> str | None:
+    """ModelsLab posts {"status", "training_status", "logs", "model_id"} when a training moves."""
+    job_id = payload.get("model_id") if isinstance(payload, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+PROVIDER = Provider(
+    "stable_diffusion_finetune",
+    Source,
+    request,
+    parse,
+    locate,
+    Webhook("stable-diffusion", webhook_job_id),
+)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from exporter.config import Config
-    from exporter.providers.base import Located, SourceBase
+    from exporter.providers.base import Located, Retention, SourceBase
     from exporter.storage import Storage
     from exporter.store import JobRecord
 
@@ -67,6 +67,10 @@ def _registration_problem(source: SourceBase, job_id: str, project: str | None) 
     if has_projects and project is None and _project(source) is None:
         return f"source {source.name!r} has no project of its own: give the job's project"
     return None
+
+
+def _seconds(retention: Retention) -> tuple[float, float]:
+    return retention.succeeded, retention.unsuccessful
 
 
 def _project(source: SourceBase) -> str | None:
@@ -123,6 +127,7 @@ class Exporter:
                     _project(s),
                     s.max_jobs,
                     webhook=s.webhook_secret() is not None,
+                    retention=_seconds(config.retention(s)),
                 )
                 for s in config.sources
             )
@@ -276,11 +281,14 @@ class Exporter:
         return f"scheduler not running for source(s) {', '.join(dead)}" if dead else None
 
     def supervise(self) -> None:
-        """Restart any scheduler thread that died (a bug, not an upstream failure)."""
+        """Restart any scheduler thread that died (a bug, not an upstream failure), and let go
+        of finished jobs whose retention has ended."""
         with self._lock:
             for name, poller in self._pollers.items():
                 if poller.restart_if_dead():
                     log.error("scheduler thread had died; restarted", source=name)
+        for record in self.store.sweep(self._clock()):
+            log.info("job retired: retention ended", source=record.source, job_id=record.job_id)
 
     def _supervise_forever(self) -> None:
         while not self._stopping.wait(self._supervise_every):

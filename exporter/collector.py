@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, State
-from exporter.store import REQUEST_BUCKETS
+from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
 from exporter.values import format_duration
 
 if TYPE_CHECKING:
@@ -39,6 +39,15 @@ TIMESTAMPS = {
     "estimated_completion": "when the API expects the job to finish",
     "expiration": "when the API will discard the job and its results",
 }
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (then +Inf) as the cumulative (le, count) pairs a histogram wants."""
+    total, buckets = 0, []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        total += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+    return buckets
 
 
 def _seconds(when: datetime | None) -> float | None:
@@ -108,6 +117,23 @@ class _Families:
             "Webhook calls by result (registered, known, unauthorized, invalid, refused).",
             labels=[*SOURCE_LABELS, "result"],
         )
+        self.finished = CounterMetricFamily(
+            "asyncjob_jobs_finished",
+            "Jobs the exporter saw reach a terminal state, by state; each counted once, across "
+            "restarts too.",
+            labels=[*SOURCE_LABELS, "state"],
+        )
+        self.job_duration = HistogramMetricFamily(
+            "asyncjob_job_duration_seconds",
+            "Time from creation to finish of the jobs counted in asyncjob_jobs_finished_total, "
+            "from the API's timestamps.",
+            labels=[*SOURCE_LABELS, "state"],
+        )
+        self.dropped = CounterMetricFamily(
+            "asyncjob_jobs_dropped",
+            "Jobs no longer tracked, by reason (retention, expired, deleted).",
+            labels=[*SOURCE_LABELS, "reason"],
+        )
         self.tracked = GaugeMetricFamily(
             "asyncjob_tracked_jobs", "Jobs configured for the source.", labels=SOURCE_LABELS
         )
@@ -153,11 +179,17 @@ class _Families:
         self.requests.add_metric(key, stats.requests)
         for reason in ErrorReason:
             self.request_errors.add_metric([*key, reason.value], stats.errors.get(reason, 0))
-        cumulative, buckets = 0, []
-        for bound, n in zip((*REQUEST_BUCKETS, float("inf")), stats.bucket_counts, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        buckets = _cumulative(REQUEST_BUCKETS, stats.bucket_counts)
         self.duration.add_metric(key, buckets, stats.duration_sum)
+        tally = stats.tally
+        for state, count in tally.finished.items():
+            self.finished.add_metric([*key, state], count)
+            self.job_duration.add_metric(
+                [*key, state], _cumulative(DURATION_BUCKETS, tally.buckets[state]),
+                tally.seconds[state],
+            )  # fmt: skip
+        for dropped_for, count in stats.dropped.items():
+            self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
         self.rejected.add_metric([*key, "limit"], stats.rejected)
         for result, calls in (stats.webhooks or {}).items():
@@ -183,6 +215,9 @@ class _Families:
         yield self.duration
         yield self.tracked
         yield self.rejected
+        yield self.finished
+        yield self.job_duration
+        yield self.dropped
         yield self.webhooks
 
 

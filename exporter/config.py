@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from exporter.providers import PROVIDERS
-from exporter.providers.base import SourceBase, StrictModel
+from exporter.providers.base import Retention, SourceBase, StrictModel
 from exporter.values import DURATION_PATTERN, Duration, format_duration
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class GlobalConfig(StrictModel):
+    retention: Retention = Field(default_factory=Retention)
     poll_interval: Duration = 30.0
     timeout: Duration = 10.0
     max_concurrency: int = Field(default=8, ge=1, le=256)
@@ -48,6 +49,13 @@ class Config:
 
     def poll_interval(self, source: SourceBase) -> float:
         return source.poll_interval or self.global_.poll_interval
+
+    def retention(self, source: SourceBase) -> Retention:
+        """How long the source's finished jobs stay exported (not those listed in the config)."""
+        own = source.retention
+        if own is None:
+            return self.global_.retention
+        return self.global_.retention.model_copy(update=own.model_dump(exclude_none=True))
 
     def provider(self, source: SourceBase) -> Provider[Any]:
         return PROVIDERS[source.provider]

@@ -234,7 +234,8 @@ class SourcePoller:
             return True
 
     def _poll(self, job_id: str) -> PollOutcome | None:
-        """Poll one job and apply the outcome; None if shutting down or the job is gone."""
+        """Poll one job and apply the outcome; None if shutting down or the job is gone
+        (removed meanwhile, or expired with this poll)."""
         try:
             with self._lock:
                 project = self._projects.get(job_id)
@@ -243,8 +244,12 @@ class SourcePoller:
             )
         except Stopped:
             return None
-        before = self._store.apply(outcome)
-        if before is None:  # removed by a reload while the poll was in flight
+        applied = self._store.apply(outcome)
+        if applied is None:  # removed while the poll was in flight
+            return None
+        before, after = applied
+        if after is None:  # expired: the API answers 404 for it, again and again
+            log.info("job expired; no longer tracked", source=self.source.name, job_id=job_id)
             return None
         self._log_transition(before, outcome)
         return outcome

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FLUSH_EVERY = 1.0
 DATABASE = "asyncjob.db"
 LOCK = "lock"
@@ -59,6 +59,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (source, job_id)
         )""",
     ),
+    # What outlives the jobs of a source: the finished counts and durations (store.Tally).
+    2: ("CREATE TABLE tallies (source TEXT PRIMARY KEY, tally TEXT NOT NULL)",),
 }
 
 
@@ -129,6 +131,7 @@ def record_to_json(record: JobRecord) -> dict[str, Any]:
         "last_poll_success": _time(record.last_poll_success),
         "last_progress_change": _time(record.last_progress_change),
         "finished_at": _time(record.finished_at),
+        "not_found_streak": record.not_found_streak,
     }
 
 
@@ -142,6 +145,7 @@ def record_fields(data: dict[str, Any]) -> dict[str, Any]:
         "last_poll_success": _parse_time(data["last_poll_success"]),
         "last_progress_change": _parse_time(data["last_progress_change"]),
         "finished_at": _parse_time(data["finished_at"]),
+        "not_found_streak": int(data.get("not_found_streak", 0)),
     }
 
 
@@ -152,6 +156,10 @@ _UPSERT = (
     "provider = excluded.provider, project = excluded.project, record = excluded.record"
 )
 _DELETE = "DELETE FROM jobs WHERE source = ? AND job_id = ?"
+_SAVE_TALLY = (
+    "INSERT INTO tallies (source, tally) VALUES (?, ?) "
+    "ON CONFLICT (source) DO UPDATE SET tally = excluded.tally"
+)
 
 
 class Storage:
@@ -217,6 +225,15 @@ class Storage:
             row = (r.source, r.job_id, r.provider, r.project, r.origin, r.first_seen.isoformat(),
                    json.dumps(record_to_json(r)))  # fmt: skip
             self._changes.put((_UPSERT, row))
+
+    def load_tallies(self) -> dict[str, dict[str, Any]]:
+        """Every source's stored tally, by source (read once, at start)."""
+        rows = self._connection.execute("SELECT source, tally FROM tallies").fetchall()
+        return {source: json.loads(tally) for source, tally in rows}
+
+    def save_tally(self, source: str, tally: dict[str, Any]) -> None:
+        """Queue the upsert of a source's tally; returns at once."""
+        self._changes.put((_SAVE_TALLY, (source, json.dumps(tally))))
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:
         """Queue the removal of (source, job_id) rows; returns at once."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from exporter.model import ErrorReason
+from exporter.model import ErrorReason, State
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
@@ -29,6 +29,15 @@ def _utcnow() -> datetime:
 
 # Upstream calls take from tens of milliseconds to the timeout (10 s by default) and beyond.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+                    172800.0)  # fmt: skip
+"""asyncjob_job_duration_seconds: from a minute to two days."""
+FINISHED_STATES = tuple(s.value for s in State if s.terminal)
+DROP_REASONS = ("retention", "expired", "deleted")
+"""Why a job stopped being tracked: its retention after finishing ended, its status answered 404
+EXPIRE_AFTER polls in a row (the API discarded it), or it was removed through the jobs API."""
+EXPIRE_AFTER = 3
+UNSUCCESSFUL = frozenset({State.FAILED, State.PARTIALLY_SUCCEEDED, State.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class JobRecord:
     last_poll_success: datetime | None = None
     last_progress_change: datetime | None = None
     finished_at: datetime | None = None  # when the job reached a terminal state (API time if given)
+    not_found_streak: int = 0  # polls in a row answered 404
 
     @property
     def finished(self) -> bool:
@@ -67,6 +77,45 @@ class SourceStats:
     duration_sum: float
     rejected: int  # job IDs refused because the source is at max_jobs
     webhooks: dict[str, int] | None  # calls by result; None: the source takes no webhook
+    tally: Tally
+    dropped: dict[str, int]
+
+
+@dataclass(slots=True)
+class Tally:
+    """What outlives the jobs of a source, and a restart too (it is stored): how many jobs the
+    exporter saw finish, by terminal state, and how long they took (created to finished, from
+    the API's times), as histogram buckets (not cumulative, then +Inf) and a sum."""
+
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0))
+    buckets: dict[str, list[int]] = field(
+        default_factory=lambda: {s: [0] * (len(DURATION_BUCKETS) + 1) for s in FINISHED_STATES}
+    )
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0.0))
+
+    def finish(self, record: JobRecord) -> None:
+        snap = record.snapshot
+        assert snap is not None  # only finished jobs are tallied
+        state = snap.state.value
+        self.finished[state] += 1
+        if snap.created is not None and record.finished_at is not None:
+            took = max(0.0, (record.finished_at - snap.created).total_seconds())
+            self.buckets[state][bisect.bisect_left(DURATION_BUCKETS, took)] += 1
+            self.seconds[state] += took
+
+    def to_json(self) -> dict[str, Any]:
+        return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tally:
+        tally = cls()
+        for state in FINISHED_STATES:  # a state the file lacks starts at zero
+            tally.finished[state] = int(data["finished"].get(state, 0))
+            tally.seconds[state] = float(data["seconds"].get(state, 0.0))
+            stored = data["buckets"].get(state)
+            if stored is not None and len(stored) == len(DURATION_BUCKETS) + 1:
+                tally.buckets[state] = [int(n) for n in stored]
+        return tally
 
 
 @dataclass(slots=True)
@@ -78,6 +127,8 @@ class _Counters:
     duration_sum: float = 0.0
     rejected: int = 0
     webhooks: dict[str, int] | None = None
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    tally: Tally = field(default_factory=Tally)
 
     def count(self, outcome: PollOutcome) -> None:
         """Every attempt is a request (retries too), whatever became of its body."""
@@ -96,11 +147,14 @@ class _Counters:
 def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     snapshot = outcome.snapshot
     if snapshot is None:  # a failed poll keeps the last good values
-        return replace(old, up=False, last_error=outcome.error)
+        streak = old.not_found_streak + 1 if outcome.error is ErrorReason.NOT_FOUND else 0
+        return replace(old, up=False, last_error=outcome.error, not_found_streak=streak)
     changed = not snapshot.same_progress(old.snapshot)
     finished_at = old.finished_at
     if snapshot.state.terminal and finished_at is None:
-        finished_at = snapshot.last_update or outcome.at
+        # The API's time when it gives one; never later than the poll that saw it finished
+        # (an upstream clock ahead of ours must not stretch a retention).
+        finished_at = min(snapshot.last_update or outcome.at, outcome.at)
     return replace(
         old,
         snapshot=snapshot,
@@ -109,6 +163,7 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
         last_poll_success=outcome.at,
         last_progress_change=outcome.at if changed else old.last_progress_change,
         finished_at=finished_at,
+        not_found_streak=0,
     )
 
 
@@ -130,6 +185,7 @@ class SourceJobs:
     project: str | None
     max_jobs: int
     webhook: bool = False  # the source takes webhook calls
+    retention: tuple[float, float] = (86400.0, 7 * 86400.0)  # seconds: succeeded, unsuccessful
 
 
 class Store:
@@ -147,6 +203,8 @@ class Store:
         stored = storage.load() if storage is not None else []
         self._restored = {(job.source, job.job_id): job for job in stored}
         self._limits: dict[str, int] = {}
+        self._retention: dict[str, tuple[float, float]] = {}
+        self._tallies = storage.load_tallies() if storage is not None else {}
 
     def _new_record(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str
@@ -176,9 +234,7 @@ class Store:
             for spec in specs:
                 old_counters = self._counters.get(spec.source)
                 keep = old_counters is not None and old_counters.provider == spec.provider
-                counters[spec.source] = (
-                    old_counters if keep and old_counters else _Counters(spec.provider)
-                )
+                counters[spec.source] = old_counters if keep and old_counters else self._fresh(spec)
                 if spec.webhook and counters[spec.source].webhooks is None:
                     counters[spec.source].webhooks = dict.fromkeys(WEBHOOK_RESULTS, 0)
                 if not spec.webhook:
@@ -204,10 +260,19 @@ class Store:
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
             self._jobs, self._counters = jobs, counters
             self._limits = {spec.source: spec.max_jobs for spec in specs}
+            self._retention = {spec.source: spec.retention for spec in specs}
             self._restored = {}
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
+
+    def _fresh(self, spec: SourceJobs) -> _Counters:
+        """A source's counters, its tally resumed from storage where it has one."""
+        counters = _Counters(spec.provider)
+        stored = self._tallies.pop(spec.source, None)
+        if stored is not None:
+            counters.tally = Tally.from_json(stored)
+        return counters
 
     def _restore(self, stored: StoredJob) -> JobRecord:
         return JobRecord(
@@ -237,12 +302,9 @@ class Store:
             return record, True
 
     def remove(self, source: str, job_id: str) -> JobRecord | None:
-        """Stop tracking a job; its record, or None if it was not tracked."""
+        """Stop tracking a job (dropped as "deleted"); its record, or None if not tracked."""
         with self._lock:
-            record = self._jobs.pop((source, job_id), None)
-            if record is not None and self._storage is not None:
-                self._storage.delete(((source, job_id),))
-            return record
+            return self._drop((source, job_id), "deleted")
 
     @property
     def storage(self) -> Storage | None:
@@ -261,21 +323,58 @@ class Store:
         with self._lock:
             return tuple(self._jobs.values())
 
-    def apply(self, outcome: PollOutcome) -> JobRecord | None:
-        """Apply one poll's outcome, in one step: the job's record and its source's request
-        statistics. Returns the record as it was before, or None if the job is no longer
-        tracked (removed by a reload while the poll was in flight)."""
+    def apply(self, outcome: PollOutcome) -> tuple[JobRecord, JobRecord | None] | None:
+        """Apply one poll's outcome, in one step: the job's record, its source's request
+        statistics, and the tally when the job is first seen finished. Returns the record
+        before and after (after is None when the job expired: EXPIRE_AFTER polls in a row
+        answered 404 and the config does not list it), or None if the job is no longer tracked
+        (removed while the poll was in flight)."""
         with self._lock:
             counters = self._counters.get(outcome.source)
             if counters is not None:
                 counters.count(outcome)
-            old = self._jobs.get((outcome.source, outcome.job_id))
-            if old is None:
+            key = (outcome.source, outcome.job_id)
+            old = self._jobs.get(key)
+            if old is None or counters is None:
                 return None
-            new = self._jobs[outcome.source, outcome.job_id] = _updated(old, outcome)
+            new = self._jobs[key] = _updated(old, outcome)
+            if new.finished and not old.finished:
+                counters.tally.finish(new)
+                if self._storage is not None:
+                    self._storage.save_tally(outcome.source, counters.tally.to_json())
+            if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
+                self._drop(key, "expired")
+                return old, None
             if self._storage is not None:
                 self._storage.save((new,))
-            return old
+            return old, new
+
+    def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
+        """Stop tracking a job, counting why. The caller holds the lock."""
+        record = self._jobs.pop(key, None)
+        if record is not None:
+            self._counters[key[0]].dropped[reason] += 1
+            if self._storage is not None:
+                self._storage.delete((key,))
+        return record
+
+    def sweep(self, now: datetime) -> list[JobRecord]:
+        """Drop the finished jobs whose retention has ended (not those the config lists)."""
+        with self._lock:
+            expired = [
+                key
+                for key, record in self._jobs.items()
+                if record.origin != CONFIG
+                and record.finished
+                and record.finished_at is not None
+                and now - record.finished_at > self._retention_of(record)
+            ]
+            return [r for key in expired if (r := self._drop(key, "retention")) is not None]
+
+    def _retention_of(self, record: JobRecord) -> timedelta:
+        succeeded, unsuccessful = self._retention.get(record.source, (86400.0, 7 * 86400.0))
+        state = record.snapshot.state if record.snapshot else State.SUCCEEDED
+        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL else succeeded)
 
     def count_webhook(self, source: str, result: str) -> None:
         with self._lock:
@@ -306,6 +405,8 @@ class Store:
                     duration_sum=c.duration_sum,
                     rejected=c.rejected,
                     webhooks=None if c.webhooks is None else dict(c.webhooks),
+                    tally=Tally.from_json(c.tally.to_json()),  # a copy for the scrape
+                    dropped=dict(c.dropped),
                 )
                 for source, c in self._counters.items()
             )

@@ -292,6 +292,23 @@ def overview() -> dict[str, Any]:
             (6, 8), defaults={"decimals": 2}, options=STAT_OPTIONS,
         ),
         lay.panel(
+            "stat", "Failed share of finished jobs (time range)",
+            "Of each source's jobs that finished in the time range, the share that failed (asyncjob_jobs_finished_total, kept across exporter restarts). AsyncJobFailureRatioHigh fires above 25% over 6 hours.",
+            "percentunit",
+            [target(f'sum by (source) (increase(asyncjob_jobs_finished_total{{state="failed", {SOURCE_SEL}}}[$__range])) / sum by (source) (increase(asyncjob_jobs_finished_total{{{SOURCE_SEL}}}[$__range]))', "{{source}}", instant=True)],
+            (12, 8), defaults={"min": 0, "max": 1, "decimals": 0}, options=STAT_OPTIONS,
+        ),
+        lay.panel(
+            "bargauge", "Job duration, p50 and p90 (time range)",
+            "How long the jobs that finished in the time range took, created to finished, from the API's timestamps (asyncjob_job_duration_seconds), by source and final state.",
+            "s",
+            [
+                target(f"histogram_quantile(0.5, sum by (le, source, state) (increase(asyncjob_job_duration_seconds_bucket{{{SOURCE_SEL}}}[$__range])))", "p50 {{source}} {{state}}", "A", instant=True),
+                target(f"histogram_quantile(0.9, sum by (le, source, state) (increase(asyncjob_job_duration_seconds_bucket{{{SOURCE_SEL}}}[$__range])))", "p90 {{source}} {{state}}", "B", instant=True),
+            ],
+            (12, 8),
+        ),
+        lay.panel(
             "timeseries", "Upstream request rate",
             "HTTP requests the exporter sends to each source's API, retries included.",
             "reqps", [target(f"sum by (source) (rate(asyncjob_requests_total{{{SOURCE_SEL}}}[$__rate_interval]))", "{{source}}")], (8, 8),

@@ -23,11 +23,13 @@ REQUIRED = {
     "AsyncJobQueuedTooLong",
     "AsyncJobPollingFailing",
     "AsyncJobUpstreamThrottled",
+    "AsyncJobFailureRatioHigh",
     "AsyncJobExporterDown",
     "AsyncJobExporterAbsent",
 }
 JOB_ALERTS = REQUIRED - {
     "AsyncJobUpstreamThrottled",
+    "AsyncJobFailureRatioHigh",
     "AsyncJobExporterDown",
     "AsyncJobExporterAbsent",
 }
@@ -41,7 +43,7 @@ def rules() -> list[dict[str, Any]]:
 def test_promtool_check_rules() -> None:
     result = run_tool("promtool", "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:

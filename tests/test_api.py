@@ -282,3 +282,54 @@ def test_a_thousand_registrations_from_twenty_clients_lose_none(
         assert stored == set(ids)
     finally:
         storage.close()
+
+
+def test_a_finished_registered_job_leaves_when_its_retention_ends(
+    make_harness: MakeHarness,
+) -> None:
+    """On the real clock, with a one-second retention: the finished batch is exported, then
+    dropped (counted as retention); the config-listed finished batch stays."""
+
+    def short(sim: Simulator) -> dict[str, Any]:
+        raw = slow(sim)
+        raw["sources"][3]["retention"] = {"succeeded": "1s"}
+        raw["sources"][3]["job_ids"] = ["batch-ok"]
+        return raw
+
+    h = make_harness(short, at=1000.0, jobs_api=True, start_polling=True)
+    assert post(h, {"source": "translator", "job_id": "batch-partial"}).status_code == 201
+    labels = {"provider": "azure_document_translation", "source": "translator"}
+    wait_until(
+        lambda: h.scrape().get(
+            "asyncjob_state", **labels, job_id="batch-partial", state="succeeded"
+        ),
+        what="the registered batch, finished",
+    )
+    m = wait_until(
+        lambda: (
+            (m := h.scrape()).get("asyncjob_jobs_dropped_total", **labels, reason="retention") and m
+        ),
+        what="its retention to end",
+    )
+    assert m.series("asyncjob_up", job_id="batch-partial") == []
+    assert m.get("asyncjob_state", **labels, job_id="batch-ok", state="succeeded") == 1
+    assert m.get("asyncjob_jobs_finished_total", **labels, state="succeeded") == 2
+    assert "batch-partial" not in {
+        j["job_id"] for j in requests.get(jobs_url(h), timeout=5).json()["jobs"]
+    }
+
+
+def test_a_registered_job_the_api_forgot_expires(make_harness: MakeHarness) -> None:
+    """Three 404s in a row and it is dropped (expired); then it is polled no more."""
+    h = make_harness(demo_raw_config, jobs_api=True, start_polling=True)
+    assert post(h, {"source": "translator", "job_id": "long-gone"}).status_code == 201
+    labels = {"provider": "azure_document_translation", "source": "translator"}
+    wait_until(
+        lambda: h.scrape().get("asyncjob_jobs_dropped_total", **labels, reason="expired") == 1,
+        what="the job to expire",
+    )
+    polls = len(h.sim.seen("long-gone"))
+    assert polls == 3
+    healthy = len(h.sim.seen("batch-partial"))
+    wait_until(lambda: len(h.sim.seen("batch-partial")) >= healthy + 5, what="five intervals")
+    assert len(h.sim.seen("long-gone")) == polls

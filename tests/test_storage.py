@@ -131,16 +131,17 @@ def test_schema_version_is_recorded_once_and_a_newer_file_is_refused(tmp_path: P
         Storage.open(tmp_path / "data").close()
     database = tmp_path / "data" / DATABASE
     with sqlite3.connect(database) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        versions = db.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # each migration once
         db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 1,))
     db.close()
     with pytest.raises(StorageError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
         Storage.open(tmp_path / "data")
 
 
-def test_a_version_1_file_written_before_any_upgrade_still_loads(tmp_path: Path) -> None:
-    """A file laid out by hand exactly as schema version 1 defines it (as an older exporter left
-    it) opens and loads: the migration path starts from what is on disk, not from scratch."""
+def test_a_version_1_file_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
+    """A file laid out by hand exactly as schema version 1 defined it (as the first exporter
+    with storage left it) is migrated to version 2 on open, and its jobs load."""
     (tmp_path / "data").mkdir()
     record = {"snapshot": None, "up": False, "last_error": "auth", "last_poll_success": None,
               "last_progress_change": None, "finished_at": None}  # fmt: skip
@@ -161,9 +162,13 @@ def test_a_version_1_file_written_before_any_upgrade_still_loads(tmp_path: Path)
     opened = Storage.open(tmp_path / "data")
     try:
         (job,) = opened.load()
+        assert opened.load_tallies() == {}  # version 2's table, added by the migration
     finally:
         opened.close()
     assert (job.source, job.job_id, job.first_seen) == ("analyze", "a-1", SEEN)
+    with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+    db.close()
 
 
 # -- real processes --------------------------------------------------------------------------
@@ -269,6 +274,9 @@ def test_kill_9_and_restart_resumes_without_polling_finished_jobs(tmp_path: Path
                 change, **SD, job_id="sd-stalled"
             )
             assert after.get("asyncjob_requests_total", **TRANSLATOR) == 0  # not one request
+            finished = "asyncjob_jobs_finished_total"
+            assert before.get(finished, **TRANSLATOR, state="succeeded") == 2
+            assert after.get(finished, **TRANSLATOR, state="succeeded") == 2  # unchanged
         finally:
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=15) == 0

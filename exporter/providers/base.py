@@ -113,6 +113,21 @@ class ApiKeyAuth(StrictModel):
         return key.get_secret_value()
 
 
+class Retention(StrictModel):
+    """How long a finished job that the config does not list stays exported after it finished:
+    `succeeded`, and `unsuccessful` (failed, partially succeeded, cancelled: kept longer)."""
+
+    succeeded: Duration = 24 * 3600.0
+    unsuccessful: Duration = 7 * 24 * 3600.0
+
+
+class RetentionOverride(StrictModel):
+    """A source's own retention; what it leaves out comes from `global.retention`."""
+
+    succeeded: Duration | None = None
+    unsuccessful: Duration | None = None
+
+
 class SourceBase(StrictModel):
     """The keys every source has; provider modules subclass it with their own."""
 
@@ -123,6 +138,7 @@ class SourceBase(StrictModel):
     poll_interval: Duration | None = None
     job_ids: list[PathSafeId] = Field(default_factory=list)
     max_jobs: int = Field(default=10_000, ge=1)
+    retention: RetentionOverride | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) of what is wrong across this source's keys; [] when nothing is."""

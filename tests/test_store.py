@@ -1,0 +1,119 @@
+"""The store's lifecycle of a job, with an injected clock: the finished tally, durations,
+retention, expiry, and what they export (read with client_python's get_sample_value)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from exporter.collector import JobCollector
+from exporter.model import Attempt, ErrorReason, JobSnapshot, PollOutcome, State
+from exporter.storage import Storage
+from exporter.store import SourceJobs, Store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+SOURCE = "translator"
+LABELS = {"provider": "azure_document_translation", "source": SOURCE}
+HOUR = 3600.0
+
+
+def store_with(retention: tuple[float, float] = (HOUR, 4 * HOUR), storage: Storage | None = None
+               ) -> Store:  # fmt: skip
+    store = Store(storage, clock=lambda: T0)
+    store.configure([SourceJobs("azure_document_translation", SOURCE, ("listed",), None, 100,
+                                retention=retention)])  # fmt: skip
+    return store
+
+
+def snapshot(state: State, created_minutes_ago: float, at: datetime) -> JobSnapshot:
+    return JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 1.0},
+                       created=at - timedelta(minutes=created_minutes_ago), last_update=at)  # fmt: skip
+
+
+def poll(store: Store, job_id: str, at: datetime, snap: JobSnapshot | None = None,
+         error: ErrorReason | None = None) -> object:  # fmt: skip
+    outcome = PollOutcome(SOURCE, job_id, at, (Attempt(0.1, error),), snapshot=snap, error=error)
+    return store.apply(outcome)
+
+
+def sample(store: Store, name: str, **labels: str) -> float | None:
+    registry = CollectorRegistry()
+    registry.register(JobCollector(store, lambda: 30.0))
+    return registry.get_sample_value(name, {**LABELS, **labels})
+
+
+def test_a_job_is_counted_once_when_first_seen_finished() -> None:
+    store = store_with()
+    store.add("azure_document_translation", SOURCE, "b1", None, "api")
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
+    poll(store, "b1", T0, running)
+    poll(store, "b1", T0 + timedelta(minutes=5), snapshot(State.FAILED, 35, T0))
+    poll(store, "b1", T0 + timedelta(minutes=6), snapshot(State.FAILED, 35, T0))  # seen again
+    assert sample(store, "asyncjob_jobs_finished_total", state="failed") == 1
+    assert sample(store, "asyncjob_jobs_finished_total", state="succeeded") == 0
+    # Created 35 min before it finished: in the 30m..1h bucket.
+    assert sample(store, "asyncjob_job_duration_seconds_bucket", state="failed", le="1800.0") == 0
+    assert sample(store, "asyncjob_job_duration_seconds_bucket", state="failed", le="3600.0") == 1
+    assert sample(store, "asyncjob_job_duration_seconds_sum", state="failed") == 35 * 60
+    assert sample(store, "asyncjob_job_duration_seconds_count", state="failed") == 1
+
+
+def test_retention_drops_finished_jobs_not_listed_in_the_config() -> None:
+    """Succeeded: 1 h; unsuccessful: 4 h; the config-listed job stays whatever its age."""
+    store = store_with()
+    for job_id in ("ok", "bad"):
+        store.add("azure_document_translation", SOURCE, job_id, None, "api")
+    poll(store, "ok", T0, snapshot(State.SUCCEEDED, 10, T0))
+    poll(store, "bad", T0, snapshot(State.FAILED, 10, T0))
+    poll(store, "listed", T0, snapshot(State.SUCCEEDED, 10, T0))
+    assert store.sweep(T0 + timedelta(minutes=59)) == []
+    assert [r.job_id for r in store.sweep(T0 + timedelta(minutes=61))] == ["ok"]
+    assert store.sweep(T0 + timedelta(hours=3, minutes=59)) == []
+    assert [r.job_id for r in store.sweep(T0 + timedelta(hours=4, minutes=1))] == ["bad"]
+    assert store.sweep(T0 + timedelta(days=30)) == []
+    assert [r.job_id for r in store.jobs()] == ["listed"]
+    assert sample(store, "asyncjob_jobs_dropped_total", reason="retention") == 2
+    assert sample(store, "asyncjob_jobs_finished_total", state="succeeded") == 2  # outlives them
+
+
+def test_three_404s_in_a_row_expire_a_job_but_not_a_listed_one() -> None:
+    store = store_with()
+    store.add("azure_document_translation", SOURCE, "gone", None, "api")
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
+    for job_id in ("gone", "listed"):
+        poll(store, job_id, T0, error=ErrorReason.NOT_FOUND)
+        poll(store, job_id, T0, error=ErrorReason.NOT_FOUND)
+        poll(store, job_id, T0, running)  # a good answer resets the count
+        poll(store, job_id, T0, error=ErrorReason.NOT_FOUND)
+        poll(store, job_id, T0, error=ErrorReason.NOT_FOUND)
+    assert store.get(SOURCE, "gone") is not None
+    applied = poll(store, "gone", T0, error=ErrorReason.NOT_FOUND)
+    assert isinstance(applied, tuple)
+    assert applied[1] is None  # expired with this poll
+    assert store.get(SOURCE, "gone") is None
+    poll(store, "listed", T0, error=ErrorReason.NOT_FOUND)
+    assert store.get(SOURCE, "listed") is not None
+    assert sample(store, "asyncjob_jobs_dropped_total", reason="expired") == 1
+
+
+def test_the_tally_is_kept_in_storage(tmp_path: Path) -> None:
+    """A new store on the same storage exports the same finished counts and durations."""
+    storage = Storage.open(tmp_path / "data")
+    store = store_with(storage=storage)
+    poll(store, "listed", T0, snapshot(State.SUCCEEDED, 90, T0))
+    assert storage.flush()
+    storage.close()
+    storage = Storage.open(tmp_path / "data")
+    try:
+        again = store_with(storage=storage)
+        assert sample(again, "asyncjob_jobs_finished_total", state="succeeded") == 1
+        assert sample(again, "asyncjob_job_duration_seconds_sum", state="succeeded") == 90 * 60
+        poll(again, "listed", T0, snapshot(State.SUCCEEDED, 90, T0))  # restored: finished already
+        assert sample(again, "asyncjob_jobs_finished_total", state="succeeded") == 1
+    finally:
+        storage.close()

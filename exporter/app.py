@@ -25,6 +25,7 @@ from prometheus_client import (
 
 from exporter.collector import JobCollector
 from exporter.config import ConfigError, load_config, secrets
+from exporter.http import TokenBucket
 from exporter.logging import redactor
 from exporter.poller import SourcePoller, utcnow
 from exporter.store import CONFIG, SourceJobs, Store
@@ -107,6 +108,7 @@ class Exporter:
         )
         self._lock = threading.RLock()
         self._pollers: dict[str, SourcePoller] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # by source name; "" is the global budget
         self._started = False
         self._stopping = threading.Event()
         self.apply(config)
@@ -136,7 +138,7 @@ class Exporter:
                 s.name: (
                     old[s.name]
                     if s.name in old and old[s.name].source == s and same_global
-                    else SourcePoller(config, s, self.store, self._clock)
+                    else SourcePoller(config, s, self.store, self._clock, self._budgets(config, s))
                 )
                 for s in config.sources
             }
@@ -153,6 +155,22 @@ class Exporter:
             redactor.register(secrets(config))
             self._reload_ok.set(1)
             self._reload_time.set_to_current_time()
+
+    def _budgets(self, config: Config, source: SourceBase) -> list[TokenBucket]:
+        """The request budgets a source's requests take from: its own and the global one. A
+        bucket lives as long as its rate: a reload that keeps the rate keeps what was spent."""
+        wanted = [(source.name, source.max_requests_per_minute),
+                  ("", config.global_.max_requests_per_minute)]  # fmt: skip
+        budgets = []
+        for key, rate in wanted:
+            bucket = self._buckets.get(key)
+            if rate is None:
+                self._buckets.pop(key, None)
+                continue
+            if bucket is None or bucket.per_minute != rate:
+                bucket = self._buckets[key] = TokenBucket(rate)
+            budgets.append(bucket)
+        return budgets
 
     def register(
         self, source_name: str, job_id: str, project: str | None, origin: str

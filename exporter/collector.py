@@ -117,6 +117,11 @@ class _Families:
             "Webhook calls by result (registered, known, unauthorized, invalid, refused).",
             labels=[*SOURCE_LABELS, "result"],
         )
+        self.delayed = CounterMetricFamily(
+            "asyncjob_request_budget_delayed",
+            "Upstream requests that waited for the request budget (max_requests_per_minute).",
+            labels=SOURCE_LABELS,
+        )
         self.finished = CounterMetricFamily(
             "asyncjob_jobs_finished",
             "Jobs the exporter saw reach a terminal state, by state; each counted once, across "
@@ -191,6 +196,7 @@ class _Families:
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
+        self.delayed.add_metric(key, stats.delayed)
         self.rejected.add_metric([*key, "limit"], stats.rejected)
         for result, calls in (stats.webhooks or {}).items():
             self.webhooks.add_metric([*key, result], calls)
@@ -215,6 +221,7 @@ class _Families:
         yield self.duration
         yield self.tracked
         yield self.rejected
+        yield self.delayed
         yield self.finished
         yield self.job_duration
         yield self.dropped

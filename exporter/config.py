@@ -40,6 +40,7 @@ class GlobalConfig(StrictModel):
     retries: int = Field(default=3, ge=0, le=10)
     max_retry_wait: Duration = 30.0
     max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_requests_per_minute: float | None = Field(default=None, gt=0)  # all sources together
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import json
 import random
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,8 +40,7 @@ from exporter import __version__
 from exporter.model import Attempt, ErrorReason
 
 if TYPE_CHECKING:
-    import threading
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from exporter.providers.base import UpstreamRequest
 
@@ -155,12 +155,51 @@ def wait_in_words(text: str) -> float | None:
     return value * 60 if unit.startswith("min") else value
 
 
-class HttpClient:
-    """One per source: a pooled session sized for that source's concurrency."""
+class TokenBucket:
+    """A request budget (`max_requests_per_minute`): at most `capacity` requests at once (a
+    minute's worth by default), refilled continuously at the rate. A request that finds no
+    token reserves the next one and is told how long to wait, so waiting requests go in turn
+    and none is dropped."""
 
-    def __init__(self, settings: HttpSettings, pool_size: int, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        capacity: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute = per_minute
+        self.per_second = per_minute / 60.0
+        self.capacity = capacity if capacity is not None else max(1.0, per_minute)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; the seconds to wait before using it (0 when one was there)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.per_second)
+            self._at = now
+            self._tokens -= 1.0
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.per_second
+
+
+class HttpClient:
+    """One per source: a pooled session sized for that source's concurrency. Every attempt
+    first takes a token from each of `budgets` (the source's and the global request budget),
+    waiting when there is none."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        pool_size: int,
+        stop: threading.Event,
+        budgets: Sequence[TokenBucket] = (),
+    ) -> None:
         self.settings = settings
         self._stop = stop
+        self._budgets = tuple(budgets)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         self._session.headers["Accept"] = "application/json"
@@ -177,11 +216,12 @@ class HttpClient:
         while True:
             if self._stop.is_set():
                 raise Stopped
+            delayed = self._within_budget()
             started = time.monotonic()
             try:
                 fetched = self._attempt(request)
             except FetchError as exc:
-                attempts.append(Attempt(time.monotonic() - started, exc.reason))
+                attempts.append(Attempt(time.monotonic() - started, exc.reason, delayed))
                 wait = self._retry_wait(exc, retry)
                 if wait is None:
                     raise
@@ -191,11 +231,22 @@ class HttpClient:
                 retry += 1
             except Exception:
                 # A bug of ours mid-attempt: the attempt still happened and still counts.
-                attempts.append(Attempt(time.monotonic() - started, ErrorReason.BAD_RESPONSE))
+                attempts.append(
+                    Attempt(time.monotonic() - started, ErrorReason.BAD_RESPONSE, delayed)
+                )
                 raise
             else:
-                attempts.append(Attempt(time.monotonic() - started))
+                attempts.append(Attempt(time.monotonic() - started, delayed=delayed))
                 return fetched
+
+    def _within_budget(self) -> bool:
+        """Wait for a token of every budget (interrupted by shutdown); True if it had to."""
+        wait = max((bucket.reserve() for bucket in self._budgets), default=0.0)
+        if wait <= 0:
+            return False
+        if self._stop.wait(wait):
+            raise Stopped
+        return True
 
     def _retry_wait(self, exc: FetchError, retry: int) -> float | None:
         if not exc.retryable or retry >= self.settings.retries:

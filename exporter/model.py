@@ -123,6 +123,7 @@ class Attempt:
 
     seconds: float
     error: ErrorReason | None = None
+    delayed: bool = False  # it waited for the request budget (max_requests_per_minute)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from exporter.http import FetchError, HttpClient, HttpSettings, Stopped
+from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBucket
 from exporter.model import Attempt, ErrorReason, PollOutcome
 from exporter.providers.base import ParseError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from exporter.config import Config
     from exporter.providers.base import Provider, SourceBase
@@ -137,6 +137,7 @@ class SourcePoller:
         source: SourceBase,
         store: Store,
         clock: Callable[[], datetime] = utcnow,
+        budgets: Sequence[TokenBucket] = (),
     ) -> None:
         self.source = source
         self.provider = config.provider(source)
@@ -150,7 +151,7 @@ class SourcePoller:
         self._lock = threading.Lock()
         self._last_auth_log = -float("inf")
         workers = config.global_.max_concurrency
-        self.client = HttpClient(http_settings(config), workers, self._stop)
+        self.client = HttpClient(http_settings(config), workers, self._stop, budgets)
         self._workers = Workers(workers, f"poll-{source.name}")
         self._due: dict[str, float] = {}
         self._projects: dict[str, str | None] = {}  # the project each job's requests go to

@@ -76,6 +76,7 @@ class SourceStats:
     bucket_counts: tuple[int, ...]  # per REQUEST_BUCKETS, then +Inf; not cumulative
     duration_sum: float
     rejected: int  # job IDs refused because the source is at max_jobs
+    delayed: int  # requests that waited for the request budget
     webhooks: dict[str, int] | None  # calls by result; None: the source takes no webhook
     tally: Tally
     dropped: dict[str, int]
@@ -126,6 +127,7 @@ class _Counters:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_BUCKETS) + 1))
     duration_sum: float = 0.0
     rejected: int = 0
+    delayed: int = 0  # requests that waited for the request budget
     webhooks: dict[str, int] | None = None
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     tally: Tally = field(default_factory=Tally)
@@ -134,6 +136,7 @@ class _Counters:
         """Every attempt is a request (retries too), whatever became of its body."""
         for attempt in outcome.attempts:
             self.requests += 1
+            self.delayed += attempt.delayed
             self.duration_sum += attempt.seconds
             self.buckets[bisect.bisect_left(REQUEST_BUCKETS, attempt.seconds)] += 1
             if attempt.error is not None:
@@ -404,6 +407,7 @@ class Store:
                     bucket_counts=tuple(c.buckets),
                     duration_sum=c.duration_sum,
                     rejected=c.rejected,
+                    delayed=c.delayed,
                     webhooks=None if c.webhooks is None else dict(c.webhooks),
                     tally=Tally.from_json(c.tally.to_json()),  # a copy for the scrape
                     dropped=dict(c.dropped),

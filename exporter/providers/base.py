@@ -139,6 +139,7 @@ class SourceBase(StrictModel):
     job_ids: list[PathSafeId] = Field(default_factory=list)
     max_jobs: int = Field(default=10_000, ge=1)
     retention: RetentionOverride | None = None
+    max_requests_per_minute: float | None = Field(default=None, gt=0)  # this source's budget
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) of what is wrong across this source's keys; [] when nothing is."""

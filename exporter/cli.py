@@ -236,7 +236,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
             exporter.store.jobs,
             reload=reload if args.enable_lifecycle else None,
             web=web,
-            api=Api(exporter, jobs=args.enable_jobs_api),
+            api=Api(exporter, jobs=args.enable_jobs_api or args.demo),
         )
         try:
             server = HttpServer(app, args.listen_address, web.tls, args.max_connections)
@@ -249,6 +249,8 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         opened.callback(server.stop)
         exporter.start()
         _announce(config, args, web, server.port, banner)
+        if args.demo:
+            _demo_arrivals(args, web, server.port)
         while signals.next() != "stop":
             if reload is None:
                 log.warning("reload ignored: --demo runs a built-in config")
@@ -256,6 +258,19 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
                 reload()
         log.info("shutting down")
     return 0
+
+
+def _demo_arrivals(args: argparse.Namespace, web: WebConfig, port: int) -> None:
+    from exporter.simulator import demo_arrivals  # noqa: PLC0415 - demo only
+
+    host, _ = parse_listen_address(args.listen_address)
+    if web.tls is not None or web.auth is not None:
+        return  # the demo's own calls would need the certificate and a password
+    local = "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host  # noqa: S104
+    base = f"http://{local if ':' not in local else f'[{local}]'}:{port}"
+    print("Jobs arriving by themselves (the demo just did these):", flush=True)  # noqa: T201
+    for line in demo_arrivals(base):
+        print(f"  {line}", flush=True)  # noqa: T201
 
 
 def _announce(

@@ -83,19 +83,32 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = [process.stdout.readline() for _ in range(3)]
+        banner = [process.stdout.readline() for _ in range(6)]
         assert banner[0].startswith("Simulator:")
         metrics_url = re.search(r"Metrics:\s+(\S+)", banner[1])
         assert metrics_url, banner
+        # The demo registers a job through the jobs API and calls the webhook, and prints both.
+        assert banner[3] == "Jobs arriving by themselves (the demo just did these):\n"
+        assert banner[4].startswith("  curl -X POST http://127.0.0.1:"), banner[4]
+        assert '"job_id": "analyze-api"' in banner[4]
+        assert "-H 'X-Webhook-Token: " in banner[5]
+        assert '"model_id": "sd-webhook"' in banner[5]
 
         def all_up() -> Metrics | None:
             m = Metrics(requests.get(metrics_url[1], timeout=5).text)
             ups = m.series("asyncjob_up")
-            ok = len(ups) == 8 and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
+            ok = len(ups) == 10 and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
             return m if ok else None
 
         m = wait_until(all_up, timeout=20, what="every demo job to be polled")
         assert {s["provider"] for s in m.series("asyncjob_up")} == PROVIDERS
+        jobs_url = metrics_url[1].replace("/metrics", "/api/v1/jobs")
+        origins = {
+            j["job_id"]: j["origin"] for j in requests.get(jobs_url, timeout=5).json()["jobs"]
+        }
+        assert (origins["analyze-api"], origins["sd-webhook"], origins["sd-ok"]) == (
+            "api", "webhook", "config"
+        )  # fmt: skip
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:

@@ -109,7 +109,12 @@ def test_a_call_without_a_usable_job_is_400(
 def test_sources_without_a_token_and_other_paths_are_404(
     make_harness: Callable[..., Harness],
 ) -> None:
-    h = make_harness(demo_raw_config)  # no webhook_token anywhere
+    def no_token(sim: Simulator) -> dict[str, Any]:
+        raw = demo_raw_config(sim)
+        del raw["sources"][4]["webhook_token"]
+        return raw
+
+    h = make_harness(no_token)  # no webhook_token anywhere
     for url in (hook(h), hook(h, "translator"), f"{h.url}/api/v1/webhooks/other/stable-diffusion"):
         response = requests.post(url, json=PAYLOAD, headers={"X-Webhook-Token": TOKEN}, timeout=10)
         assert response.status_code == 404, url

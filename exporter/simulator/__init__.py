@@ -15,13 +15,20 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from exporter.simulator.scenarios import DEMO_JOBS, SimJob, render
+from exporter.simulator.scenarios import (
+    API_DEMO_JOB,
+    DEMO_JOBS,
+    WEBHOOK_DEMO_JOB,
+    SimJob,
+    render,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -82,7 +89,7 @@ class ManualClock:
 
 @dataclass
 class Simulator:
-    jobs: Iterable[SimJob] = DEMO_JOBS
+    jobs: Iterable[SimJob] = (*DEMO_JOBS, API_DEMO_JOB, WEBHOOK_DEMO_JOB)
     key: str = DEMO_KEY
     bearer_tokens: frozenset[str] = frozenset()  # Entra ID tokens accepted like the key
     clock: Callable[[], float] | None = None
@@ -301,6 +308,38 @@ def _handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     return type("Handler", (_Handler,), {"sim": sim})
 
 
+DEMO_WEBHOOK_TOKEN = "demo-webhook-token"  # noqa: S105 - the demo's, on loopback
+
+
+def demo_arrivals(exporter_url: str) -> list[str]:
+    """What `--demo` shows of jobs that arrive by themselves: it registers one analyze-text job
+    through the exporter's jobs API, and calls the Stable Diffusion webhook for one fine-tune as
+    ModelsLab would. Returns the lines to print: the curl commands that do the same."""
+    register = {"source": "language-analyze", "job_id": API_DEMO_JOB.job_id}
+    hook = f"{exporter_url}/api/v1/webhooks/stable-diffusion/stable-diffusion"
+    payload = {
+        "status": "success",
+        "training_status": "deploying_gpu",
+        "logs": "it will take upto 25 minutes",
+        "model_id": WEBHOOK_DEMO_JOB.job_id,
+    }
+    calls: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (
+        (f"{exporter_url}/api/v1/jobs", {}, register),
+        (hook, {"X-Webhook-Token": DEMO_WEBHOOK_TOKEN}, payload),
+    )
+    lines = []
+    for url, headers, body in calls:
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the exporter's own loopback URL
+            url, data=data, headers={"Content-Type": "application/json", **headers}
+        )
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5):  # noqa: S310
+            pass
+        header = "".join(f" -H '{k}: {v}'" for k, v in headers.items())
+        lines.append(f"curl -X POST{header} {url} -d '{data.decode()}'")
+    return lines
+
+
 def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -> dict[str, Any]:
     """The raw config --demo runs: one source per provider, all pointed at the simulator."""
     azure_auth = {"subscription_key": key}
@@ -319,7 +358,8 @@ def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -
              "endpoint": base_url, "auth": {**azure_auth, "region": "westeurope"},
              "job_ids": ["batch-ok", "batch-partial"]},
             {"name": "stable-diffusion", "provider": "stable_diffusion_finetune",
-             "endpoint": base_url, "auth": {"api_key": key}, "job_ids": ["sd-ok", "sd-stalled"]},
+             "endpoint": base_url, "auth": {"api_key": key}, "job_ids": ["sd-ok", "sd-stalled"],
+             "webhook_token": DEMO_WEBHOOK_TOKEN},
         ],
     }  # fmt: skip
 
@@ -327,10 +367,12 @@ def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -
 __all__ = [
     "DEMO_JOBS",
     "DEMO_KEY",
+    "DEMO_WEBHOOK_TOKEN",
     "Fault",
     "ManualClock",
     "Seen",
     "SimJob",
     "Simulator",
+    "demo_arrivals",
     "demo_config",
 ]

@@ -237,3 +237,7 @@ DEMO_JOBS = (
         "sd-stalled", "stable_diffusion", duration=200, units=6, outcome="stalled", stop_at=0.35
     ),
 )
+# Jobs the demo config does not list: they reach the exporter through its jobs API and through
+# a webhook call, as they would from a pipeline and from ModelsLab.
+API_DEMO_JOB = SimJob("analyze-api", "analyze_text", duration=150, display_name="Registered by API")
+WEBHOOK_DEMO_JOB = SimJob("sd-webhook", "stable_diffusion", duration=180, units=6)

@@ -140,7 +140,9 @@ class _Families:
             labels=[*SOURCE_LABELS, "reason"],
         )
         self.tracked = GaugeMetricFamily(
-            "asyncjob_tracked_jobs", "Jobs configured for the source.", labels=SOURCE_LABELS
+            "asyncjob_tracked_jobs",
+            "Jobs tracked for the source, however they came.",
+            labels=SOURCE_LABELS,
         )
         self.build = GaugeMetricFamily(
             "asyncjob_build_info", "asyncjob-exporter build information.",

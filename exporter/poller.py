@@ -154,6 +154,8 @@ class SourcePoller:
         self.client = HttpClient(http_settings(config), workers, self._stop, budgets)
         self._workers = Workers(workers, f"poll-{source.name}")
         self._due: dict[str, float] = {}
+        self._in_flight: set[str] = set()  # handed to a worker; rescheduled when its poll ends
+        self._again: set[str] = set()  # in flight, and asked for again: poll once it returns
         self._projects: dict[str, str | None] = {}  # the project each job's requests go to
         self._thread = self._new_thread()
         self.started = False
@@ -180,16 +182,22 @@ class SourcePoller:
         self.started = True
 
     def schedule_now(self, job_id: str, project: str | None) -> None:
-        """A job new to the store: poll it right away, not one interval later."""
+        """Poll this job right away (new to the store, or a webhook says it moved), not one
+        interval later. If its poll is in flight, the next one follows as soon as it returns:
+        never two at once, or an older answer could be applied after a newer one."""
         with self._lock:
             self._projects[job_id] = project
-            self._due[job_id] = time.monotonic()
+            if job_id in self._in_flight:
+                self._again.add(job_id)
+            else:
+                self._due[job_id] = time.monotonic()
         self._wake.set()
 
     def forget(self, job_id: str) -> None:
         """A job no longer tracked: no further polls (one in flight is not rescheduled)."""
         with self._lock:
             self._due.pop(job_id, None)
+            self._again.discard(job_id)
             self._projects.pop(job_id, None)
 
     def restart_if_dead(self) -> bool:
@@ -289,6 +297,7 @@ class SourcePoller:
             due = [job for job, at in self._due.items() if at <= now]
             for job in due:
                 del self._due[job]  # in flight: rescheduled when its poll ends
+                self._in_flight.add(job)
             soonest = min(self._due.values(), default=None)
         for job in due:
             self._workers.submit(partial(self._poll_and_reschedule, job))
@@ -309,7 +318,13 @@ class SourcePoller:
             # None: shutting down or no longer tracked; a finished job is polled no more.
             wait = None if outcome is None or outcome.finished else self.next_wait(outcome)
         finally:
-            if wait is not None and not self._stop.is_set():
-                with self._lock:
+            with self._lock:
+                self._in_flight.discard(job_id)
+                if job_id in self._again:
+                    self._again.discard(job_id)
+                    wait = None if wait is None else 0.0
+                if wait is None:
+                    self._projects.pop(job_id, None)  # finished, expired or gone: no more polls
+                elif not self._stop.is_set():
                     self._due[job_id] = time.monotonic() + wait
-                self._wake.set()
+            self._wake.set()

@@ -13,6 +13,7 @@ from conftest import FIXTURES, Harness, demo_raw_config, wait_until
 from exporter.api import Api
 from exporter.config import ConfigError, parse_config
 from exporter.server import HttpServer, make_app
+from exporter.simulator import Fault
 from exporter.webconfig import WebConfig, WebConfigFile
 
 if TYPE_CHECKING:
@@ -156,3 +157,36 @@ def test_both_token_forms_at_once_is_a_config_error(tmp_path: Path) -> None:
     assert caught.value.problems == [
         ("sources[0].webhook_token_file", "set webhook_token or webhook_token_file, not both")
     ]
+
+
+def test_a_call_during_a_poll_does_not_start_a_second_one(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Two calls for a job whose poll hangs upstream: no second poll runs beside it (an older
+    answer could land after a newer one); the job is polled again as soon as it returns."""
+    h = make_harness(with_token, start_polling=True)
+    wait_until(lambda: h.scrape().get("asyncjob_up", **SD, job_id="sd-ok") == 1, what="sd-ok up")
+    h.sim.set_fault("sd-ok", Fault(delay=1.5, times=1))
+    claim = {**PAYLOAD, "model_id": "sd-ok"}
+    headers = {"X-Webhook-Token": TOKEN}
+    assert requests.post(hook(h), json=claim, headers=headers, timeout=10).json() == {
+        "result": "known"
+    }
+    wait_until(lambda: len(h.sim.seen("sd-ok")) < sd_ok_arrivals(h.sim), what="a poll hanging")
+    assert requests.post(hook(h), json=claim, headers=headers, timeout=10).json() == {
+        "result": "known"
+    }
+    wait_until(lambda: sd_ok_arrivals(h.sim) == 3, what="the poll asked for during the hang")
+    hung, answered = arrival_times(h.sim)[1], h.sim.seen("sd-ok")[1].at
+    again = arrival_times(h.sim)[2]
+    assert again >= answered  # it waited for the hanging poll to return...
+    assert again - hung >= 1.5  # ...which took the fault's 1.5 s
+
+
+def sd_ok_arrivals(sim: Simulator) -> int:
+    return sum(path.endswith("/sd-ok") for path in list(sim.arrivals))
+
+
+def arrival_times(sim: Simulator) -> list[float]:
+    pairs = list(zip(sim.arrived_at, sim.arrivals, strict=False))
+    return [at for at, path in pairs if path.endswith("/sd-ok")]

@@ -97,6 +97,7 @@ class Simulator:
     port: int = 0
     requests: list[Seen] = field(default_factory=list)  # answered, in the order answered
     arrivals: list[str] = field(default_factory=list)  # request paths as they arrive
+    arrived_at: list[float] = field(default_factory=list)  # and when (time.monotonic())
 
     def __post_init__(self) -> None:
         self._jobs = {job.job_id: job for job in self.jobs}
@@ -257,6 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
+        self.sim.arrived_at.append(time.monotonic())
         self.sim.arrivals.append(self.path)
         status, extra, out = self.sim.answer(self.command, self.path, headers, body)
         self.sim.requests.append(

@@ -172,6 +172,9 @@ class Exporter:
             budgets.append(bucket)
         return budgets
 
+    def _source(self, name: str) -> SourceBase | None:
+        return next((s for s in self.config.sources if s.name == name), None)
+
     def register(
         self, source_name: str, job_id: str, project: str | None, origin: str
     ) -> Registration:
@@ -180,7 +183,7 @@ class Exporter:
         With storage, a new job is committed before this returns, so an answer of 201 means
         it survives a crash."""
         with self._lock:
-            source = next((s for s in self.config.sources if s.name == source_name), None)
+            source = self._source(source_name)
             if source is None:
                 names = ", ".join(s.name for s in self.config.sources)
                 return Registration(problem=f"unknown source {source_name!r}; known: {names}")
@@ -210,7 +213,7 @@ class Exporter:
         source by that name takes this webhook. The payload only names the job: it is polled
         at once for its state, never believed."""
         with self._lock:
-            source = next((s for s in self.config.sources if s.name == source_name), None)
+            source = self._source(source_name)
             hook = None if source is None else self.config.provider(source).webhook
             secret = None if source is None else source.webhook_secret()
         if source is None or hook is None or hook.slug != slug or secret is None:

@@ -187,8 +187,8 @@ class SourceJobs:
     job_ids: tuple[str, ...]
     project: str | None
     max_jobs: int
+    retention: tuple[float, float]  # seconds, after finishing: succeeded, unsuccessful
     webhook: bool = False  # the source takes webhook calls
-    retention: tuple[float, float] = (86400.0, 7 * 86400.0)  # seconds: succeeded, unsuccessful
 
 
 class Store:
@@ -214,10 +214,8 @@ class Store:
     ) -> JobRecord:
         stored = self._restored.pop((source, job_id), None)
         if stored is not None and stored.provider == provider:
-            return JobRecord(
-                provider, source, job_id, stored.first_seen, project or stored.project, origin,
-                **record_fields(stored.record),
-            )  # fmt: skip
+            restored = self._restore(stored)
+            return replace(restored, project=project or restored.project, origin=origin)
         return JobRecord(provider, source, job_id, self._clock(), project, origin)
 
     def configure(self, sources: Iterable[SourceJobs]) -> None:
@@ -375,7 +373,7 @@ class Store:
             return [r for key in expired if (r := self._drop(key, "retention")) is not None]
 
     def _retention_of(self, record: JobRecord) -> timedelta:
-        succeeded, unsuccessful = self._retention.get(record.source, (86400.0, 7 * 86400.0))
+        succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
         state = record.snapshot.state if record.snapshot else State.SUCCEEDED
         return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL else succeeded)
 
@@ -384,13 +382,6 @@ class Store:
             counters = self._counters.get(source)
             if counters is not None and counters.webhooks is not None:
                 counters.webhooks[result] += 1
-
-    def count_rejected(self, source: str, jobs: int) -> None:
-        """Count job IDs refused because the source is at its max_jobs limit."""
-        with self._lock:
-            counters = self._counters.get(source)
-            if counters is not None:
-                counters.rejected += jobs
 
     def source_stats(self) -> tuple[SourceStats, ...]:
         with self._lock:

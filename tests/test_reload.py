@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from exporter.server import HttpServer, make_app
 from exporter.simulator import Fault, ManualClock, Simulator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 TRAINING = {"provider": "azure_language_training", "source": "language-training"}
 
@@ -150,36 +152,60 @@ def run_exporter(config: Path, port: int) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def test_sighup_reloads_and_sigterm_exits_promptly(tmp_path: Path) -> None:
-    """A real process: SIGHUP adds a job; SIGTERM with a poll hanging upstream exits 0 quickly."""
+@dataclass
+class Running:
+    """A real exporter process polling the translator's batch-ok, with its config on disk."""
+
+    sim: Simulator
+    raw: dict[str, Any]
+    path: Path
+    process: subprocess.Popen[str]
+    base: str
+
+    def add_batch_partial(self) -> None:
+        self.raw["sources"][0]["job_ids"] = ["batch-ok", "batch-partial"]
+        write(self.path, self.raw)
+
+
+@contextlib.contextmanager
+def translator_exporter(tmp_path: Path, **global_overrides: Any) -> Iterator[Running]:
+    """Started and polling batch-ok; killed on the way out if it has not exited by then. Its
+    stderr is read once it has exited (process.communicate)."""
     with Simulator(clock=ManualClock(60.0)) as sim:
-        raw = demo_raw_config(sim, poll_interval="300ms", timeout="60s")
+        raw = demo_raw_config(sim, poll_interval="300ms", **global_overrides)
         raw["sources"] = raw["sources"][3:4]  # the translator only
         raw["sources"][0]["job_ids"] = ["batch-ok"]
         path = tmp_path / "config.yaml"
         write(path, raw)
         port = free_port()
         process = run_exporter(path, port)
-        base = f"http://127.0.0.1:{port}"
+        running = Running(sim, raw, path, process, f"http://127.0.0.1:{port}")
         try:
-            wait_until(lambda: _up(base, "batch-ok"), what="the exporter to poll batch-ok")
-            raw["sources"][0]["job_ids"] = ["batch-ok", "batch-partial"]
-            write(path, raw)
-            process.send_signal(signal.SIGHUP)
-            wait_until(lambda: _up(base, "batch-partial"), what="batch-partial after SIGHUP")
-
-            sim.set_fault("batch-ok", Fault(delay=30.0))  # the next poll hangs for 30 s
-            wait_until(  # more requests arrived than were answered: one is hanging
-                lambda: sum("batch-ok" in p for p in sim.arrivals) > len(sim.seen("batch-ok")),
-                what="a poll of batch-ok hanging upstream",
-            )
-            process.send_signal(signal.SIGTERM)
-            # Bounded well under the 30 s the hanging upstream would take to answer.
-            assert process.wait(timeout=15) == 0
+            wait_until(lambda: _up(running.base, "batch-ok"), what="the exporter to poll batch-ok")
+            yield running
         finally:
             if process.poll() is None:
                 process.kill()
-            _, err = process.communicate(timeout=10)
+                process.communicate(timeout=10)
+
+
+def test_sighup_reloads_and_sigterm_exits_promptly(tmp_path: Path) -> None:
+    """A real process: SIGHUP adds a job; SIGTERM with a poll hanging upstream exits 0 quickly."""
+    with translator_exporter(tmp_path, timeout="60s") as running:
+        running.add_batch_partial()
+        running.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: _up(running.base, "batch-partial"), what="batch-partial after SIGHUP")
+
+        sim = running.sim
+        sim.set_fault("batch-ok", Fault(delay=30.0))  # the next poll hangs for 30 s
+        wait_until(  # more requests arrived than were answered: one is hanging
+            lambda: sum("batch-ok" in p for p in sim.arrivals) > len(sim.seen("batch-ok")),
+            what="a poll of batch-ok hanging upstream",
+        )
+        running.process.send_signal(signal.SIGTERM)
+        # Bounded well under the 30 s the hanging upstream would take to answer.
+        assert running.process.wait(timeout=15) == 0
+        _, err = running.process.communicate(timeout=10)
     assert '"event": "config reloaded"' in err
     assert '"event": "shutting down"' in err
 
@@ -209,26 +235,13 @@ def test_signals_taken_by_another_thread_are_not_lost(tmp_path: Path) -> None:
     """The cause of a flaky reload: a Python-level handler runs only when the main thread runs
     bytecode, so a SIGHUP that a worker thread took (or that came just before the main thread
     blocked) waited for ever. Here each signal goes to a thread that is not the main one."""
-    with Simulator(clock=ManualClock(60.0)) as sim:
-        raw = demo_raw_config(sim, poll_interval="300ms")
-        raw["sources"] = raw["sources"][3:4]
-        raw["sources"][0]["job_ids"] = ["batch-ok"]
-        path = tmp_path / "config.yaml"
-        write(path, raw)
-        port = free_port()
-        process = run_exporter(path, port)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: _up(base, "batch-ok"), what="the exporter to poll batch-ok")
-            workers = [int(t.name) for t in Path(f"/proc/{process.pid}/task").iterdir()]
-            workers.remove(process.pid)  # the main thread's ID is the process's
-            raw["sources"][0]["job_ids"] = ["batch-ok", "batch-partial"]
-            write(path, raw)
-            thread_kill(process.pid, workers[0], signal.SIGHUP)
-            wait_until(lambda: _up(base, "batch-partial"), what="batch-partial after SIGHUP")
-            thread_kill(process.pid, workers[-1], signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.communicate(timeout=10)
+    with translator_exporter(tmp_path) as running:
+        pid = running.process.pid
+        workers = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        workers.remove(pid)  # the main thread's ID is the process's
+        running.add_batch_partial()
+        thread_kill(pid, workers[0], signal.SIGHUP)
+        wait_until(lambda: _up(running.base, "batch-partial"), what="batch-partial after SIGHUP")
+        thread_kill(pid, workers[-1], signal.SIGTERM)
+        assert running.process.wait(timeout=15) == 0
+        running.process.communicate(timeout=10)

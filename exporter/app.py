@@ -74,6 +74,14 @@ def _seconds(retention: Retention) -> tuple[float, float]:
     return retention.succeeded, retention.unsuccessful
 
 
+def _remember_retired(config: Config, source: SourceBase) -> float | None:
+    """How long a retired job is kept from coming back by discovery: for ever where the
+    listing names every job ever made; else past the lookback, with a day's margin."""
+    if source.discovery is None or config.provider(source).names_only:
+        return None
+    return source.discovery.lookback + 86400.0
+
+
 def _project(source: SourceBase) -> str | None:
     project = getattr(source, "project", None)
     return project if isinstance(project, str) else None
@@ -130,6 +138,8 @@ class Exporter:
                     s.max_jobs,
                     webhook=s.webhook_secret() is not None,
                     retention=_seconds(config.retention(s)),
+                    discovery=s.discovery is not None,
+                    remember_retired=_remember_retired(config, s),
                 )
                 for s in config.sources
             )

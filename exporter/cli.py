@@ -271,6 +271,11 @@ def _demo_arrivals(args: argparse.Namespace, web: WebConfig, port: int) -> None:
     print("Jobs arriving by themselves (the demo just did these):", flush=True)  # noqa: T201
     for line in demo_arrivals(base):
         print(f"  {line}", flush=True)  # noqa: T201
+    print(  # noqa: T201
+        "  and discovery: sources translator and language-training list their APIs, where a "
+        f"new batch and a new training job start every {DEMO_ARRIVALS:g}s",
+        flush=True,
+    )
 
 
 def _announce(
@@ -293,6 +298,9 @@ def _announce(
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
 
 
+DEMO_ARRIVALS = 30.0  # seconds between the demo's new batches and training jobs
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -306,7 +314,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.demo:
             from exporter.simulator import demo_config  # noqa: PLC0415 - demo only
 
-            config = parse_config(demo_config("http://127.0.0.1:1"))
+            config = parse_config(demo_config("http://127.0.0.1:1", discovery=True))
         else:
             config = load_config(args.config_file)
     except ConfigError as exc:
@@ -314,8 +322,10 @@ def _check(args: argparse.Namespace) -> int:
         ok = False
     else:
         jobs = sum(len(s.job_ids) for s in config.sources)
-        sources = _plural(len(config.sources), "source")
-        print(f"{where}: OK ({sources}, {_plural(jobs, 'job')})")  # noqa: T201
+        found = sum(1 for s in config.sources if s.discovery is not None)
+        counts = [_plural(len(config.sources), "source"), _plural(jobs, "job")]
+        counts += [f"{found} discovering"] if found else []
+        print(f"{where}: OK ({', '.join(counts)})")  # noqa: T201
     if args.web_config_file:
         try:
             web = load_web_config(args.web_config_file)
@@ -339,9 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.demo:
         from exporter.simulator import Simulator, demo_config  # noqa: PLC0415 - demo only
 
-        simulator = Simulator().start()
+        simulator = Simulator(arrivals_every=DEMO_ARRIVALS).start()
         try:
-            config = parse_config(demo_config(simulator.url))
+            config = parse_config(demo_config(simulator.url, discovery=True))
             banner = (f"Simulator:      {simulator.url} (demo upstream APIs)",)
             return serve(config, args, banner) if not args.once else _once(config)
         finally:

@@ -61,8 +61,11 @@ class _Families:
         def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, f"{doc} {polled}", labels=[*JOB_LABELS, *labels])
 
-        self.info = gauge("asyncjob_info", "Job facts: the raw vendor status and the job's name.",
-                          ["vendor_status", "display_name"])  # fmt: skip
+        self.info = gauge(
+            "asyncjob_info",
+            "Job facts: the raw vendor status, the job's name, and its project (training jobs).",
+            ["vendor_status", "display_name", "project"],
+        )
         self.state = gauge("asyncjob_state", "1 for the job's current canonical state, else 0.",
                            ["state"])  # fmt: skip
         self.progress = gauge("asyncjob_progress_ratio", "Fraction of the job done (0..1).",
@@ -139,6 +142,11 @@ class _Families:
             "Jobs no longer tracked, by reason (retention, expired, deleted).",
             labels=[*SOURCE_LABELS, "reason"],
         )
+        self.discovered = CounterMetricFamily(
+            "asyncjob_jobs_discovered",
+            "Jobs first found by listing the source (discovery).",
+            labels=SOURCE_LABELS,
+        )
         self.tracked = GaugeMetricFamily(
             "asyncjob_tracked_jobs",
             "Jobs tracked for the source, however they came.",
@@ -157,7 +165,8 @@ class _Families:
         snap = record.snapshot
         if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
             return
-        self.info.add_metric([*key, snap.vendor_status, snap.display_name], 1.0)
+        info = [snap.vendor_status, snap.display_name, record.project or ""]
+        self.info.add_metric([*key, *info], 1.0)
         for state in State:
             self.state.add_metric([*key, state.value], 1.0 if state is snap.state else 0.0)
         for phase, ratio in snap.progress.items():
@@ -202,6 +211,8 @@ class _Families:
         self.rejected.add_metric([*key, "limit"], stats.rejected)
         for result, calls in (stats.webhooks or {}).items():
             self.webhooks.add_metric([*key, result], calls)
+        if stats.discovered is not None:
+            self.discovered.add_metric(key, stats.discovered)
 
     def all(self) -> Iterator[Metric]:
         yield self.build
@@ -227,6 +238,7 @@ class _Families:
         yield self.finished
         yield self.job_duration
         yield self.dropped
+        yield self.discovered
         yield self.webhooks
 
 

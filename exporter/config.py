@@ -51,6 +51,12 @@ class Config:
     def poll_interval(self, source: SourceBase) -> float:
         return source.poll_interval or self.global_.poll_interval
 
+    def discovery_interval(self, source: SourceBase) -> float | None:
+        """How often the source lists its jobs; None: it has no discovery."""
+        if source.discovery is None:
+            return None
+        return source.discovery.interval or self.poll_interval(source)
+
     def retention(self, source: SourceBase) -> Retention:
         """How long the source's finished jobs stay exported (not those listed in the config)."""
         own = source.retention
@@ -156,6 +162,11 @@ def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> S
         problems.extend(validation_problems(exc, loc))
         return None
     crossed = source.problems()
+    if source.discovery is not None and PROVIDERS[name].lister is None:
+        crossed.append(("discovery", (
+            f"{name} has no list endpoint to discover jobs from; remove discovery and "
+            "register its jobs through the jobs API (--web.enable-jobs-api, POST /api/v1/jobs)"
+        )))  # fmt: skip
     problems.extend((format_location((*loc, key)), message) for key, message in crossed)
     return None if crossed else source
 

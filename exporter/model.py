@@ -154,3 +154,28 @@ class PollOutcome:
     def finished(self) -> bool:
         """The job reached a terminal state: it is polled no more."""
         return self.snapshot is not None and self.snapshot.state.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class ListOutcome:
+    """Everything one listing of a source learned (discovery): a poll of many jobs at once.
+
+    On success `listed` holds (job_id, project, snapshot or None) for each job named, and the
+    store adds the new ones and applies each snapshot as that job's poll. On failure `error` is
+    set, and `covers` (the jobs this listing was to poll) are marked as failing with it.
+    """
+
+    source: str
+    at: datetime
+    attempts: tuple[Attempt, ...]
+    listed: tuple[tuple[str, str | None, JobSnapshot | None], ...] = ()
+    covers: frozenset[str] = frozenset()
+    error: ErrorReason | None = None
+    message: str = ""
+    retry_after: float | None = None
+    bug: str | None = None
+
+    def poll_of(self, job_id: str, snapshot: JobSnapshot) -> PollOutcome:
+        """The listing as the poll of one job it carried the status of (no attempts: those
+        are the listing's, counted once)."""
+        return PollOutcome(self.source, job_id, self.at, (), snapshot=snapshot)

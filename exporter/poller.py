@@ -11,6 +11,13 @@ wait the upstream names (Retry-After, even on a 200) sets the earliest next poll
 `SourcePoller` hands the outcome to the store (the one place it is applied), decides the next
 poll from it, and logs transitions only: one warning when a job starts failing, one line when it
 recovers, a traceback only for a bug in our own code.
+
+A source with `discovery` also lists its jobs: `list_jobs` walks a listing's pages and returns a
+`ListOutcome`, one more kind of poll, scheduled like a job (under the key LISTING) and applied
+by the store in one step. A job whose status a listing carried is polled by that listing, not
+alone; a job that drops off the listing while unfinished is polled alone once, which tells its
+final state (or that it is gone). Until the first listing, the jobs a listing will poll wait
+for it instead of being polled one by one.
 """
 
 from __future__ import annotations
@@ -20,28 +27,33 @@ import random
 import threading
 import time
 import traceback
-from datetime import UTC, datetime
+from collections import deque
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBucket
-from exporter.model import Attempt, ErrorReason, PollOutcome
-from exporter.providers.base import ParseError
+from exporter.model import Attempt, ErrorReason, ListOutcome, PollOutcome
+from exporter.providers.base import ListQuery, ParseError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from exporter.config import Config
-    from exporter.providers.base import Provider, SourceBase
-    from exporter.store import JobRecord, Store
+    from exporter.model import JobSnapshot
+    from exporter.providers.base import ListRequest, Provider, SourceBase
+    from exporter.store import JobRecord, ListingApplied, Store
 
 log = structlog.get_logger(__name__)
 
 JITTER = 0.1
 AUTH_BACKOFF_FACTOR = 10
 STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving them behind
+LISTING = ""  # the scheduler's key for the source's listing (no job ID is empty)
+MAX_LIST_REQUESTS = 1000  # a listing that has not ended by then is read as a bad answer
+SETTLE_MARGIN = timedelta(minutes=5)  # clock skew and slow creation, between two listings
 
 
 def utcnow() -> datetime:
@@ -88,6 +100,69 @@ def poll_job(
         )  # fmt: skip
     return PollOutcome(
         source.name, job_id, clock(), tuple(attempts), snapshot=snapshot, retry_after=retry_after
+    )
+
+
+Found = dict[str, tuple[str, str | None, "JobSnapshot | None"]]
+
+
+def _walk(
+    client: HttpClient,
+    asks: Sequence[ListRequest],
+    attempts: list[Attempt],
+    clock: Callable[[], datetime],
+) -> tuple[Found, float | None]:
+    """Every page of a listing and every request that follows: (jobs by ID, the last
+    Retry-After sent). Raises FetchError or ParseError for the first that fails."""
+    found: Found = {}
+    retry_after: float | None = None
+    pending, asked = deque(asks), set[str]()
+    while pending:
+        ask = pending.popleft()
+        if ask.request.url in asked:  # a link back to a page already read
+            continue
+        if len(asked) >= MAX_LIST_REQUESTS:
+            raise ParseError(f"the listing did not end after {MAX_LIST_REQUESTS} requests")
+        asked.add(ask.request.url)
+        fetched = client.fetch_json(ask.request, attempts)
+        retry_after = fetched.retry_after if fetched.retry_after is not None else retry_after
+        page = ask.read(fetched.payload, clock())
+        found.update((job.job_id, (job.job_id, job.project, job.snapshot)) for job in page.listed)
+        pending.extend(page.follow)
+    return found, retry_after
+
+
+def list_jobs(
+    client: HttpClient,
+    asks: Sequence[ListRequest],
+    source: SourceBase,
+    covers: frozenset[str],
+    clock: Callable[[], datetime] = utcnow,
+) -> ListOutcome:
+    """Walk one listing and return what it found; a listing fails whole (no partial listing
+    is applied). Never raises but for `Stopped`."""
+    attempts: list[Attempt] = []
+    try:
+        found, retry_after = _walk(client, asks, attempts, clock)
+    except (FetchError, ParseError) as exc:
+        return ListOutcome(
+            source.name, clock(), tuple(attempts), covers=covers, error=exc.reason,
+            message=str(exc), retry_after=exc.retry_after,
+        )  # fmt: skip
+    except Stopped:
+        raise
+    except Exception as exc:  # a bug must cost one listing, not the poller thread
+        return ListOutcome(
+            source.name, clock(), tuple(attempts), covers=covers, error=ErrorReason.BAD_RESPONSE,
+            message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
+        )  # fmt: skip
+    return ListOutcome(
+        source.name,
+        clock(),
+        tuple(attempts),
+        tuple(found.values()),
+        covers,
+        retry_after=retry_after,
     )
 
 
@@ -157,6 +232,13 @@ class SourcePoller:
         self._in_flight: set[str] = set()  # handed to a worker; rescheduled when its poll ends
         self._again: set[str] = set()  # in flight, and asked for again: poll once it returns
         self._projects: dict[str, str | None] = {}  # the project each job's requests go to
+        lister = self.provider.lister if source.discovery is not None else None
+        self._lister = lister
+        self._list_every = config.discovery_interval(source) or self._interval
+        self._lookback = timedelta(seconds=source.discovery.lookback if source.discovery else 0)
+        self._covered: set[str] = set()  # unfinished jobs the listing polls: not polled alone
+        self._listed_since: datetime | None = None  # when the last good listing began
+        self._list_error: ErrorReason | None = None
         self._thread = self._new_thread()
         self.started = False
 
@@ -173,11 +255,18 @@ class SourcePoller:
         the interval (at most 1 s) instead of a burst."""
         now = time.monotonic()
         spread = min(self._interval * JITTER, 1.0)
+        covering = self._lister is not None and not self.provider.names_only
         with self._lock:
             for record in self._store.jobs_of(self.source.name):
-                if not record.finished:
-                    self._projects[record.job_id] = record.project
+                if record.finished:
+                    continue
+                self._projects[record.job_id] = record.project
+                if covering:  # the first listing polls it, or says it must be polled alone
+                    self._covered.add(record.job_id)
+                else:
                     self._due[record.job_id] = now + random.uniform(0, spread)  # noqa: S311
+            if self._lister is not None:
+                self._due[LISTING] = now
         self._thread.start()
         self.started = True
 
@@ -222,8 +311,11 @@ class SourcePoller:
         self.client.close()
 
     def poll_all_once(self) -> None:
-        """Poll every job once, concurrently, and return when all are done (for --once)."""
-        jobs = self._store.jobs_of(self.source.name)
+        """List the jobs (with discovery), then poll every job once whose status the listing
+        did not carry, concurrently; return when all are done (for --once)."""
+        listing = self._list() if self._lister is not None else None
+        polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
+        jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
         with self._lock:
             self._projects.update((record.job_id, record.project) for record in jobs)
         polls = [self._workers.submit(partial(self._poll_once, r.job_id)) for r in jobs]
@@ -263,6 +355,56 @@ class SourcePoller:
         self._log_transition(before, outcome)
         return outcome
 
+    def _list(self) -> ListOutcome | None:
+        """List the source's jobs and apply the listing; None if shutting down."""
+        assert self._lister is not None
+        now = self._clock()
+        since = now - self._lookback
+        any_state_since = since
+        if self._listed_since is not None:
+            any_state_since = max(since, self._listed_since - SETTLE_MARGIN)
+        asks = self._lister(self.source, ListQuery(since, any_state_since))
+        with self._lock:
+            covers = frozenset(self._covered)
+        try:
+            outcome = list_jobs(self.client, asks, self.source, covers, self._clock)
+        except Stopped:
+            return None
+        applied = self._store.apply_listing(outcome)
+        self._log_listing(outcome, applied)
+        if outcome.error is None:
+            self._listed_since = now
+            self._take_cover(applied)
+        return outcome
+
+    def _take_cover(self, applied: ListingApplied) -> None:
+        """After a good listing: the jobs it polled are polled no more alone; those that
+        dropped off it unfinished, and new ones it named without a status, are polled now."""
+        with self._lock:
+            dropped = (self._covered - applied.covered) & applied.unfinished.keys()
+            for job_id in applied.covered:
+                self._projects[job_id] = applied.unfinished[job_id]
+                if job_id not in self._in_flight:
+                    self._due.pop(job_id, None)
+            self._covered = set(applied.covered)
+        named = {r.job_id for r in applied.added} & applied.unfinished.keys()
+        for job_id in dropped | (named - applied.covered):
+            self.schedule_now(job_id, applied.unfinished[job_id])
+
+    def _log_listing(self, outcome: ListOutcome, applied: ListingApplied) -> None:
+        bound = log.bind(source=self.source.name, provider=self.provider.name)
+        if outcome.error is None:
+            if self._list_error is not None:
+                bound.info("listing recovered", after=self._list_error.value)
+            if applied.added:
+                bound.info("jobs discovered", jobs=len(applied.added))
+        elif self._list_error is None:
+            if outcome.bug is not None:
+                bound.error("bug in the exporter", error=outcome.message, exception=outcome.bug)
+            else:
+                bound.warning("listing failing", reason=outcome.error.value, error=outcome.message)
+        self._list_error = outcome.error
+
     def _log_transition(self, before: JobRecord, outcome: PollOutcome) -> None:
         bound = log.bind(source=self.source.name, job_id=outcome.job_id, provider=before.provider)
         if outcome.error is None:
@@ -300,16 +442,35 @@ class SourcePoller:
                 self._in_flight.add(job)
             soonest = min(self._due.values(), default=None)
         for job in due:
-            self._workers.submit(partial(self._poll_and_reschedule, job))
+            task = (
+                self._list_and_reschedule
+                if job == LISTING
+                else partial(self._poll_and_reschedule, job)
+            )
+            self._workers.submit(task)
         return soonest
 
-    def next_wait(self, outcome: PollOutcome) -> float:
-        """The interval (auth backoff after an auth failure), or longer if the upstream asked
-        for it; a server's wait is capped by max_retry_wait, as its retries are."""
-        base = self._auth_backoff if outcome.error is ErrorReason.AUTH else self._interval
+    def next_wait(self, outcome: PollOutcome | ListOutcome, every: float | None = None) -> float:
+        """The interval (`every`, else the poll interval; auth backoff after an auth failure),
+        or longer if the upstream asked for it; a server's wait is capped by max_retry_wait, as
+        its retries are."""
+        interval = self._interval if every is None else every
+        base = interval * AUTH_BACKOFF_FACTOR if outcome.error is ErrorReason.AUTH else interval
         wait = base * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
         asked = min(outcome.retry_after or 0.0, self._max_retry_wait)
         return max(wait, asked)
+
+    def _list_and_reschedule(self) -> None:
+        wait: float | None = self._list_every  # if the listing itself raised (a bug)
+        try:
+            outcome = self._list()
+            wait = None if outcome is None else self.next_wait(outcome, self._list_every)
+        finally:
+            with self._lock:
+                self._in_flight.discard(LISTING)
+                if wait is not None and not self._stop.is_set():
+                    self._due[LISTING] = time.monotonic() + wait
+            self._wake.set()
 
     def _poll_and_reschedule(self, job_id: str) -> None:
         wait: float | None = self._interval  # if the poll itself raised (a bug): try again later

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FLUSH_EVERY = 1.0
 DATABASE = "asyncjob.db"
 LOCK = "lock"
@@ -61,6 +61,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # What outlives the jobs of a source: the finished counts and durations (store.Tally).
     2: ("CREATE TABLE tallies (source TEXT PRIMARY KEY, tally TEXT NOT NULL)",),
+    # Jobs that discovery must not bring back: finished, then let go (store.Store.retired).
+    3: (
+        """CREATE TABLE retired (
+            source TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (source, job_id)
+        )""",
+    ),
 }
 
 
@@ -153,9 +162,12 @@ _Change = tuple[str, tuple[Any, ...]]  # (SQL, parameters)
 _UPSERT = (
     "INSERT INTO jobs (source, job_id, provider, project, origin, first_seen, record) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, job_id) DO UPDATE SET "
-    "provider = excluded.provider, project = excluded.project, record = excluded.record"
+    "provider = excluded.provider, project = excluded.project, origin = excluded.origin, "
+    "record = excluded.record"
 )
 _DELETE = "DELETE FROM jobs WHERE source = ? AND job_id = ?"
+_RETIRE = "INSERT OR REPLACE INTO retired (source, job_id, at) VALUES (?, ?, ?)"
+_UNRETIRE = "DELETE FROM retired WHERE source = ? AND job_id = ?"
 _SAVE_TALLY = (
     "INSERT INTO tallies (source, tally) VALUES (?, ?) "
     "ON CONFLICT (source) DO UPDATE SET tally = excluded.tally"
@@ -234,6 +246,24 @@ class Storage:
     def save_tally(self, source: str, tally: dict[str, Any]) -> None:
         """Queue the upsert of a source's tally; returns at once."""
         self._changes.put((_SAVE_TALLY, (source, json.dumps(tally))))
+
+    def load_retired(self) -> dict[str, dict[str, datetime]]:
+        """When each retired job was let go, by source and job ID (read once, at start)."""
+        retired: dict[str, dict[str, datetime]] = {}
+        for source, job_id, at in self._connection.execute(
+            "SELECT source, job_id, at FROM retired"
+        ).fetchall():
+            retired.setdefault(source, {})[job_id] = datetime.fromisoformat(at)
+        return retired
+
+    def retire(self, source: str, job_id: str, at: datetime) -> None:
+        """Queue the remembering of a retired job; returns at once."""
+        self._changes.put((_RETIRE, (source, job_id, at.isoformat())))
+
+    def unretire(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Queue the forgetting of retired jobs; returns at once."""
+        for key in keys:
+            self._changes.put((_UNRETIRE, key))
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:
         """Queue the removal of (source, job_id) rows; returns at once."""

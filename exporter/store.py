@@ -19,7 +19,7 @@ from exporter.storage import record_fields
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from exporter.model import JobSnapshot, PollOutcome
+    from exporter.model import JobSnapshot, ListOutcome, PollOutcome
     from exporter.storage import Storage, StoredJob
 
 
@@ -80,6 +80,7 @@ class SourceStats:
     webhooks: dict[str, int] | None  # calls by result; None: the source takes no webhook
     tally: Tally
     dropped: dict[str, int]
+    discovered: int | None  # jobs first found by listing; None: the source has no discovery
 
 
 @dataclass(slots=True)
@@ -131,8 +132,9 @@ class _Counters:
     webhooks: dict[str, int] | None = None
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     tally: Tally = field(default_factory=Tally)
+    discovered: int | None = None
 
-    def count(self, outcome: PollOutcome) -> None:
+    def count(self, outcome: PollOutcome | ListOutcome) -> None:
         """Every attempt is a request (retries too), whatever became of its body."""
         for attempt in outcome.attempts:
             self.requests += 1
@@ -176,6 +178,19 @@ usable job ID in it, or the source at its max_jobs."""
 
 CONFIG = "config"
 """The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""
+DISCOVERY = "discovery"
+"""The origin of a job a listing of its source found."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingApplied:
+    """What applying a listing came to, for the scheduler: the jobs it added, the unfinished
+    jobs whose status it carried (polled by it), and every unfinished job of the source with
+    the project its requests go to."""
+
+    added: tuple[JobRecord, ...] = ()
+    covered: frozenset[str] = frozenset()
+    unfinished: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,10 @@ class SourceJobs:
     max_jobs: int
     retention: tuple[float, float]  # seconds, after finishing: succeeded, unsuccessful
     webhook: bool = False  # the source takes webhook calls
+    discovery: bool = False  # the source lists its jobs
+    # How long a job let go is kept from coming back by discovery (None: for ever, when the
+    # listing has no dates; else the lookback, past which a listing no longer names it).
+    remember_retired: float | None = None
 
 
 class Store:
@@ -208,6 +227,10 @@ class Store:
         self._limits: dict[str, int] = {}
         self._retention: dict[str, tuple[float, float]] = {}
         self._tallies = storage.load_tallies() if storage is not None else {}
+        self._specs: dict[str, SourceJobs] = {}
+        # Jobs of discovery sources that were let go, and when: a listing must not bring back
+        # a job that finished and was retired (it would be polled and counted again).
+        self._retired = storage.load_retired() if storage is not None else {}
 
     def _new_record(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str
@@ -233,13 +256,7 @@ class Store:
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
             for spec in specs:
-                old_counters = self._counters.get(spec.source)
-                keep = old_counters is not None and old_counters.provider == spec.provider
-                counters[spec.source] = old_counters if keep and old_counters else self._fresh(spec)
-                if spec.webhook and counters[spec.source].webhooks is None:
-                    counters[spec.source].webhooks = dict.fromkeys(WEBHOOK_RESULTS, 0)
-                if not spec.webhook:
-                    counters[spec.source].webhooks = None
+                counters[spec.source] = self._counters_for(spec)
                 listed = spec.job_ids[: spec.max_jobs]
                 counters[spec.source].rejected += len(spec.job_ids) - len(listed)
                 for job_id in listed:
@@ -262,10 +279,26 @@ class Store:
             self._jobs, self._counters = jobs, counters
             self._limits = {spec.source: spec.max_jobs for spec in specs}
             self._retention = {spec.source: spec.retention for spec in specs}
+            self._specs = {spec.source: spec for spec in specs}
             self._restored = {}
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
+
+    def _counters_for(self, spec: SourceJobs) -> _Counters:
+        """A source's counters: kept while its provider stays, with the families it has."""
+        counters = self._counters.get(spec.source)
+        if counters is None or counters.provider != spec.provider:
+            counters = self._fresh(spec)
+        if not spec.webhook:
+            counters.webhooks = None
+        elif counters.webhooks is None:
+            counters.webhooks = dict.fromkeys(WEBHOOK_RESULTS, 0)
+        if not spec.discovery:
+            counters.discovered = None
+        elif counters.discovered is None:
+            counters.discovered = 0
+        return counters
 
     def _fresh(self, spec: SourceJobs) -> _Counters:
         """A source's counters, its tally resumed from storage where it has one."""
@@ -298,6 +331,8 @@ class Store:
             record = self._jobs[source, job_id] = self._new_record(
                 provider, source, job_id, project, origin
             )
+            if self._retired.get(source, {}).pop(job_id, None) and self._storage is not None:
+                self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
                 self._storage.save((record,))
             return record, True
@@ -332,29 +367,105 @@ class Store:
         (removed while the poll was in flight)."""
         with self._lock:
             counters = self._counters.get(outcome.source)
-            if counters is not None:
-                counters.count(outcome)
-            key = (outcome.source, outcome.job_id)
-            old = self._jobs.get(key)
-            if old is None or counters is None:
+            if counters is None:
                 return None
-            new = self._jobs[key] = _updated(old, outcome)
-            if new.finished and not old.finished:
-                counters.tally.finish(new)
-                if self._storage is not None:
-                    self._storage.save_tally(outcome.source, counters.tally.to_json())
-            if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
-                self._drop(key, "expired")
-                return old, None
+            counters.count(outcome)
+            return self._apply_poll(outcome, counters)
+
+    def _apply_poll(
+        self, outcome: PollOutcome, counters: _Counters
+    ) -> tuple[JobRecord, JobRecord | None] | None:
+        """apply() but for counting the requests; the caller holds the lock."""
+        key = (outcome.source, outcome.job_id)
+        old = self._jobs.get(key)
+        if old is None:
+            return None
+        new = self._jobs[key] = _updated(old, outcome)
+        if new.finished and not old.finished:
+            counters.tally.finish(new)
             if self._storage is not None:
-                self._storage.save((new,))
-            return old, new
+                self._storage.save_tally(outcome.source, counters.tally.to_json())
+        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
+            self._drop(key, "expired")
+            return old, None
+        if self._storage is not None:
+            self._storage.save((new,))
+        return old, new
+
+    def apply_listing(self, outcome: ListOutcome) -> ListingApplied:
+        """Apply one listing of a source, in one step: its requests are counted once; a job
+        new to the store is added (origin "discovery"; not one retired before, and not past
+        max_jobs, which is counted); a status the listing carries is applied as that job's poll
+        (but to finished jobs: they change no more). A failed listing marks the unfinished
+        jobs it was to poll as failing, keeping their last good values."""
+        source = outcome.source
+        with self._lock:
+            counters, spec = self._counters.get(source), self._specs.get(source)
+            if counters is None or spec is None:
+                return ListingApplied()
+            counters.count(outcome)
+            if outcome.error is not None:
+                for job_id in outcome.covers:
+                    old = self._jobs.get((source, job_id))
+                    if old is not None and not old.finished:
+                        failing = replace(old, up=False, last_error=outcome.error)
+                        self._jobs[source, job_id] = failing
+                        if self._storage is not None:
+                            self._storage.save((failing,))
+                return ListingApplied(unfinished=self._unfinished(source))
+            added = self._discover(outcome, spec, counters)
+            for job_id, _, snapshot in outcome.listed:
+                record = self._jobs.get((source, job_id))
+                if snapshot is not None and record is not None and not record.finished:
+                    self._apply_poll(outcome.poll_of(job_id, snapshot), counters)
+            unfinished = self._unfinished(source)
+            covered = frozenset(
+                job_id for job_id, _, snap in outcome.listed if snap and job_id in unfinished
+            )
+            return ListingApplied(tuple(added), covered, unfinished)
+
+    def _discover(
+        self, outcome: ListOutcome, spec: SourceJobs, counters: _Counters
+    ) -> list[JobRecord]:
+        """Track the listed jobs new to the store; the caller holds the lock."""
+        retired = self._retired.get(spec.source, {})
+        room = spec.max_jobs - sum(1 for key in self._jobs if key[0] == spec.source)
+        added = []
+        for job_id, project, _ in outcome.listed:
+            if (spec.source, job_id) in self._jobs or job_id in retired:
+                continue
+            if room <= 0:
+                counters.rejected += 1
+                continue
+            record = self._new_record(spec.provider, spec.source, job_id, project, DISCOVERY)
+            self._jobs[spec.source, job_id] = record
+            added.append(record)
+            room -= 1
+            counters.discovered = (counters.discovered or 0) + 1
+        if added and self._storage is not None:
+            self._storage.save(added)
+        return added
+
+    def _unfinished(self, source: str) -> dict[str, str | None]:
+        return {
+            key[1]: record.project
+            for key, record in self._jobs.items()
+            if key[0] == source and not record.finished
+        }
 
     def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
-        """Stop tracking a job, counting why. The caller holds the lock."""
+        """Stop tracking a job, counting why; on a discovery source a job that did not come
+        from the config is remembered, so that no listing brings it back. The caller holds
+        the lock."""
         record = self._jobs.pop(key, None)
         if record is not None:
             self._counters[key[0]].dropped[reason] += 1
+            spec = self._specs.get(key[0])
+            if spec is not None and spec.discovery and record.origin != CONFIG:
+                now = self._clock()
+                self._retired.setdefault(key[0], {})[key[1]] = now
+                if self._storage is not None:
+                    self._storage.retire(key[0], key[1], now)
             if self._storage is not None:
                 self._storage.delete((key,))
         return record
@@ -370,7 +481,24 @@ class Store:
                 and record.finished_at is not None
                 and now - record.finished_at > self._retention_of(record)
             ]
+            self._forget_retired(now)
             return [r for key in expired if (r := self._drop(key, "retention")) is not None]
+
+    def _forget_retired(self, now: datetime) -> None:
+        """Forget retired jobs no listing can name any more (created before the lookback), and
+        those of sources that no longer discover. The caller holds the lock."""
+        forgotten = []
+        for source, jobs in self._retired.items():
+            spec = self._specs.get(source)
+            if spec is not None and spec.discovery and spec.remember_retired is None:
+                continue
+            keep = timedelta(seconds=spec.remember_retired or 0.0) if spec else timedelta(0)
+            old = [job_id for job_id, at in jobs.items() if now - at > keep]
+            for job_id in old:
+                del jobs[job_id]
+            forgotten += [(source, job_id) for job_id in old]
+        if forgotten and self._storage is not None:
+            self._storage.unretire(forgotten)
 
     def _retention_of(self, record: JobRecord) -> timedelta:
         succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
@@ -402,6 +530,7 @@ class Store:
                     webhooks=None if c.webhooks is None else dict(c.webhooks),
                     tally=Tally.from_json(c.tally.to_json()),  # a copy for the scrape
                     dropped=dict(c.dropped),
+                    discovered=c.discovered,
                 )
                 for source, c in self._counters.items()
             )

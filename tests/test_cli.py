@@ -83,7 +83,7 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = [process.stdout.readline() for _ in range(6)]
+        banner = [process.stdout.readline() for _ in range(7)]
         assert banner[0].startswith("Simulator:")
         metrics_url = re.search(r"Metrics:\s+(\S+)", banner[1])
         assert metrics_url, banner
@@ -93,11 +93,12 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
         assert '"job_id": "analyze-api"' in banner[4]
         assert "-H 'X-Webhook-Token: " in banner[5]
         assert '"model_id": "sd-webhook"' in banner[5]
+        assert "and discovery: sources translator and language-training" in banner[6]
 
         def all_up() -> Metrics | None:
             m = Metrics(requests.get(metrics_url[1], timeout=5).text)
             ups = m.series("asyncjob_up")
-            ok = len(ups) == 10 and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
+            ok = len(ups) >= 10 and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
             return m if ok else None
 
         m = wait_until(all_up, timeout=20, what="every demo job to be polled")
@@ -109,6 +110,7 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
         assert (origins["analyze-api"], origins["sd-webhook"], origins["sd-ok"]) == (
             "api", "webhook", "config"
         )  # fmt: skip
+        assert (origins["batch-ok"], origins["train-fail"]) == ("discovery", "discovery")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
@@ -194,7 +196,7 @@ def test_config_check_says_ok_for_both_files(
     web.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
     assert main(["--demo", "--config.check", f"--web.config.file={web}"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "--demo: OK (5 sources, 8 jobs)",
+        "--demo: OK (5 sources, 4 jobs, 2 discovering)",
         f"{web}: OK (no TLS, no auth)",
     ]
 
@@ -213,7 +215,7 @@ def test_demo_config_check_does_not_listen() -> None:
         )  # fmt: skip
     assert (checked.returncode, checked.stdout, checked.stderr) == (
         0,
-        "--demo: OK (5 sources, 8 jobs)\n",
+        "--demo: OK (5 sources, 4 jobs, 2 discovering)\n",
         "",
     )
 

@@ -80,7 +80,7 @@ def test_example_config_passes_its_own_check(tmp_path: Path) -> None:
         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (checked.returncode, checked.stderr) == (0, "")
-    assert checked.stdout == "config.example.yaml: OK (5 sources, 5 jobs)\n"
+    assert checked.stdout == "config.example.yaml: OK (5 sources, 5 jobs, 2 discovering)\n"
     config = load_config(REPO / "config.example.yaml", env=env)
     assert config.global_.poll_interval == 30.0
     assert config.poll_interval(config.sources[3]) == 60.0

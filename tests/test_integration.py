@@ -97,7 +97,12 @@ def test_all_five_providers_mid_flight(make_harness: MakeHarness) -> None:
     assert (
         m.get(
             "asyncjob_info",
-            **job("train-ok", vendor_status="running", display_name="loan-model-v2"),
+            **job(
+                "train-ok",
+                vendor_status="running",
+                display_name="loan-model-v2",
+                project="LoanAgreements",
+            ),
         )
         == 1.0
     )
@@ -134,7 +139,10 @@ def test_all_five_providers_mid_flight(make_harness: MakeHarness) -> None:
     # sd-ok: 55/200 of 6 steps -> step 1 done, 5 to go, ETA ceil(5 * 200/6/60) = 3 minutes.
     assert m.get("asyncjob_progress_ratio", **job("sd-ok", phase="overall")) == pytest.approx(1 / 6)
     assert (
-        m.get("asyncjob_info", **job("sd-ok", vendor_status="training_success", display_name=""))
+        m.get(
+            "asyncjob_info",
+            **job("sd-ok", vendor_status="training_success", display_name="", project=""),
+        )
         == 1.0
     )
     polled = m.get("asyncjob_last_poll_success_timestamp_seconds", **job("sd-ok"))
@@ -174,7 +182,9 @@ def test_finished_jobs(make_harness: MakeHarness) -> None:
     assert (
         m.get(
             "asyncjob_info",
-            **job("ta-ok", vendor_status="completed", display_name="Legacy entity pass"),
+            **job(
+                "ta-ok", vendor_status="completed", display_name="Legacy entity pass", project=""
+            ),
         )
         == 1.0
     )

@@ -42,7 +42,7 @@ def test_flags() -> None:
 
 
 def test_metrics(make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(with_source(4, webhook_token="t"), at=1000.0)  # every family exposed
+    h = make_harness(with_source(4, webhook_token="t", discovery={}), at=1000.0)  # every family
     h.sim.set_fault("batch-ok", Fault(status=404))
     h.exporter.poll_once()
     exposed = {name for name, _ in h.scrape().samples}

@@ -141,7 +141,7 @@ def test_schema_version_is_recorded_once_and_a_newer_file_is_refused(tmp_path: P
 
 def test_a_version_1_file_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
     """A file laid out by hand exactly as schema version 1 defined it (as the first exporter
-    with storage left it) is migrated to version 2 on open, and its jobs load."""
+    with storage left it) is migrated to the current version on open, and its jobs load."""
     (tmp_path / "data").mkdir()
     record = {"snapshot": None, "up": False, "last_error": "auth", "last_poll_success": None,
               "last_progress_change": None, "finished_at": None}  # fmt: skip
@@ -163,11 +163,12 @@ def test_a_version_1_file_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None
     try:
         (job,) = opened.load()
         assert opened.load_tallies() == {}  # version 2's table, added by the migration
+        assert opened.load_retired() == {}  # and version 3's
     finally:
         opened.close()
     assert (job.source, job.job_id, job.first_seen) == ("analyze", "a-1", SEEN)
     with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
-        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (2,)
+        assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
     db.close()
 
 

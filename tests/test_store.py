@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import JobCollector
-from exporter.model import Attempt, ErrorReason, JobSnapshot, PollOutcome, State
+from exporter.model import Attempt, ErrorReason, JobSnapshot, ListOutcome, PollOutcome, State
 from exporter.storage import Storage
 from exporter.store import SourceJobs, Store
 
@@ -117,3 +117,64 @@ def test_the_tally_is_kept_in_storage(tmp_path: Path) -> None:
         assert sample(again, "asyncjob_jobs_finished_total", state="succeeded") == 1
     finally:
         storage.close()
+
+
+def discovering_store(storage: Storage | None, now: list[datetime]) -> Store:
+    store = Store(storage, clock=lambda: now[0])
+    store.configure([SourceJobs("azure_document_translation", SOURCE, (), None, 100,
+                                retention=(HOUR, HOUR), discovery=True,
+                                remember_retired=24 * HOUR)])  # fmt: skip
+    return store
+
+
+def listing(at: datetime, *jobs: tuple[str, JobSnapshot | None]) -> ListOutcome:
+    return ListOutcome(SOURCE, at, (Attempt(0.1),), tuple((j, None, s) for j, s in jobs))
+
+
+def test_a_retired_job_is_not_discovered_again_nor_counted_twice_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A listing names a finished batch for as long as the lookback: once retention lets it
+    go, later listings (in this process and the next, on the same storage) must not bring it
+    back, or it would be exported and counted again. After the lookback it is forgotten."""
+    now = [T0]
+    done = snapshot(State.SUCCEEDED, 10, T0)
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    applied = store.apply_listing(listing(T0, ("b1", done)))
+    assert [r.job_id for r in applied.added] == ["b1"]
+    assert sample(store, "asyncjob_jobs_finished_total", state="succeeded") == 1
+    now[0] = T0 + timedelta(hours=2)
+    assert [r.job_id for r in store.sweep(now[0])] == ["b1"]  # retention: an hour
+    assert not store.apply_listing(listing(now[0], ("b1", done))).added
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert not store.apply_listing(listing(now[0], ("b1", done))).added
+    assert store.get(SOURCE, "b1") is None
+    assert sample(store, "asyncjob_jobs_finished_total", state="succeeded") == 1
+    assert sample(store, "asyncjob_jobs_discovered_total") == 0  # this process found none
+    now[0] = T0 + timedelta(hours=30)  # past the lookback: no listing names it any more
+    store.sweep(now[0])
+    storage.flush()
+    storage.close()
+    reopened = Storage.open(tmp_path / "data")
+    try:
+        assert reopened.load_retired() == {}
+    finally:
+        reopened.close()
+
+
+def test_a_listing_respects_max_jobs_and_counts_the_refused() -> None:
+    store = Store(clock=lambda: T0)
+    store.configure([SourceJobs("azure_document_translation", SOURCE, (), None, 2,
+                                retention=(HOUR, HOUR), discovery=True)])  # fmt: skip
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.1})
+    applied = store.apply_listing(listing(T0, *((f"b{i}", running) for i in range(5))))
+    assert [r.job_id for r in applied.added] == ["b0", "b1"]
+    assert applied.covered == {"b0", "b1"}
+    assert sample(store, "asyncjob_jobs_rejected_total", reason="limit") == 3
+    assert sample(store, "asyncjob_jobs_discovered_total") == 2
+    assert sample(store, "asyncjob_requests_total") == 1  # the listing, counted once

@@ -7,8 +7,15 @@ Request::
     Ocp-Apim-Subscription-Region: ...          (when auth.region is set)
 
 An `api_version` starting `v1.` uses the older route
-`{endpoint}/translator/text/batch/{api_version}/batches/{id}`. Yields, for a finished batch with
-one failed document::
+`{endpoint}/translator/text/batch/{api_version}/batches/{id}`.
+
+Discovery lists `GET {endpoint}/translator/document/batches` (v1.x: `.../batches` under its
+route) with `createdDateTimeUtcStart` and `statuses`, 100 a page (`maxpagesize`, `$maxpagesize`
+in v1.x), following `nextLink` (`@nextLink` in v1.x). Each entry is a whole batch status, so the
+listing is the poll of every batch on it. After the first listing only unfinished batches are
+listed over the lookback, plus batches in any state created since the listing before.
+
+Yields, for a finished batch with one failed document::
 
     asyncjob_info{...,vendor_status="Succeeded",display_name=""} 1
     asyncjob_state{...,state="succeeded"} 1
@@ -25,23 +32,32 @@ one failed document::
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from exporter.model import JobSnapshot, State
 from exporter.providers.base import (
     AzureSource,
+    ListQuery,
+    ListRequest,
     Located,
+    Page,
     Provider,
     UpstreamRequest,
     count,
     finished_progress,
+    items,
+    listed,
     map_status,
+    next_link,
     obj,
     path,
     ratio,
     route,
     text,
     timestamp,
+    utc_param,
 )
 
 if TYPE_CHECKING:
@@ -69,14 +85,24 @@ class Source(AzureSource):
 ROUTE = re.compile(r"/translator/(?:document|text/batch/v1\.[^/]+)/batches/(?P<job_id>[^/]+)")
 
 
-def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
+ACTIVE = ("NotStarted", "Running", "Cancelling")
+PAGE_SIZE = 100
+
+
+def _batches(source: Source, *segments: str, **query: str | int) -> str:
+    """The URL of the batches collection (or of one batch), in the source's API version."""
     version = source.api_version or DEFAULT_API_VERSION
     if version.startswith("v1."):
-        url = f"{source.endpoint}/{path('translator', 'text', 'batch', version, 'batches', job_id)}"
+        route = path("translator", "text", "batch", version, "batches", *segments)
+        query = {f"${key}" if key == "maxpagesize" else key: value for key, value in query.items()}
     else:
-        route = path("translator", "document", "batches", job_id)
-        url = f"{source.endpoint}/{route}?api-version={version}"
-    return source.get(url)
+        route = path("translator", "document", "batches", *segments)
+        query = {"api-version": version, **query}
+    return f"{source.endpoint}/{route}" + (f"?{urlencode(query, safe='$,:')}" if query else "")
+
+
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
+    return source.get(_batches(source, job_id))
 
 
 def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - same signature for all
@@ -107,9 +133,30 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     )
 
 
+def _read(source: Source, payload: Any, at: datetime) -> Page:
+    page = obj(payload, "batches")
+    found = (listed(entry, parse, at, ("id", "translationId")) for entry in items(page, "batches"))
+    link = next_link(source, page)
+    follow = () if link is None else (ListRequest(source.get(link), partial(_read, source)),)
+    return Page(tuple(job for job in found if job is not None), follow)
+
+
+def lister(source: Source, query: ListQuery) -> tuple[ListRequest, ...]:
+    def ask(since: datetime, statuses: tuple[str, ...] = ()) -> ListRequest:
+        wanted: dict[str, str | int] = {"createdDateTimeUtcStart": utc_param(since)}
+        if statuses:
+            wanted["statuses"] = ",".join(statuses)
+        url = _batches(source, maxpagesize=PAGE_SIZE, **wanted)
+        return ListRequest(source.get(url), partial(_read, source))
+
+    if query.any_state:
+        return (ask(query.since),)
+    return ask(query.since, ACTIVE), ask(query.any_state_since)
+
+
 def locate(source: Source, url: str) -> Located | None:
     found = route(source, url, ROUTE)
     return None if found is None else Located(found["job_id"])
 
 
-PROVIDER = Provider("azure_document_translation", Source, request, parse, locate)
+PROVIDER = Provider("azure_document_translation", Source, request, parse, locate, lister=lister)

@@ -23,23 +23,37 @@ Yields, for a job half-way through training::
 of the phases the job reports (training and evaluation always, data generation when present).
 `result.estimatedEndDateTime` estimates the end of the *training* phase only: once training has
 ended it is not exported, since evaluation can run long after it and nothing estimates that.
+
+Discovery lists `GET .../projects/{project}/train/jobs` (100 a page, `maxpagesize`, following
+`nextLink`); each entry is a whole job status, so the listing is the poll of every job on it.
+Jobs created before the lookback are left out. A source without a `project` first lists the
+resource's projects (`GET .../projects`), skipping those neither trained nor modified within the
+lookback, and each job keeps the project it was listed under.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from exporter.model import JobSnapshot
 from exporter.providers.azure_common import LANGUAGE_STATUSES, LAST_UPDATE_KEYS
 from exporter.providers.base import (
     AzureSource,
+    ListQuery,
+    ListRequest,
     Located,
+    Page,
+    ParseError,
     Provider,
     UpstreamRequest,
     error_count,
     finished_progress,
+    items,
+    listed,
     map_status,
+    next_link,
     obj,
     opt_obj,
     path,
@@ -48,7 +62,7 @@ from exporter.providers.base import (
     text,
     timestamp,
 )
-from exporter.values import PathSafeId
+from exporter.values import PathSafeId, is_path_safe_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -73,14 +87,23 @@ class Source(AzureSource):
         return []
 
 
+PAGE_SIZE = 100
+PROJECT_ACTIVITY = ("lastTrainedDateTime", "lastModifiedDateTime")
+
+
+def _authoring(source: Source, *segments: str, page: bool = False) -> UpstreamRequest:
+    """A GET of the source's authoring API: `segments` below .../analyze-{workload}/."""
+    route = path("language", "authoring", f"analyze-{source.workload}", *segments)
+    version = source.api_version or DEFAULT_API_VERSION
+    size = f"&maxpagesize={PAGE_SIZE}" if page else ""
+    return source.get(f"{source.endpoint}/{route}?api-version={version}{size}")
+
+
 def request(source: Source, job_id: str, project: str | None = None, /) -> UpstreamRequest:
     project = project or source.project
     if project is None:  # registration refuses such a job; reaching here is a bug
         raise ValueError(f"training job {job_id!r} has no project")
-    workload = f"analyze-{source.workload}"
-    route = path("language", "authoring", workload, "projects", project, "train", "jobs", job_id)
-    version = source.api_version or DEFAULT_API_VERSION
-    return source.get(f"{source.endpoint}/{route}?api-version={version}")
+    return _authoring(source, "projects", project, "train", "jobs", job_id)
 
 
 # (phase label, result key, reported by every job)
@@ -126,6 +149,54 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     )
 
 
+def _read_jobs(source: Source, project: str, query: ListQuery, payload: Any, at: datetime) -> Page:
+    page = obj(payload, "training jobs")
+    found = []
+    for entry in items(page, "training jobs"):
+        try:
+            created = timestamp(entry, "createdDateTime")
+        except ParseError:
+            created = None  # listed all the same: its own poll will say what is wrong
+        if created is None or created >= query.since:
+            found.append(listed(entry, parse, at, ("jobId",), project))
+    link = next_link(source, page)
+    read = partial(_read_jobs, source, project, query)
+    follow = () if link is None else (ListRequest(source.get(link), read),)
+    return Page(tuple(job for job in found if job is not None), follow)
+
+
+def _jobs_of(source: Source, project: str, query: ListQuery) -> ListRequest:
+    request = _authoring(source, "projects", project, "train", "jobs", page=True)
+    return ListRequest(request, partial(_read_jobs, source, project, query))
+
+
+def _read_projects(source: Source, query: ListQuery, payload: Any, _at: datetime) -> Page:
+    page = obj(payload, "projects")
+    follow = []
+    for entry in items(page, "projects"):
+        name = entry.get("projectName")
+        if not isinstance(name, str) or not is_path_safe_id(name):
+            continue
+        try:
+            times = [timestamp(entry, key) for key in PROJECT_ACTIVITY]
+        except ParseError:
+            times = []
+        known = [when for when in times if when is not None]
+        if not known or max(known) >= query.since:  # no dates given: list it to be sure
+            follow.append(_jobs_of(source, name, query))
+    link = next_link(source, page)
+    if link is not None:
+        follow.append(ListRequest(source.get(link), partial(_read_projects, source, query)))
+    return Page((), tuple(follow))
+
+
+def lister(source: Source, query: ListQuery) -> tuple[ListRequest, ...]:
+    if source.project is not None:
+        return (_jobs_of(source, source.project, query),)
+    return (ListRequest(_authoring(source, "projects", page=True),
+                        partial(_read_projects, source, query)),)  # fmt: skip
+
+
 def locate(source: Source, url: str) -> Located | None:
     found = route(source, url, ROUTE)
     if found is None or found["workload"] != source.workload:
@@ -133,4 +204,4 @@ def locate(source: Source, url: str) -> Located | None:
     return Located(found["job_id"], found["project"])
 
 
-PROVIDER = Provider("azure_language_training", Source, request, parse, locate)
+PROVIDER = Provider("azure_language_training", Source, request, parse, locate, lister=lister)

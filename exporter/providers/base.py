@@ -8,11 +8,18 @@ otherwise). `parse(payload, polled_at)` turns the decoded JSON into a `JobSnapsh
 `Operation-Location` header the API answered when the job started), or None if the URL is not
 one of this source's. Parsers are pure: no I/O, no clock but the one they are given, so they are
 tested by feeding them recorded payloads.
+
+A provider whose API lists its jobs also has a `lister`: given a source and a `ListQuery` it
+returns the first `ListRequest`s of a listing. Each names its request and how to read the answer
+into a `Page`: the jobs it lists (with their status where the listing carries it) and the
+requests that follow (the next page; a project's jobs). The poller walks them; the provider only
+says what to ask and how to read it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -33,7 +40,7 @@ from exporter.values import (
 
 if TYPE_CHECKING:
     import re
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from exporter.http import Authenticator
     from exporter.model import JobSnapshot
@@ -128,6 +135,14 @@ class RetentionOverride(StrictModel):
     unsuccessful: Duration | None = None
 
 
+class Discovery(StrictModel):
+    """Find the source's jobs from its API's list endpoint: every `interval` (default: the
+    source's poll interval), the jobs created within `lookback`."""
+
+    interval: Duration | None = None
+    lookback: Duration = 24 * 3600.0
+
+
 class SourceBase(StrictModel):
     """The keys every source has; provider modules subclass it with their own."""
 
@@ -140,6 +155,7 @@ class SourceBase(StrictModel):
     max_jobs: int = Field(default=10_000, ge=1)
     retention: RetentionOverride | None = None
     max_requests_per_minute: float | None = Field(default=None, gt=0)  # this source's budget
+    discovery: Discovery | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) of what is wrong across this source's keys; [] when nothing is."""
@@ -197,6 +213,50 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True)
+class ListQuery:
+    """What one listing asks for: unfinished jobs created since `since` (now - lookback), and
+    jobs in any state created since `any_state_since` (the previous listing, so that a job
+    that started and finished between two listings is seen too; `since` on the first)."""
+
+    since: datetime
+    any_state_since: datetime
+
+    @property
+    def any_state(self) -> bool:
+        """Whether the whole window is wanted whatever the state (the first listing)."""
+        return self.any_state_since <= self.since
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One job a listing named: with its status when the listing carries it (then the listing
+    is its poll), else with none (it must be polled alone to be known)."""
+
+    job_id: str
+    project: str | None = None
+    snapshot: JobSnapshot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one listing request answered: jobs, and the requests that follow from it."""
+
+    listed: tuple[Listed, ...] = ()
+    follow: tuple[ListRequest, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """One request of a listing and how to read its answer (ParseError if unreadable)."""
+
+    request: UpstreamRequest
+    read: Callable[[Any, datetime], Page]  # (decoded answer, when it was fetched)
+
+
+Lister = Callable[[S, ListQuery], tuple[ListRequest, ...]]
+
+
+@dataclass(frozen=True, slots=True)
 class Provider(Generic[S]):
     name: str
     source_model: type[S]
@@ -204,6 +264,8 @@ class Provider(Generic[S]):
     parse: Callable[[Any, datetime], JobSnapshot]
     locate: Callable[[S, str], Located | None]
     webhook: Webhook | None = None
+    lister: Lister[S] | None = None
+    names_only: bool = False  # the listing names jobs only: no status, no dates (all, ever)
 
 
 class ParseError(Exception):
@@ -236,6 +298,53 @@ def route(source: SourceBase, url: str, pattern: re.Pattern[str]) -> dict[str, s
     groups = {key: unquote(value) for key, value in match.groupdict().items() if value}
     ids = [groups[key] for key in ("job_id", "project") if key in groups]
     return groups if all(is_path_safe_id(value) for value in ids) else None
+
+
+def next_link(source: SourceBase, page: Mapping[str, Any]) -> str | None:
+    """The next page's URL (`nextLink`, or `@nextLink` in older APIs), on the source's own
+    scheme and host whatever host the link names: credentials go nowhere else."""
+    link = text(page, "nextLink", "@nextLink")
+    if not link:
+        return None
+    target, base = urlsplit(link), urlsplit(source.endpoint)
+    rest = target.path + (f"?{target.query}" if target.query else "")
+    if not target.netloc:  # a relative link
+        return f"{base.scheme}://{base.netloc}/{rest.lstrip('/')}"
+    return f"{base.scheme}://{base.netloc}{rest}"
+
+
+def items(page: Mapping[str, Any], where: str) -> list[Mapping[str, Any]]:
+    """The objects of a list answer's `value`; entries that are not objects are skipped."""
+    value = page.get("value")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ParseError(f"{where}: expected a list in value, got {type(value).__name__}")
+    return [entry for entry in value if isinstance(entry, dict)]
+
+
+def listed(
+    entry: Mapping[str, Any],
+    parse: Callable[[Any, datetime], JobSnapshot],
+    at: datetime,
+    id_keys: tuple[str, ...],
+    project: str | None = None,
+) -> Listed | None:
+    """One list entry as a Listed job with its status; an entry whose status cannot be read is
+    listed without one (then it is polled alone, and that poll says what is wrong); one
+    without a usable ID is skipped."""
+    job_id = entry.get(next((k for k in id_keys if k in entry), id_keys[0]))
+    if not isinstance(job_id, str) or not is_path_safe_id(job_id):
+        return None
+    try:
+        return Listed(job_id, project, parse(entry, at))
+    except (ParseError, ValueError):
+        return Listed(job_id, project)
+
+
+def utc_param(when: datetime) -> str:
+    """A date-time as a query parameter: ISO 8601 in UTC, to the second."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def path(*segments: str) -> str:

@@ -23,6 +23,12 @@ Lines are separated by newlines or by a literal " /n ". Yields, for a job at ste
 
 The API answers errors with HTTP 200 and `"status": "error"`: that is a failed poll (reason
 auth, throttled, not_found or bad_response by its message), not a failed job.
+
+Discovery asks `POST {endpoint}/api/v3/finetune_list` (the key in the body). It names the
+account's fine-tunes by ID only, with no dates and no status: each new one is polled alone, and
+finished ones are remembered, so that they are not polled again. The IDs are read tolerantly: a
+list of strings, or of objects with `model_id`, `training_id` or `id`, under `data`, `models`
+or `output`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ from pydantic import SecretStr
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.providers.base import (
     ApiKeyAuth,
+    Listed,
+    ListQuery,
+    ListRequest,
     Located,
+    Page,
     ParseError,
     Provider,
     SourceBase,
@@ -50,7 +60,7 @@ from exporter.providers.base import (
     route,
     text,
 )
-from exporter.values import FileSecret, HttpUrl
+from exporter.values import FileSecret, HttpUrl, is_path_safe_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,11 +121,16 @@ class Source(SourceBase):
 ROUTE = re.compile(r"/api/v3/fine_tune_status/(?P<job_id>[^/]+)")
 
 
-def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
-    url = f"{source.endpoint}/{path('api', 'v3', 'fine_tune_status', job_id)}"
+def _post(source: Source, *segments: str) -> UpstreamRequest:
+    """A POST to the API, the key in its JSON body."""
+    url = f"{source.endpoint}/{path('api', 'v3', *segments)}"
     return UpstreamRequest(
         "POST", url, {"Content-Type": "application/json"}, {"key": source.auth.secret()}
     )
+
+
+def request(source: Source, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
+    return _post(source, "fine_tune_status", job_id)
 
 
 def _failed_poll(message: str, answer: Mapping[str, Any]) -> ParseError:
@@ -187,6 +202,33 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:
     )
 
 
+ID_KEYS = ("model_id", "training_id", "id")
+
+
+def _model_id(entry: Any) -> str | None:
+    if isinstance(entry, dict):
+        entry = next((entry[key] for key in ID_KEYS if key in entry), None)
+    if isinstance(entry, int) and not isinstance(entry, bool):
+        entry = str(entry)
+    return entry if isinstance(entry, str) and is_path_safe_id(entry) else None
+
+
+def _read_list(payload: Any, _at: datetime) -> Page:
+    answer = obj(payload, "answer")
+    status = text(answer, "status")
+    if status and status.casefold() != "success":
+        raise _failed_poll(text(answer, "messege", "message") or status, answer)
+    entries: Any = next((answer[k] for k in ("data", "models", "output") if k in answer), [])
+    if not isinstance(entries, list):
+        raise ParseError(f"data: expected a list of fine-tunes, got {type(entries).__name__}")
+    ids = dict.fromkeys(job_id for entry in entries if (job_id := _model_id(entry)) is not None)
+    return Page(tuple(Listed(job_id) for job_id in ids))
+
+
+def lister(source: Source, _query: ListQuery) -> tuple[ListRequest, ...]:
+    return (ListRequest(_post(source, "finetune_list"), _read_list),)
+
+
 def locate(source: Source, url: str) -> Located | None:
     """The API has no Operation-Location; its status URL names the fine-tune all the same."""
     found = route(source, url, ROUTE)
@@ -206,4 +248,6 @@ PROVIDER = Provider(
     parse,
     locate,
     Webhook("stable-diffusion", webhook_job_id),
+    lister=lister,
+    names_only=True,
 )

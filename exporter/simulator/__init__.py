@@ -1,7 +1,10 @@
 """A loopback HTTP server that speaks the five job-status APIs, for --demo, tests and benchmarks.
 
-Routes are the real ones (see each provider module). Jobs move along `SimJob` timelines; time is
-whatever `clock()` returns (seconds since start), so tests can hold or jump it. Faults are
+Routes are the real ones (see each provider module), list endpoints included (paged, with the
+Translator's `statuses` and `createdDateTimeUtcStart` filters, and both `nextLink` spellings).
+Jobs move along `SimJob` timelines; time is whatever `clock()` returns (seconds since start), so
+tests can hold or jump it. With `arrivals_every`, new translation batches and training jobs keep
+appearing, one of each per period, as a pipeline would start them. Faults are
 switched per job ID (or "*" for all): an HTTP status with Retry-After, a delay, a raw body, each
 for a number of answers or until cleared. Every request is logged in `requests` for assertions.
 """
@@ -13,6 +16,7 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.request
@@ -20,13 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from exporter.simulator.scenarios import (
     API_DEMO_JOB,
     DEMO_JOBS,
     WEBHOOK_DEMO_JOB,
     SimJob,
+    arrival,
+    created,
+    iso,
     render,
 )
 
@@ -48,6 +55,16 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"^/translator/text/batch/(v1\.[^/]+)/batches/([^/]+)$"), "translation"),
     ("POST", re.compile(r"^/api/v3/fine_tune_status()/([^/]+)$"), "stable_diffusion"),
 )
+_PROJECTS = r"^/language/authoring/analyze-(text|conversations)/projects"
+_LISTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
+    ("GET", re.compile(r"^/translator/document/batches()()$"), "translation"),
+    ("GET", re.compile(r"^/translator/text/batch/(v1\.[^/]+)/batches()$"), "translation"),
+    ("GET", re.compile(_PROJECTS + r"()$"), "projects"),
+    ("GET", re.compile(_PROJECTS + r"/([^/]+)/train/jobs$"), "training"),
+    ("POST", re.compile(r"^/api/v3/finetune_list()()$"), "stable_diffusion"),
+)
+LISTING = "(listing)"  # the fault key of every list request
+DEFAULT_PAGE_SIZE = 50
 
 
 @dataclass
@@ -98,16 +115,19 @@ class Simulator:
     requests: list[Seen] = field(default_factory=list)  # answered, in the order answered
     arrivals: list[str] = field(default_factory=list)  # request paths as they arrive
     arrived_at: list[float] = field(default_factory=list)  # and when (time.monotonic())
+    arrivals_every: float | None = None  # seconds between new batches and training jobs
+    max_page_size: int = 100  # the most a list page holds, whatever the client asks
 
     def __post_init__(self) -> None:
         self._jobs = {job.job_id: job for job in self.jobs}
+        self._arrived = 0  # jobs of each kind that arrived by themselves so far
         self._faults: dict[str, Fault] = {}
         self.connections: set[socket.socket] = set()  # open keep-alive connections
         self._lock = threading.Lock()
         self.started_at = datetime.now(UTC)
         started = time.monotonic()
         self._clock = self.clock or (lambda: time.monotonic() - started)
-        self._server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        self._server = _Server((self.host, self.port), _handler(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -164,12 +184,49 @@ class Simulator:
 
     def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         """Route one request: (status, headers, body)."""
-        path = urlsplit(target).path
+        url = urlsplit(target)
         for route_method, pattern, api in _ROUTES:
-            match = pattern.match(path)
+            match = pattern.match(url.path)
             if match and route_method == method:
                 return self._answer_job(api, match[1], match[2], headers, body)
+        for route_method, pattern, kind in _LISTS:
+            match = pattern.match(url.path)
+            if match and route_method == method:
+                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                listing = _Listing(self, kind, match[1], match[2], url.path, query)
+                api = "stable_diffusion" if kind == "stable_diffusion" else "azure"
+                denied = self._check_key(api, headers, body)
+                fault = None if denied else self._take_fault(LISTING)
+                return denied or (fault and _fault_answer(fault)) or listing.answer()
         return _error(404, "NotFound", "No such route (simulator).")
+
+    def elapsed(self) -> float:
+        """Seconds since the simulator started, by its clock."""
+        return self._clock()
+
+    def present(self) -> list[SimJob]:
+        """The jobs that exist now (created by now), those that arrive by themselves too."""
+        elapsed = self._clock()
+        with self._lock:
+            every = self.arrivals_every
+            while every and (self._arrived + 1) * every <= elapsed:
+                self._arrived += 1
+                for api in ("translation", "training"):
+                    job = arrival(api, self._arrived, every)
+                    self._jobs[job.job_id] = job
+            jobs = list(self._jobs.values())
+        return [job for job in jobs if job.created_at <= elapsed]
+
+    def remove_jobs(self, job_ids: Iterable[str]) -> None:
+        """Forget jobs, as the API does when they expire or are deleted."""
+        with self._lock:
+            for job_id in job_ids:
+                self._jobs.pop(job_id, None)
+
+    def add_jobs(self, jobs: Iterable[SimJob]) -> None:
+        """More jobs, as if started upstream now or when their `created_at` says."""
+        with self._lock:
+            self._jobs.update((job.job_id, job) for job in jobs)
 
     def _answer_job(
         self, api: str, variant: str, job_id: str, headers: dict[str, str], body: bytes
@@ -186,7 +243,7 @@ class Simulator:
 
     def _job_status(self, api: str, variant: str, job_id: str) -> Answer:
         job = self._jobs.get(job_id)
-        if job is None or job.api != api:
+        if job is None or job.api != api or job.created_at > self._clock():
             if api == "stable_diffusion":
                 return 200, {}, _json({"status": "error", "messege": "No such training id"})
             return _error(404, "NotFound", "Job ID not found.")
@@ -210,6 +267,86 @@ class Simulator:
             return None
         # The Stable Diffusion API reports a bad key with HTTP 200.
         return 200, {}, _json({"status": "error", "message": "Invalid Api Key"})
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (an exporter stopping) is no error of the simulator's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@dataclass
+class _Listing:
+    """One list request: which jobs it names, filtered and paged as the real API does."""
+
+    sim: Simulator
+    kind: str
+    variant: str  # the v1.x API version, or the workload
+    project: str
+    path: str
+    query: dict[str, str]
+
+    def answer(self) -> Answer:
+        sim, elapsed = self.sim, self.sim.elapsed()
+        jobs = sorted(sim.present(), key=lambda job: (job.created_at, job.job_id))
+        if self.kind == "stable_diffusion":
+            listed = [
+                {"model_id": j.job_id, "status": render(j, elapsed, sim.started_at)["messege"]}
+                for j in jobs
+                if j.api == "stable_diffusion"
+            ]
+            return 200, {}, _json({"status": "success", "data": listed})
+        if self.kind == "projects":
+            return self._page(self._projects(jobs), "nextLink")
+        if self.kind == "training":
+            mine = [j for j in jobs if j.api == "training" and j.project == self.project]
+            return self._page([render(j, elapsed, sim.started_at, self.variant) for j in mine],
+                              "nextLink")  # fmt: skip
+        batches = [render(j, elapsed, sim.started_at, self.variant)
+                   for j in jobs if j.api == "translation"]  # fmt: skip
+        start = self.query.get("createdDateTimeUtcStart")
+        if start:
+            since = datetime.fromisoformat(start)
+            batches = [
+                b for b in batches if datetime.fromisoformat(b["createdDateTimeUtc"]) >= since
+            ]
+        statuses = self.query.get("statuses")
+        if statuses:
+            wanted = {status.strip().casefold() for status in statuses.split(",")}
+            batches = [b for b in batches if b["status"].casefold() in wanted]
+        return self._page(batches, "@nextLink" if self.variant.startswith("v1.") else "nextLink")
+
+    def _projects(self, jobs: list[SimJob]) -> list[dict[str, Any]]:
+        latest: dict[str, SimJob] = {}
+        for job in jobs:
+            if job.api == "training":
+                latest[job.project] = job  # jobs are in creation order: the last is the latest
+        return [
+            {"projectName": name, "projectKind": "customNamedEntityRecognition", "language": "en",
+             "createdDateTimeUtc": iso(self.sim.started_at),
+             "lastModifiedDateTime": iso(created(job, self.sim.started_at)),
+             "lastTrainedDateTime": iso(created(job, self.sim.started_at))}
+            for name, job in sorted(latest.items())
+        ]  # fmt: skip
+
+    def _page(self, entries: list[dict[str, Any]], link_key: str) -> Answer:
+        """One page of `entries` (skip, then maxpagesize, with or without `$`), and the link to
+        the next page while there is one."""
+        q = self.query
+        asked = int(q.get("maxpagesize") or q.get("$maxpagesize") or DEFAULT_PAGE_SIZE)
+        size = max(1, min(asked, self.sim.max_page_size))
+        skip = int(q.get("skip") or q.get("$skip") or 0)
+        body: dict[str, Any] = {"value": entries[skip : skip + size]}
+        if skip + size < len(entries):
+            follow = {
+                **q,
+                ("$skip" if "$skip" in q or link_key == "@nextLink" else "skip"): skip + size,
+            }
+            body[link_key] = f"{self.sim.url}{self.path}?{urlencode(follow, safe='$,:')}"
+        else:
+            body[link_key] = None
+        return 200, {}, _json(body)
 
 
 def _fault_answer(fault: Fault) -> Answer | None:
@@ -342,23 +479,29 @@ def demo_arrivals(exporter_url: str) -> list[str]:
     return lines
 
 
-def demo_config(base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s") -> dict[str, Any]:
-    """The raw config --demo runs: one source per provider, all pointed at the simulator."""
+def demo_config(
+    base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s", *, discovery: bool = False
+) -> dict[str, Any]:
+    """The raw config --demo runs: one source per provider, all pointed at the simulator. With
+    `discovery`, the Translator and training sources find their jobs themselves (the training
+    source in every project) instead of listing them."""
     azure_auth = {"subscription_key": key}
+    training: dict[str, Any] = {"project": "LoanAgreements", "job_ids": ["train-ok", "train-fail"]}
+    translator: dict[str, Any] = {"job_ids": ["batch-ok", "batch-partial"]}
+    if discovery:
+        training = translator = {"discovery": {"interval": poll_interval}}
     return {
         "global": {"poll_interval": poll_interval, "timeout": "5s", "max_retry_wait": "5s"},
         "sources": [
             {"name": "language-training", "provider": "azure_language_training",
-             "endpoint": base_url, "project": "LoanAgreements", "auth": azure_auth,
-             "job_ids": ["train-ok", "train-fail"]},
+             "endpoint": base_url, "auth": azure_auth, **training},
             {"name": "language-analyze", "provider": "azure_language_analyze_text",
              "endpoint": base_url, "auth": azure_auth, "job_ids": ["analyze-ok"]},
             {"name": "text-analytics", "provider": "azure_text_analytics_analyze",
              "endpoint": base_url, "api_version": "v3.2-preview.2", "auth": azure_auth,
              "job_ids": ["ta-ok"]},
             {"name": "translator", "provider": "azure_document_translation",
-             "endpoint": base_url, "auth": {**azure_auth, "region": "westeurope"},
-             "job_ids": ["batch-ok", "batch-partial"]},
+             "endpoint": base_url, "auth": {**azure_auth, "region": "westeurope"}, **translator},
             {"name": "stable-diffusion", "provider": "stable_diffusion_finetune",
              "endpoint": base_url, "auth": {"api_key": key}, "job_ids": ["sd-ok", "sd-stalled"],
              "webhook_token": DEMO_WEBHOOK_TOKEN},

@@ -1,9 +1,9 @@
 """Simulated jobs: what each of the five APIs answers for a job at a given moment.
 
-A `SimJob` is a timeline: after `start_delay` seconds it runs for `duration` seconds, then ends as
-its `outcome` says. `render(job, elapsed, started_at, variant)` returns the JSON body the real API
-would send at that moment, in the API's own spelling (these are the shapes in the vendors'
-published examples).
+A `SimJob` is a timeline: it exists from `created_at` (seconds after the simulator started), and
+`start_delay` seconds later it runs for `duration` seconds, then ends as its `outcome` says.
+`render(job, elapsed, started_at, variant)` returns the JSON body the real API would send at that
+moment, in the API's own spelling (these are the shapes in the vendors' published examples).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class SimJob:
     throttle: tuple[float, float] | None = None  # [from, to) seconds answering 429
     retry_after: int = 1
     worker_wording: bool = False  # SD log lines as the training worker writes them
+    created_at: float = 0.0  # seconds after the simulator started; unknown to the API before
+    project: str = "LoanAgreements"  # training jobs' project
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +65,25 @@ def moment(job: SimJob, elapsed: float) -> Moment:
     return Moment("succeeded" if done >= 1.0 else "running", done)
 
 
-def _iso(when: datetime) -> str:
+def terminal(job: SimJob, elapsed: float) -> bool:
+    """Whether the job has ended (a stalled job never does)."""
+    return moment(job, elapsed - job.created_at).phase in {"succeeded", "failed"}
+
+
+def created(job: SimJob, started_at: datetime) -> datetime:
+    return started_at.astimezone(UTC) + timedelta(seconds=job.created_at)
+
+
+def iso(when: datetime) -> str:
     # Seven fractional digits, as Azure writes them.
     return when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
 def render(job: SimJob, elapsed: float, started_at: datetime, variant: str = "") -> dict[str, Any]:
     """The API's answer for `job`, `elapsed` seconds after the simulator started."""
-    now = moment(job, elapsed)
-    created = started_at.astimezone(UTC)
-    clock = created + timedelta(seconds=elapsed)
+    now = moment(job, elapsed - job.created_at)
+    created = started_at.astimezone(UTC) + timedelta(seconds=job.created_at)
+    clock = started_at.astimezone(UTC) + timedelta(seconds=elapsed)
     return RENDERERS[job.api](job, now, created, clock, variant)
 
 
@@ -102,7 +113,7 @@ def _training(
         finished = ratio >= 1.0
         return {
             "percentComplete": math.floor(ratio * 100),
-            "startDateTime": _iso(train_start),
+            "startDateTime": iso(train_start),
             "status": "succeeded" if finished else status,
         }
 
@@ -110,7 +121,7 @@ def _training(
         "modelLabel": job.display_name or job.job_id,
         "trainingConfigVersion": "2022-05-01",
         # The API's estimate covers the training phase only (80% of the work here).
-        "estimatedEndDateTime": _iso(train_start + timedelta(seconds=0.8 * job.duration)),
+        "estimatedEndDateTime": iso(train_start + timedelta(seconds=0.8 * job.duration)),
         "trainingStatus": phase(training, now.phase != "not_started"),
         "evaluationStatus": phase(evaluation, now.done > 0.8),
     }
@@ -119,9 +130,9 @@ def _training(
     return {
         "result": result,
         "jobId": job.job_id,
-        "createdDateTime": _iso(created),
-        "lastUpdatedDateTime": _iso(clock),
-        "expirationDateTime": _iso(created + timedelta(days=7)),
+        "createdDateTime": iso(created),
+        "lastUpdatedDateTime": iso(clock),
+        "expirationDateTime": iso(created + timedelta(days=7)),
         "status": status,
         "warnings": [{"code": "LowData", "message": "Few examples."}] * job.warnings,
         "errors": _errors(now, "TrainingFailed"),
@@ -145,11 +156,11 @@ def _analyze(
         if "preview" in variant and status == "succeeded":
             status = "completed"  # the v3.2 previews' spelling
     return {
-        "createdDateTime": _iso(created),
+        "createdDateTime": iso(created),
         "displayName": job.display_name,
-        "expirationDateTime": _iso(created + timedelta(days=1)),
+        "expirationDateTime": iso(created + timedelta(days=1)),
         "jobId": job.job_id,
-        updated_key: _iso(clock),
+        updated_key: iso(clock),
         "status": status,
         "errors": _errors(now, "TaskFailed"),
         "tasks": {**_task_counts(job, now), "items": []},
@@ -171,8 +182,8 @@ def _translation(
     body: dict[str, Any] = {
         # The v1.x API calls it "id", 2024-05-01 "translationId"; clients must take either.
         ("id" if variant.startswith("v1.") else "translationId"): job.job_id,
-        "createdDateTimeUtc": _iso(created),
-        "lastActionDateTimeUtc": _iso(clock),
+        "createdDateTimeUtc": iso(created),
+        "lastActionDateTimeUtc": iso(clock),
         "status": status,
         "summary": {
             "total": job.units,
@@ -241,3 +252,15 @@ DEMO_JOBS = (
 # a webhook call, as they would from a pipeline and from ModelsLab.
 API_DEMO_JOB = SimJob("analyze-api", "analyze_text", duration=150, display_name="Registered by API")
 WEBHOOK_DEMO_JOB = SimJob("sd-webhook", "stable_diffusion", duration=180, units=6)
+
+
+def arrival(api: Api, n: int, every: float) -> SimJob:
+    """The n-th job (from 1) that starts by itself on `api`, every `every` seconds: a new
+    translation batch, or a new training job in one of two projects; one in five fails."""
+    outcome: Outcome = "failed" if n % 5 == 0 else "succeeded"
+    if api == "translation":
+        return SimJob(f"batch-new-{n}", api, duration=90, units=8, outcome=outcome,
+                      start_delay=3.0, created_at=n * every)  # fmt: skip
+    project = ("LoanAgreements", "Contracts")[n % 2]
+    return SimJob(f"train-new-{n}", api, duration=120, outcome=outcome, start_delay=3.0,
+                  created_at=n * every, project=project, display_name=f"model-v{n}")  # fmt: skip

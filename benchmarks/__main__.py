@@ -6,6 +6,10 @@ Prints: the time to poll every job once, the size of /metrics, serial scrape lat
 latency of `--scrapers` concurrent scrapers over `--rounds` rounds while the exporter keeps
 polling. Bounded: scrapers x rounds requests, each with a 60 s timeout. Exits 1 if any scrape
 failed; otherwise the figures are for reading, not pass/fail.
+
+Then the upstream cost of `--cost-jobs` Translator batches (one in ten running), counted at the
+simulator in the same run: requests per tracked job per interval when each job is polled alone,
+and when the source lists its jobs (discovery), side by side.
 """
 
 from __future__ import annotations
@@ -69,6 +73,53 @@ def _concurrent(url: str, scrapers: int, rounds: int) -> tuple[list[float], int]
     return latencies, failures
 
 
+COST_INTERVAL = 5.0  # seconds: the poll interval of the per-job side of the cost figure
+
+
+def _cost_batches(n: int) -> tuple[SimJob, ...]:
+    """n batches created 5 s apart (all within a day), one in ten still running."""
+    return tuple(
+        SimJob(f"b-{i}", "translation", start_delay=0, units=2, created_at=-600 - 5 * i,
+               duration=10**7 if i % 10 == 0 else 5)
+        for i in range(n)
+    )  # fmt: skip
+
+
+def _translator(sim: Simulator, **keys: object) -> Exporter:
+    raw = demo_config(sim.url, poll_interval=f"{COST_INTERVAL:g}s")
+    raw["global"]["max_concurrency"] = 16
+    raw["sources"] = [{**raw["sources"][3], **keys}]
+    return Exporter(parse_config(raw, env={}))
+
+
+def request_cost(n: int) -> tuple[float, float]:
+    """Upstream requests per tracked job per interval, (per-job polling, list mode), at n jobs,
+    in the steady state (after the first cycle)."""
+    batches = _cost_batches(n)
+    with Simulator(jobs=batches, clock=ManualClock(60.0)) as sim:
+        exporter = _translator(sim, job_ids=[job.job_id for job in batches], max_jobs=n)
+        try:
+            exporter.poll_once()  # the first cycle: every job once
+            exporter.start()
+            before = len(sim.requests)
+            time.sleep(3 * COST_INTERVAL)
+            per_job = (len(sim.requests) - before) / 3 / n
+        finally:
+            exporter.stop()
+    with Simulator(jobs=batches, clock=ManualClock(60.0)) as sim:
+        exporter = _translator(sim, job_ids=[], discovery={}, max_jobs=n)
+        try:
+            poller = exporter.pollers["translator"]
+            poller.list_now()  # the first listing: the whole lookback
+            before = len(sim.requests)
+            for _ in range(3):
+                poller.list_now()
+            listed = (len(sim.requests) - before) / 3 / len(exporter.store.jobs())
+        finally:
+            exporter.stop()
+    return per_job, listed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -80,6 +131,10 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="scrapes per scraper (default %(default)s)"
     )
+    parser.add_argument(
+        "--cost-jobs", type=int, default=10_000,
+        help="Translator batches for the request-cost figure (default %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args()
     exporter_logging.configure("error", "console")
 
@@ -127,6 +182,11 @@ def main() -> int:
         f"scrape, {args.scrapers} at once    {_percentiles(latencies)}   "
         f"({len(latencies)} scrapes, {failures} failed)"
     )
+    per_job, listed = request_cost(args.cost_jobs)
+    print(f"upstream requests per tracked job per interval, {args.cost_jobs:,} Translator batches "
+          "(one in ten running):")  # fmt: skip
+    print(f"  polled one by one       {per_job:8.4f}   (1.0 per running job; finished: none)")
+    print(f"  listed (discovery)      {listed:8.4f}   ({per_job / listed:,.0f}x fewer)")
     return 1 if failures else 0
 
 

@@ -313,7 +313,7 @@ class SourcePoller:
     def poll_all_once(self) -> None:
         """List the jobs (with discovery), then poll every job once whose status the listing
         did not carry, concurrently; return when all are done (for --once)."""
-        listing = self._list() if self._lister is not None else None
+        listing = self.list_now() if self._lister is not None else None
         polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
         jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
         with self._lock:
@@ -355,8 +355,9 @@ class SourcePoller:
         self._log_transition(before, outcome)
         return outcome
 
-    def _list(self) -> ListOutcome | None:
-        """List the source's jobs and apply the listing; None if shutting down."""
+    def list_now(self) -> ListOutcome | None:
+        """List the source's jobs now and apply the listing (the scheduler's, --once's and the
+        benchmark's way in); None if shutting down."""
         assert self._lister is not None
         now = self._clock()
         since = now - self._lookback
@@ -463,7 +464,7 @@ class SourcePoller:
     def _list_and_reschedule(self) -> None:
         wait: float | None = self._list_every  # if the listing itself raised (a bug)
         try:
-            outcome = self._list()
+            outcome = self.list_now()
             wait = None if outcome is None else self.next_wait(outcome, self._list_every)
         finally:
             with self._lock:

@@ -23,13 +23,14 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from exporter.collector import JobCollector
+from exporter.collector import SourceCollector
 from exporter.config import ConfigError, load_config, secrets
+from exporter.exposition import Exposition
 from exporter.http import TokenBucket
 from exporter.logging import redactor
 from exporter.poller import SourcePoller, utcnow
 from exporter.store import CONFIG, SourceJobs, Store
-from exporter.values import is_path_safe_id
+from exporter.values import format_duration, is_path_safe_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -100,7 +101,7 @@ class Exporter:
         self._clock = clock
         self._supervise_every = supervise_every
         self.registry = CollectorRegistry()
-        self.registry.register(JobCollector(self.store, lambda: self.config.global_.poll_interval))
+        self.registry.register(SourceCollector(self.store))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -114,6 +115,7 @@ class Exporter:
             "Timestamp of the last successful configuration reload.",
             registry=self.registry,
         )
+        self.exposition = Exposition(self.registry, self.store, self._poll_note)
         self._lock = threading.RLock()
         self._pollers: dict[str, SourcePoller] = {}
         self._buckets: dict[str, TokenBucket] = {}  # by source name; "" is the global budget
@@ -165,6 +167,13 @@ class Exporter:
             redactor.register(secrets(config))
             self._reload_ok.set(1)
             self._reload_time.set_to_current_time()
+
+    def _poll_note(self) -> str:
+        every = format_duration(self.config.global_.poll_interval)
+        return (
+            f"Polled in the background every {every} by default (per-source poll_interval), "
+            "not at scrape time."
+        )
 
     def _budgets(self, config: Config, source: SourceBase) -> list[TokenBucket]:
         """The request budgets a source's requests take from: its own and the global one. A

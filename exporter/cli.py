@@ -12,7 +12,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
-from prometheus_client import generate_latest
 
 from exporter import __version__
 from exporter import logging as exporter_logging
@@ -230,7 +229,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         opened.callback(exporter.stop)
         reload = None if args.demo else partial(exporter.reload, args.config_file)
         app = make_app(
-            exporter.registry,
+            exporter.exposition,
             args.telemetry_path,
             exporter.not_ready,
             exporter.store.jobs,
@@ -370,7 +369,9 @@ def _once(config: Config) -> int:
     exporter = Exporter(config)
     try:
         exporter.poll_once()
-        sys.stdout.write(generate_latest(exporter.registry).decode())
+        sys.stdout.write(
+            b"".join(exporter.exposition.render(openmetrics=False, gzipped=False)).decode()
+        )
     finally:
         exporter.stop()
     return 0

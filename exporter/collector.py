@@ -1,7 +1,8 @@
-"""Turns the store into metric families, afresh on every scrape.
+"""The sources' statistics as metric families, afresh on every scrape (the jobs' own families
+are pre-rendered: see exposition.py).
 
-Nothing here talks upstream: a scrape reads immutable records and renders them, so it costs the
-same whether an upstream is fast, slow or down. `describe()` is the same builder run over no
+Nothing here talks upstream: a scrape reads the store's counters and renders them, so it costs
+the same whether an upstream is fast, slow or down. `describe()` is the same builder run over no
 data, so registering the collector does not trigger a collection.
 """
 
@@ -18,27 +19,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, State
+from exporter.model import ErrorReason
 from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
-from exporter.values import format_duration
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
-    from datetime import datetime
+    from collections.abc import Iterable, Iterator, Sequence
 
     from prometheus_client.metrics_core import Metric
 
-    from exporter.store import JobRecord, SourceStats, Store
+    from exporter.store import SourceStats, Store
 
-JOB_LABELS = ["provider", "source", "job_id"]
 SOURCE_LABELS = ["provider", "source"]
-TIMESTAMPS = {
-    "created": "when the job was created",
-    "last_update": "when the API last updated the job",
-    "started": "when the job (or its first phase) started",
-    "estimated_completion": "when the API expects the job to finish",
-    "expiration": "when the API will discard the job and its results",
-}
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
@@ -50,53 +41,10 @@ def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[st
     return buckets
 
 
-def _seconds(when: datetime | None) -> float | None:
-    return None if when is None else when.timestamp()
-
-
 class _Families:
     """The metric families of one scrape, built from one consistent read of the store."""
 
-    def __init__(self, polled: str) -> None:
-        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, f"{doc} {polled}", labels=[*JOB_LABELS, *labels])
-
-        self.info = gauge(
-            "asyncjob_info",
-            "Job facts: the raw vendor status, the job's name, and its project (training jobs).",
-            ["vendor_status", "display_name", "project"],
-        )
-        self.state = gauge("asyncjob_state", "1 for the job's current canonical state, else 0.",
-                           ["state"])  # fmt: skip
-        self.progress = gauge("asyncjob_progress_ratio", "Fraction of the job done (0..1).",
-                              ["phase"])  # fmt: skip
-        self.tasks = gauge("asyncjob_tasks", "Tasks of the job by state.", ["state"])
-        self.documents = gauge("asyncjob_documents", "Documents of the batch by state.", ["state"])
-        self.characters = CounterMetricFamily(
-            "asyncjob_translation_characters_charged",
-            f"Characters the Translator API has charged for the batch. {polled}",
-            labels=JOB_LABELS,
-        )
-        self.errors = gauge("asyncjob_errors", "Errors the API reports for the job.")
-        self.warnings = gauge("asyncjob_warnings", "Warnings the API reports for the job.")
-        self.times = {
-            key: gauge(f"asyncjob_{key}_timestamp_seconds", f"Unix time {doc}.")
-            for key, doc in TIMESTAMPS.items()
-        }
-        self.up = gauge("asyncjob_up", "1 if the latest poll of the job succeeded, else 0.")
-        self.poll_error = gauge(
-            "asyncjob_last_poll_error_info",
-            "Why the latest poll of the job failed; present only while it is failing.",
-            ["reason"],
-        )
-        self.last_success = gauge(
-            "asyncjob_last_poll_success_timestamp_seconds",
-            "Unix time of the job's last successful poll.",
-        )
-        self.last_change = gauge(
-            "asyncjob_last_progress_change_timestamp_seconds",
-            "Unix time the exporter last saw the job's state or progress change.",
-        )
+    def __init__(self) -> None:
         self.requests = CounterMetricFamily(
             "asyncjob_requests", "Upstream request attempts, retries included.",
             labels=SOURCE_LABELS,
@@ -157,39 +105,6 @@ class _Families:
             labels=["version", "python_version"],
         )  # fmt: skip
 
-    def add_job(self, record: JobRecord) -> None:
-        key = [record.provider, record.source, record.job_id]
-        self.up.add_metric(key, 1.0 if record.up else 0.0)
-        if record.last_error is not None:
-            self.poll_error.add_metric([*key, record.last_error.value], 1.0)
-        snap = record.snapshot
-        if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
-            return
-        info = [snap.vendor_status, snap.display_name, record.project or ""]
-        self.info.add_metric([*key, *info], 1.0)
-        for state in State:
-            self.state.add_metric([*key, state.value], 1.0 if state is snap.state else 0.0)
-        for phase, ratio in snap.progress.items():
-            self.progress.add_metric([*key, phase], ratio)
-        breakdowns = (
-            (self.tasks, TASK_STATES, snap.tasks),
-            (self.documents, DOCUMENT_STATES, snap.documents),
-        )
-        for family, states, counts in breakdowns:
-            for state_name in states if counts else ():
-                family.add_metric([*key, state_name], counts.get(state_name, 0))
-        optional: list[tuple[GaugeMetricFamily | CounterMetricFamily, float | None]] = [
-            (self.characters, snap.characters_charged),
-            (self.errors, snap.errors),
-            (self.warnings, snap.warnings),
-            *((family, _seconds(getattr(snap, name))) for name, family in self.times.items()),
-            (self.last_success, _seconds(record.last_poll_success)),
-            (self.last_change, _seconds(record.last_progress_change)),
-        ]
-        for target, value in optional:
-            if value is not None:  # absent where the API does not give it
-                target.add_metric(key, value)
-
     def add_source(self, stats: SourceStats) -> None:
         key = [stats.provider, stats.source]
         self.requests.add_metric(key, stats.requests)
@@ -216,19 +131,6 @@ class _Families:
 
     def all(self) -> Iterator[Metric]:
         yield self.build
-        yield self.info
-        yield self.state
-        yield self.progress
-        yield self.tasks
-        yield self.documents
-        yield self.characters
-        yield self.errors
-        yield self.warnings
-        yield from self.times.values()
-        yield self.up
-        yield self.poll_error
-        yield self.last_success
-        yield self.last_change
         yield self.requests
         yield self.request_errors
         yield self.duration
@@ -242,28 +144,21 @@ class _Families:
         yield self.webhooks
 
 
-class JobCollector(Collector):
-    """Exposes every configured job and every source's request statistics."""
+class SourceCollector(Collector):
+    """Exposes every source's request statistics, and the build info."""
 
-    def __init__(self, store: Store, poll_interval: Callable[[], float]) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._poll_interval = poll_interval
 
-    def _build(self, jobs: Iterable[JobRecord], sources: Iterable[SourceStats]) -> _Families:
-        every = format_duration(self._poll_interval())
-        families = _Families(
-            f"Polled in the background every {every} by default (per-source poll_interval), "
-            "not at scrape time."
-        )
+    def _build(self, sources: Iterable[SourceStats]) -> _Families:
+        families = _Families()
         families.build.add_metric([__version__, platform.python_version()], 1.0)
-        for record in jobs:
-            families.add_job(record)
         for stats in sources:
             families.add_source(stats)
         return families
 
     def describe(self) -> Iterator[Metric]:
-        return self._build((), ()).all()
+        return self._build(()).all()
 
     def collect(self) -> Iterator[Metric]:
-        return self._build(self._store.jobs(), self._store.source_stats()).all()
+        return self._build(self._store.source_stats()).all()

@@ -11,7 +11,6 @@ all, however it trickles them: a watchdog cuts it off then.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import heapq
 import socket
 import ssl
@@ -29,6 +28,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import status_page
 from exporter.api import Api
+from exporter.exposition import Exposition
 from exporter.webconfig import Verdict
 
 if TYPE_CHECKING:
@@ -203,13 +203,13 @@ class SharedRender:
 
     A scrape is answered with a render that *started after the scrape arrived*, so it never sees
     the store older than when it asked; scrapes that queue behind a render share its result.
-    100 scrapers hitting at once cost one render, not 100.
+    100 scrapers hitting at once cost one render (and one compression), not 100.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
+    def __init__(self, metrics: CollectorRegistry | Exposition) -> None:
+        self._exposition = metrics if isinstance(metrics, Exposition) else Exposition(metrics)
         self._lock = threading.Lock()
-        self._renders: dict[str, tuple[float, bytes, bytes | None]] = {}
+        self._renders: dict[tuple[str, bool], tuple[float, list[bytes]]] = {}
 
     def get(
         self,
@@ -217,23 +217,21 @@ class SharedRender:
         gzipped: bool,
         arrived: float | None = None,
         names: Sequence[str] = (),
-    ) -> tuple[str, bytes]:
-        """The body for a scrape that arrived at `arrived` (time.monotonic(); default now).
-
-        With `names` (`?name[]=`), only those families, rendered for this scrape alone."""
+    ) -> tuple[str, list[bytes]]:
+        """The body, in parts, for a scrape that arrived at `arrived` (time.monotonic();
+        default now). With `names` (`?name[]=`), only those families, for this scrape alone."""
         arrived = time.monotonic() if arrived is None else arrived
-        encoder, content_type = choose_encoder(accept)
+        _, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith("application/openmetrics-text")
         if names:
-            body = encoder(self._registry.restricted_registry(names))
-            return content_type, gzip.compress(body) if gzipped else body
+            return content_type, self._exposition.render(openmetrics, gzipped, names)
         with self._lock:
-            started, body, compressed = self._renders.get(content_type, (-1.0, b"", None))
+            started, parts = self._renders.get((content_type, gzipped), (-1.0, []))
             if started < arrived:
-                started, body, compressed = time.monotonic(), encoder(self._registry), None
-            if gzipped and compressed is None:
-                compressed = gzip.compress(body)
-            self._renders[content_type] = (started, body, compressed)
-        return content_type, (compressed if gzipped and compressed is not None else body)
+                started = time.monotonic()
+                parts = self._exposition.render(openmetrics, gzipped)
+                self._renders[content_type, gzipped] = (started, parts)
+        return content_type, parts
 
 
 class ExporterApp:
@@ -241,7 +239,7 @@ class ExporterApp:
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        metrics: CollectorRegistry | Exposition,
         telemetry_path: str,
         not_ready: Callable[[], str | None],
         jobs: Callable[[], Iterable[JobRecord]] = tuple,
@@ -250,7 +248,7 @@ class ExporterApp:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         api: Api | None = None,
     ) -> None:
-        self._shared = SharedRender(registry)
+        self._shared = SharedRender(metrics)
         self._telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
@@ -294,12 +292,13 @@ class ExporterApp:
         names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]", [])
         gzipped = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
         accept = environ.get("HTTP_ACCEPT", "")
-        content_type, output = self._shared.get(accept, gzipped, names=names)
-        headers = [("Content-Type", content_type)] + (
-            [("Content-Encoding", "gzip")] if gzipped else []
-        )
+        content_type, parts = self._shared.get(accept, gzipped, names=names)
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(sum(len(part) for part in parts))),
+        ] + ([("Content-Encoding", "gzip")] if gzipped else [])
         start_response("200 OK", headers)
-        return [output]
+        return parts
 
     @staticmethod
     def _healthy(_: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -311,9 +310,10 @@ class ExporterApp:
             return _text(start_response, "200 OK", "asyncjob-exporter is Ready.\n")
         return _text(start_response, "503 Service Unavailable", f"Service Unavailable: {reason}\n")
 
-    def _status(self, _: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _status(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-        return [status_page.render(self._jobs(), self._telemetry_path, self._clock())]
+        view = status_page.View.from_query(environ.get("QUERY_STRING", ""))
+        return [status_page.render(self._jobs(), self._telemetry_path, self._clock(), view)]
 
     def _reload(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._reload_config is None:

@@ -228,6 +228,7 @@ class Store:
         self._retention: dict[str, tuple[float, float]] = {}
         self._tallies = storage.load_tallies() if storage is not None else {}
         self._specs: dict[str, SourceJobs] = {}
+        self._generation = 0  # moves on with every change to a record: renders key on it
         # Jobs of discovery sources that were let go, and when: a listing must not bring back
         # a job that finished and was retired (it would be polled and counted again).
         self._retired = storage.load_retired() if storage is not None else {}
@@ -277,6 +278,7 @@ class Store:
             gone = [key for key in (*self._jobs, *self._restored) if key not in jobs]
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
             self._jobs, self._counters = jobs, counters
+            self._generation += 1
             self._limits = {spec.source: spec.max_jobs for spec in specs}
             self._retention = {spec.source: spec.retention for spec in specs}
             self._specs = {spec.source: spec for spec in specs}
@@ -331,6 +333,7 @@ class Store:
             record = self._jobs[source, job_id] = self._new_record(
                 provider, source, job_id, project, origin
             )
+            self._generation += 1
             if self._retired.get(source, {}).pop(job_id, None) and self._storage is not None:
                 self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
@@ -354,6 +357,12 @@ class Store:
     def get(self, source: str, job_id: str) -> JobRecord | None:
         with self._lock:
             return self._jobs.get((source, job_id))
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever any record does (or a job comes or goes)."""
+        with self._lock:
+            return self._generation
 
     def jobs(self) -> tuple[JobRecord, ...]:
         with self._lock:
@@ -381,6 +390,7 @@ class Store:
         if old is None:
             return None
         new = self._jobs[key] = _updated(old, outcome)
+        self._generation += 1
         if new.finished and not old.finished:
             counters.tally.finish(new)
             if self._storage is not None:
@@ -410,6 +420,7 @@ class Store:
                     if old is not None and not old.finished:
                         failing = replace(old, up=False, last_error=outcome.error)
                         self._jobs[source, job_id] = failing
+                        self._generation += 1
                         if self._storage is not None:
                             self._storage.save((failing,))
                 return ListingApplied(unfinished=self._unfinished(source))
@@ -439,6 +450,7 @@ class Store:
                 continue
             record = self._new_record(spec.provider, spec.source, job_id, project, DISCOVERY)
             self._jobs[spec.source, job_id] = record
+            self._generation += 1
             added.append(record)
             room -= 1
             counters.discovered = (counters.discovered or 0) + 1
@@ -458,6 +470,7 @@ class Store:
         from the config is remembered, so that no listing brings it back. The caller holds
         the lock."""
         record = self._jobs.pop(key, None)
+        self._generation += 1
         if record is not None:
             self._counters[key[0]].dropped[reason] += 1
             spec = self._specs.get(key[0])

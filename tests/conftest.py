@@ -205,7 +205,7 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         sim = Simulator(jobs=jobs, clock=sim_clock or clock, key=DEMO_KEY, **sim_options).start()
         exporter = Exporter(parse_config(config_for(sim), env={}), storage=storage)
         app = make_app(
-            exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs,
+            exporter.exposition, "/metrics", exporter.not_ready, exporter.store.jobs,
             api=Api(exporter, jobs=jobs_api),
         )  # fmt: skip
         server = HttpServer(app, "127.0.0.1:0")

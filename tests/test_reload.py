@@ -32,7 +32,7 @@ def write(path: Path, raw: dict[str, Any]) -> None:
 
 def serve_with_lifecycle(h: Harness, config_path: Path) -> tuple[str, HttpServer]:
     app = make_app(
-        h.exporter.registry, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
+        h.exporter.exposition, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
         reload=partial(h.exporter.reload, config_path),
     )  # fmt: skip
     server = HttpServer(app, "127.0.0.1:0")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from exporter.collector import JobCollector
+from exporter.collector import SourceCollector
 from exporter.model import Attempt, ErrorReason, JobSnapshot, ListOutcome, PollOutcome, State
 from exporter.storage import Storage
 from exporter.store import SourceJobs, Store
@@ -43,7 +43,7 @@ def poll(store: Store, job_id: str, at: datetime, snap: JobSnapshot | None = Non
 
 def sample(store: Store, name: str, **labels: str) -> float | None:
     registry = CollectorRegistry()
-    registry.register(JobCollector(store, lambda: 30.0))
+    registry.register(SourceCollector(store))
     return registry.get_sample_value(name, {**LABELS, **labels})
 
 

@@ -64,7 +64,7 @@ def serve_with(
         path.write_text(yaml.safe_dump(web))
         loaded = load_web_config(str(path))
         app = make_app(
-            h.exporter.registry, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
+            h.exporter.exposition, "/metrics", h.exporter.not_ready, h.exporter.store.jobs,
             web=loaded,
         )  # fmt: skip
         server = HttpServer(app, "127.0.0.1:0", loaded.tls)

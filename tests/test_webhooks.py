@@ -132,7 +132,7 @@ def test_webhooks_need_no_basic_auth_but_metrics_do(
     h = make_harness(with_token)
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
     web = WebConfig(WebConfigFile(basic_auth_users={"prometheus": hashed}))
-    app = make_app(h.exporter.registry, "/metrics", h.exporter.not_ready, web=web,
+    app = make_app(h.exporter.exposition, "/metrics", h.exporter.not_ready, web=web,
                    api=Api(h.exporter))  # fmt: skip
     server = HttpServer(app, "127.0.0.1:0")
     server.start()

@@ -22,6 +22,7 @@ for it instead of being polled one by one.
 
 from __future__ import annotations
 
+import heapq
 import queue
 import random
 import threading
@@ -228,7 +229,8 @@ class SourcePoller:
         workers = config.global_.max_concurrency
         self.client = HttpClient(http_settings(config), workers, self._stop, budgets)
         self._workers = Workers(workers, f"poll-{source.name}")
-        self._due: dict[str, float] = {}
+        self._due: dict[str, float] = {}  # when each scheduled job is due (time.monotonic())
+        self._heap: list[tuple[float, str]] = []  # the same, soonest first; stale entries skipped
         self._in_flight: set[str] = set()  # handed to a worker; rescheduled when its poll ends
         self._again: set[str] = set()  # in flight, and asked for again: poll once it returns
         self._projects: dict[str, str | None] = {}  # the project each job's requests go to
@@ -264,11 +266,21 @@ class SourcePoller:
                 if covering:  # the first listing polls it, or says it must be polled alone
                     self._covered.add(record.job_id)
                 else:
-                    self._due[record.job_id] = now + random.uniform(0, spread)  # noqa: S311
+                    self._set_due(record.job_id, now + random.uniform(0, spread))  # noqa: S311
             if self._lister is not None:
-                self._due[LISTING] = now
+                self._set_due(LISTING, now)
         self._thread.start()
         self.started = True
+
+    def _set_due(self, job_id: str, at: float) -> None:
+        """Schedule a job's next poll; the caller holds the lock. A heap keeps the wake-up
+        O(log n): no scan of every job. Entries left stale by a reschedule are skipped when they
+        surface, and dropped all at once if they come to outnumber the live ones."""
+        self._due[job_id] = at
+        heapq.heappush(self._heap, (at, job_id))
+        if len(self._heap) > 2 * len(self._due) + 1024:
+            self._heap = [(when, job) for job, when in self._due.items()]
+            heapq.heapify(self._heap)
 
     def schedule_now(self, job_id: str, project: str | None) -> None:
         """Poll this job right away (new to the store, or a webhook says it moved), not one
@@ -279,7 +291,7 @@ class SourcePoller:
             if job_id in self._in_flight:
                 self._again.add(job_id)
             else:
-                self._due[job_id] = time.monotonic()
+                self._set_due(job_id, time.monotonic())
         self._wake.set()
 
     def forget(self, job_id: str) -> None:
@@ -435,13 +447,17 @@ class SourcePoller:
 
     def _schedule(self) -> float | None:
         """Hand every due job to a worker; return when the next one is due (None: none left)."""
-        now = time.monotonic()
+        now, due = time.monotonic(), []
         with self._lock:
-            due = [job for job, at in self._due.items() if at <= now]
-            for job in due:
+            heap = self._heap
+            while heap and (heap[0][0] <= now or self._due.get(heap[0][1]) != heap[0][0]):
+                at, job = heapq.heappop(heap)
+                if self._due.get(job) != at:
+                    continue  # stale: rescheduled since, or no longer scheduled
                 del self._due[job]  # in flight: rescheduled when its poll ends
                 self._in_flight.add(job)
-            soonest = min(self._due.values(), default=None)
+                due.append(job)
+            soonest = heap[0][0] if heap else None
         for job in due:
             task = (
                 self._list_and_reschedule
@@ -470,7 +486,7 @@ class SourcePoller:
             with self._lock:
                 self._in_flight.discard(LISTING)
                 if wait is not None and not self._stop.is_set():
-                    self._due[LISTING] = time.monotonic() + wait
+                    self._set_due(LISTING, time.monotonic() + wait)
             self._wake.set()
 
     def _poll_and_reschedule(self, job_id: str) -> None:
@@ -488,5 +504,5 @@ class SourcePoller:
                 if wait is None:
                     self._projects.pop(job_id, None)  # finished, expired or gone: no more polls
                 elif not self._stop.is_set():
-                    self._due[job_id] = time.monotonic() + wait
+                    self._set_due(job_id, time.monotonic() + wait)
             self._wake.set()

@@ -6,7 +6,10 @@ and basic auth as /metrics. Every answer is JSON; every refusal is a 4xx with `{
     POST   /api/v1/jobs                     {"source": "...", "job_id": "...", "project": "..."}
                                             or {"operation_location": "<Operation-Location>"}
                                             201 new, 200 already tracked
-    GET    /api/v1/jobs                     every tracked job
+    GET    /api/v1/jobs                     the tracked jobs, by source and job ID, a page at a
+                                            time: ?source=, ?state= (not_polled: no answer yet),
+                                            ?limit= (default 1000, at most 10000), ?offset=;
+                                            {"jobs": [...], "total": N, "next": path or null}
     DELETE /api/v1/jobs/{source}/{job_id}   204; 409 for a job listed in the config file
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlencode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -50,6 +53,24 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "first_seen": _time(record.first_seen),
         "finished_at": _time(record.finished_at),
     }
+
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+
+
+def _window(query: dict[str, str]) -> tuple[int, int] | str:
+    """(limit, offset) of a listing, or what is wrong with them."""
+    limit, offset = query.get("limit", str(DEFAULT_LIMIT)), query.get("offset", "0")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        return f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit[:20]!r}"
+    if not offset.isdigit():
+        return f"offset must be a whole number, not {offset[:20]!r}"
+    return int(limit), int(offset)
+
+
+def _state(record: JobRecord) -> str:
+    return record.snapshot.state.value if record.snapshot else "not_polled"
 
 
 def _answer(start_response: StartResponse, status: HTTPStatus, body: Any = None) -> list[bytes]:
@@ -89,9 +110,24 @@ class JobsApi:
         return handler(self._exporter, environ, start_response)
 
     @staticmethod
-    def _list(exporter: Exporter, _: Environ, start_response: StartResponse) -> list[bytes]:
-        jobs = sorted(exporter.store.jobs(), key=lambda r: (r.source, r.job_id))
-        return _answer(start_response, HTTPStatus.OK, {"jobs": [job_json(r) for r in jobs]})
+    def _list(exporter: Exporter, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        window = _window(query)
+        if isinstance(window, str):
+            return _error(start_response, HTTPStatus.BAD_REQUEST, window)
+        limit, offset = window
+        source, state = query.get("source"), query.get("state")
+        jobs = sorted(
+            (r for r in exporter.store.jobs()
+             if (source is None or r.source == source) and (state is None or _state(r) == state)),
+            key=lambda r: (r.source, r.job_id),
+        )  # fmt: skip
+        page = jobs[offset : offset + limit]
+        following = None
+        if offset + limit < len(jobs):
+            following = f"{PREFIX}?{urlencode({**query, 'offset': offset + limit, 'limit': limit})}"
+        body = {"jobs": [job_json(r) for r in page], "total": len(jobs), "next": following}
+        return _answer(start_response, HTTPStatus.OK, body)
 
     @staticmethod
     def _register(

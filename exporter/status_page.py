@@ -1,17 +1,23 @@
-"""The status page at `/`: every job in one server-rendered table. No script, no external asset.
+"""The status page at `/`: the jobs in a server-rendered table. No script, no external asset.
 
-It reads the same immutable records as the collector, so what a person sees here is what
-Prometheus scrapes. It answers "what needs my attention?" first: a summary line, then per job
-a note for a failed job, failed documents or tasks of a finished job, a running job with no
-progress for STALL_AFTER (the threshold of the AsyncJobStalled alert), and a failing poll.
-Every value from an upstream API is HTML-escaped.
+It reads the same immutable records as /metrics, so what a person sees here is what Prometheus
+scrapes. It answers "what needs my attention?" first: a summary line, then per job a note for a
+failed job, failed documents or tasks of a finished job, a running job with no progress for
+STALL_AFTER (the threshold of the AsyncJobStalled alert), and a failing poll. Every value from
+an upstream API is HTML-escaped.
+
+At scale it shows a page of PAGE_SIZE jobs at a time, filtered by source and state (`?source=`,
+`?state=`, `?page=`), and `?view=attention` (only the jobs that need attention) or `?view=all`.
+With more than ATTENTION_FIRST jobs the attention view is the default.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlencode
 
 from exporter import __version__
 from exporter.model import State
@@ -32,6 +38,9 @@ STATE_COLOURS = {
     State.UNKNOWN: "#7c3aed",
 }
 NOT_POLLED_COLOUR = "#9ca3af"
+NOT_POLLED = "not polled yet"
+PAGE_SIZE = 100
+ATTENTION_FIRST = 200  # with more jobs than this, the page opens on those needing attention
 STALL_AFTER = timedelta(minutes=30)  # as AsyncJobStalled: 1800 s without a change
 
 _STYLE = """
@@ -48,6 +57,8 @@ padding:.05rem .4rem;font-size:.8rem;white-space:nowrap;display:inline-block;mar
 .fill{border-radius:.3rem;height:100%;display:block}
 .summary{padding:.5rem .8rem;border-radius:.3rem;background:#f3f4f6;display:inline-block}
 .muted{color:#6b7280}
+.controls{margin:.8rem 0 .2rem}
+.pages{margin:.8rem 0}
 """
 
 
@@ -119,7 +130,7 @@ def _row(record: JobRecord, now: datetime) -> str:
     snap = record.snapshot
     e = html.escape
     if snap is None:
-        state, colour, progress, eta = "not polled yet", NOT_POLLED_COLOUR, 0.0, None
+        state, colour, progress, eta = NOT_POLLED, NOT_POLLED_COLOUR, 0.0, None
     else:
         state, colour = snap.state.value, STATE_COLOURS[snap.state]
         progress, eta = snap.progress["overall"], snap.estimated_completion
@@ -182,10 +193,107 @@ def _summary(records: list[JobRecord], now: datetime) -> str:
     )
 
 
-def render(records: Iterable[JobRecord], telemetry_path: str, now: datetime | None = None) -> bytes:
+@dataclass(frozen=True, slots=True)
+class View:
+    """Which jobs the page shows: a source, a state, only those needing attention, a page."""
+
+    source: str = ""
+    state: str = ""
+    attention: bool | None = None  # None: the default for the number of jobs
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, query: str) -> View:
+        """From a query string; what cannot be read is left at its default."""
+        q = {key: values[-1] for key, values in parse_qs(query).items()}
+        view = q.get("view")
+        page = q.get("page", "1")
+        return cls(
+            source=q.get("source", ""),
+            state=q.get("state", ""),
+            attention={"attention": True, "all": False}.get(view or ""),
+            page=int(page) if page.isdigit() and int(page) > 0 else 1,
+        )
+
+    def query(self, **changes: object) -> str:
+        view = replace(self, **changes)  # type: ignore[arg-type]
+        pairs = [("source", view.source), ("state", view.state)]
+        if view.attention is not None:
+            pairs.append(("view", "attention" if view.attention else "all"))
+        if view.page > 1:
+            pairs.append(("page", str(view.page)))
+        return "?" + urlencode([(key, value) for key, value in pairs if value])
+
+
+def _state_of(record: JobRecord) -> str:
+    return record.snapshot.state.value if record.snapshot else NOT_POLLED
+
+
+def _controls(view: View, sources: list[str], attention_only: bool, shown: str) -> str:
+    e = html.escape
+
+    def options(name: str, values: list[str], chosen: str) -> str:
+        opts = [f"<option value=''>every {name}</option>"] + [
+            f"<option{' selected' if v == chosen else ''}>{e(v)}</option>" for v in values
+        ]
+        return f"<select name='{name}' aria-label='{name}'>{''.join(opts)}</select>"
+
+    states = [state.value for state in State] + [NOT_POLLED]
+    views = [
+        ("attention", "needing attention", attention_only),
+        ("all", "all jobs", not attention_only),
+    ]
+    radios = "".join(
+        f"<label><input type='radio' name='view' value='{v}'{' checked' if on else ''}> "
+        f"{text}</label> "
+        for v, text, on in views
+    )
+    return (
+        "<form method='get' class='controls'>"
+        f"{options('source', sources, view.source)} {options('state', states, view.state)} "
+        f"{radios}<button type='submit'>Show</button></form><p class='muted'>{shown}</p>"
+    )
+
+
+def _pages(view: View, page: int, pages: int) -> str:
+    if pages <= 1:
+        return ""
+    links = []
+    if page > 1:
+        links.append(f"<a rel='prev' href='{html.escape(view.query(page=page - 1))}'>previous</a>")
+    links.append(f"page {page} of {pages}")
+    if page < pages:
+        links.append(f"<a rel='next' href='{html.escape(view.query(page=page + 1))}'>next</a>")
+    return f"<p class='pages'>{' · '.join(links)}</p>"
+
+
+def render(
+    records: Iterable[JobRecord],
+    telemetry_path: str,
+    now: datetime | None = None,
+    view: View | None = None,
+) -> bytes:
     now = now or datetime.now(UTC)
-    ordered = sorted(records, key=lambda r: (r.source, r.job_id))
-    rows = "".join(_row(r, now) for r in ordered)
+    view = view or View()
+    every = list(records)
+    attention_only = view.attention if view.attention is not None else len(every) > ATTENTION_FIRST
+    chosen = [
+        r for r in every
+        if (not view.source or r.source == view.source)
+        and (not view.state or _state_of(r) == view.state)
+        and (not attention_only or attention(r, now))
+    ]  # fmt: skip
+    chosen.sort(key=lambda r: (r.source, r.job_id))
+    pages = max(1, -(-len(chosen) // PAGE_SIZE))
+    page = min(view.page, pages)
+    shown_records = chosen[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    rows = "".join(_row(r, now) for r in shown_records)
+    what = "needing attention" if attention_only else "in all"
+    shown = (
+        f"Showing {len(shown_records)} of {_plural(len(chosen), 'job')} {what}"
+        f"{' matching the filter' if view.source or view.state else ''}."
+    )
+    sources = sorted({r.source for r in every})
     path = html.escape(telemetry_path)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -194,10 +302,12 @@ def render(records: Iterable[JobRecord], telemetry_path: str, now: datetime | No
         f"<h1>asyncjob-exporter <small class='muted'>{html.escape(__version__)}</small></h1>"
         f"<p><a href='{path}'>Metrics</a> · <a href='/-/healthy'>Health</a> · "
         "<a href='/-/ready'>Readiness</a></p>"
-        f"{_summary(ordered, now)}"
+        f"{_summary(every, now)}"
+        f"{_controls(view, sources, attention_only, shown)}"
         "<table><thead><tr><th>Source</th><th>Provider</th><th>Job</th><th>State</th>"
         "<th>Progress</th><th>ETA</th><th>Updated</th><th>Needs attention</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
+        f"{_pages(view, page, pages)}"
         f"<p class='muted'>Page rendered {now:%Y-%m-%d %H:%M:%S} UTC; it refreshes every 15 s. "
         f"A running job is stalled after {duration(STALL_AFTER.total_seconds())} "
         "without progress.</p>"

@@ -271,8 +271,18 @@ def test_a_thousand_registrations_from_twenty_clients_lose_none(
                 c for batch in pool.map(register, [ids[i::20] for i in range(20)]) for c in batch
             ]
         assert codes == [201] * 1000
-        listed = requests.get(jobs_url(h), timeout=30).json()["jobs"]
+        answer = requests.get(jobs_url(h), timeout=30).json()
+        assert (len(answer["jobs"]), answer["total"]) == (1000, 1008)  # a page of the default 1000
+        following = requests.get(f"{h.url}{answer['next']}", timeout=30).json()
+        assert (len(following["jobs"]), following["next"]) == (8, None)
+        listed = answer["jobs"] + following["jobs"]
         assert {j["job_id"] for j in listed if j["origin"] == "api"} == set(ids)
+        only = requests.get(jobs_url(h), params={"source": "translator", "state": "not_polled",
+                                                 "limit": "5000"}, timeout=30).json()  # fmt: skip
+        assert {j["job_id"] for j in only["jobs"]} <= set(ids) | {"batch-ok", "batch-partial"}
+        bad = requests.get(jobs_url(h), params={"limit": "0"}, timeout=30)
+        assert bad.status_code == 400
+        assert "limit must be" in bad.json()["error"]
         m = Metrics(requests.get(f"{h.url}/metrics", timeout=30).text)
         tracked = m.get("asyncjob_tracked_jobs", provider="azure_document_translation",
                         source="translator")  # fmt: skip

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 from conftest import REPO, Harness
 from prometheus_client import CollectorRegistry
 
@@ -262,3 +264,46 @@ def test_status_page_in_headless_chromium(
     assert rows["batch-partial"].cells[4] == "50%"
     assert eta == "-"
     take_screenshot(url, "status-page.png", tmp_path)
+
+
+def many(n: int, failed_every: int) -> list[JobRecord]:
+    """n finished batches over two sources; every `failed_every`-th failed."""
+    return [
+        replace(
+            record(f"job-{i:05d}", snapshot(State.FAILED if i % failed_every == 0 else State.SUCCEEDED,
+                                            1.0), finished_at=NOW - timedelta(minutes=5)),
+            source="translator" if i % 2 else "translator-eu",
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_at_scale_the_page_opens_on_what_needs_attention_a_page_at_a_time(tmp_path: Path) -> None:
+    """250 jobs (over ATTENTION_FIRST): the attention view by default; `view=all` pages through
+    every job 100 at a time, with working links; source and state filters narrow it, in the
+    real browser's DOM."""
+    jobs = many(250, failed_every=10)  # 25 failed
+    for url in serve_records(jobs, tmp_path):
+        page = Rows()
+        page.feed(chromium("--dump-dom", url, user_data=tmp_path / "profile-1").stdout)
+        assert len(page.rows) == 25
+        assert {row.state for row in page.rows} == {"failed"}
+        seen, link = [], "?view=all"
+        for _ in range(3):  # following each page's "next" link: 100, 100, then 50
+            page = Rows()
+            page.feed(requests.get(f"{url}{html.unescape(link)}", timeout=10).text)
+            seen += [row.job_id for row in page.rows]
+            link = next((link for link in page.links if "page=" in link and "prev" not in link
+                         and f"page={len(seen) // 100 + 1}" in link), "")  # fmt: skip
+        assert not link  # the last page has no next
+        assert seen == sorted(r.job_id for r in jobs if r.source == "translator") + sorted(
+            r.job_id for r in jobs if r.source == "translator-eu"
+        )
+        page = Rows()
+        page.feed(requests.get(f"{url}?view=all&source=translator&state=failed", timeout=10).text)
+        expected = [r.job_id for r in jobs if r.source == "translator" and r.snapshot
+                    and r.snapshot.state is State.FAILED]  # fmt: skip
+        assert sorted(row.job_id for row in page.rows) == sorted(expected)
+        page = Rows()
+        page.feed(requests.get(f"{url}?view=all&page=999", timeout=10).text)  # past the end
+        assert len(page.rows) == 50  # the last page

@@ -22,6 +22,7 @@ import time
 
 import requests
 
+from benchmarks import scale
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import parse_config
@@ -132,6 +133,14 @@ def main() -> int:
         "--rounds", type=int, default=3, help="scrapes per scraper (default %(default)s)"
     )
     parser.add_argument(
+        "--sizes", default="1000,10000,50000",
+        help="job counts for the scale figures, comma-separated (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cycle-jobs", type=int, default=10_000,
+        help="jobs for the first-cycle figure (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
         "--cost-jobs", type=int, default=10_000,
         help="Translator batches for the request-cost figure (default %(default)s)",
     )  # fmt: skip
@@ -153,7 +162,7 @@ def main() -> int:
                 job.job_id for job in jobs if job.api == API_OF[source["provider"]]
             ]
         exporter = Exporter(parse_config(raw, env={}))
-        app = make_app(exporter.registry, "/metrics", exporter.not_ready, exporter.store.jobs)
+        app = make_app(exporter.exposition, "/metrics", exporter.not_ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")
         server.start()
         url = f"http://127.0.0.1:{server.port}/metrics"
@@ -182,6 +191,7 @@ def main() -> int:
         f"scrape, {args.scrapers} at once    {_percentiles(latencies)}   "
         f"({len(latencies)} scrapes, {failures} failed)"
     )
+    scale.report([int(n) for n in args.sizes.split(",")], args.cycle_jobs)
     per_job, listed = request_cost(args.cost_jobs)
     print(f"upstream requests per tracked job per interval, {args.cost_jobs:,} Translator batches "
           "(one in ten running):")  # fmt: skip

@@ -11,6 +11,7 @@ for a number of answers or until cleared. Every request is logged in `requests` 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import re
@@ -35,6 +36,7 @@ from exporter.simulator.scenarios import (
     created,
     iso,
     render,
+    translation_status,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +123,7 @@ class Simulator:
     def __post_init__(self) -> None:
         self._jobs = {job.job_id: job for job in self.jobs}
         self._arrived = 0  # jobs of each kind that arrived by themselves so far
+        self._ordered: list[SimJob] | None = None  # the jobs by creation, while none changes
         self._faults: dict[str, Fault] = {}
         self.connections: set[socket.socket] = set()  # open keep-alive connections
         self._lock = threading.Lock()
@@ -205,7 +208,8 @@ class Simulator:
         return self._clock()
 
     def present(self) -> list[SimJob]:
-        """The jobs that exist now (created by now), those that arrive by themselves too."""
+        """The jobs that exist now (created by now), oldest first, those that arrive by
+        themselves too."""
         elapsed = self._clock()
         with self._lock:
             every = self.arrivals_every
@@ -214,19 +218,24 @@ class Simulator:
                 for api in ("translation", "training"):
                     job = arrival(api, self._arrived, every)
                     self._jobs[job.job_id] = job
-            jobs = list(self._jobs.values())
-        return [job for job in jobs if job.created_at <= elapsed]
+                    self._ordered = None
+            if self._ordered is None:  # kept sorted between changes: listings page through it
+                self._ordered = sorted(self._jobs.values(), key=lambda j: (j.created_at, j.job_id))
+            jobs = self._ordered
+        return jobs[: bisect.bisect_right(jobs, elapsed, key=lambda job: job.created_at)]
 
     def remove_jobs(self, job_ids: Iterable[str]) -> None:
         """Forget jobs, as the API does when they expire or are deleted."""
         with self._lock:
             for job_id in job_ids:
                 self._jobs.pop(job_id, None)
+            self._ordered = None
 
     def add_jobs(self, jobs: Iterable[SimJob]) -> None:
         """More jobs, as if started upstream now or when their `created_at` says."""
         with self._lock:
             self._jobs.update((job.job_id, job) for job in jobs)
+            self._ordered = None
 
     def _answer_job(
         self, api: str, variant: str, job_id: str, headers: dict[str, str], body: bytes
@@ -289,7 +298,7 @@ class _Listing:
 
     def answer(self) -> Answer:
         sim, elapsed = self.sim, self.sim.elapsed()
-        jobs = sorted(sim.present(), key=lambda job: (job.created_at, job.job_id))
+        jobs = sim.present()
         if self.kind == "stable_diffusion":
             listed = [
                 {"model_id": j.job_id, "status": render(j, elapsed, sim.started_at)["messege"]}
@@ -299,23 +308,24 @@ class _Listing:
             return 200, {}, _json({"status": "success", "data": listed})
         if self.kind == "projects":
             return self._page(self._projects(jobs), "nextLink")
+
+        def rendered(job: SimJob) -> dict[str, Any]:
+            return render(job, elapsed, sim.started_at, self.variant)
+
         if self.kind == "training":
             mine = [j for j in jobs if j.api == "training" and j.project == self.project]
-            return self._page([render(j, elapsed, sim.started_at, self.variant) for j in mine],
-                              "nextLink")  # fmt: skip
-        batches = [render(j, elapsed, sim.started_at, self.variant)
-                   for j in jobs if j.api == "translation"]  # fmt: skip
+            return self._page(mine, "nextLink", rendered)
+        batches = [j for j in jobs if j.api == "translation"]
         start = self.query.get("createdDateTimeUtcStart")
         if start:
             since = datetime.fromisoformat(start)
-            batches = [
-                b for b in batches if datetime.fromisoformat(b["createdDateTimeUtc"]) >= since
-            ]
+            batches = [j for j in batches if created(j, sim.started_at) >= since]
         statuses = self.query.get("statuses")
         if statuses:
             wanted = {status.strip().casefold() for status in statuses.split(",")}
-            batches = [b for b in batches if b["status"].casefold() in wanted]
-        return self._page(batches, "@nextLink" if self.variant.startswith("v1.") else "nextLink")
+            batches = [j for j in batches if translation_status(j, elapsed).casefold() in wanted]
+        link = "@nextLink" if self.variant.startswith("v1.") else "nextLink"
+        return self._page(batches, link, rendered)
 
     def _projects(self, jobs: list[SimJob]) -> list[dict[str, Any]]:
         latest: dict[str, SimJob] = {}
@@ -330,14 +340,16 @@ class _Listing:
             for name, job in sorted(latest.items())
         ]  # fmt: skip
 
-    def _page(self, entries: list[dict[str, Any]], link_key: str) -> Answer:
-        """One page of `entries` (skip, then maxpagesize, with or without `$`), and the link to
-        the next page while there is one."""
+    def _page(
+        self, entries: list[Any], link_key: str, show: Callable[[Any], Any] = lambda e: e
+    ) -> Answer:
+        """One page of `entries`, each shown by `show` (skip, then maxpagesize, with or without
+        `$`), and the link to the next page while there is one."""
         q = self.query
         asked = int(q.get("maxpagesize") or q.get("$maxpagesize") or DEFAULT_PAGE_SIZE)
         size = max(1, min(asked, self.sim.max_page_size))
         skip = int(q.get("skip") or q.get("$skip") or 0)
-        body: dict[str, Any] = {"value": entries[skip : skip + size]}
+        body: dict[str, Any] = {"value": [show(entry) for entry in entries[skip : skip + size]]}
         if skip + size < len(entries):
             follow = {
                 **q,

@@ -167,6 +167,15 @@ def _analyze(
     }
 
 
+_TRANSLATOR_STATUS = {"not_started": "NotStarted", "running": "Running"}
+
+
+def translation_status(job: SimJob, elapsed: float) -> str:
+    """A batch's status as the Translator spells it, without rendering the batch."""
+    phase = moment(job, elapsed - job.created_at).phase
+    return _TRANSLATOR_STATUS.get(phase, phase.title())
+
+
 def _translation(
     job: SimJob, now: Moment, created: datetime, clock: datetime, variant: str
 ) -> dict[str, Any]:
@@ -178,7 +187,7 @@ def _translation(
         success = finished - failed
         in_progress = 1 if now.phase == "running" and finished < job.units else 0
         waiting = job.units - finished - in_progress
-    status = {"not_started": "NotStarted", "running": "Running"}.get(now.phase, now.phase.title())
+    status = _TRANSLATOR_STATUS.get(now.phase, now.phase.title())
     body: dict[str, Any] = {
         # The v1.x API calls it "id", 2024-05-01 "translationId"; clients must take either.
         ("id" if variant.startswith("v1.") else "translationId"): job.job_id,

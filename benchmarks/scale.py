@@ -1,0 +1,311 @@
+"""How each cost grows with the number of jobs, side by side in one run, as ratios.
+
+For each size N: a real exporter process (`python -m exporter`) tracks N jobs (half Translator
+batches, half training jobs in ten projects, nine in ten finished), found by discovery from the
+simulator in this process. Then:
+
+- `/metrics` p50, identity and gzip, against a minimal Python server sending the same bytes
+  (the exporter's own answer, captured), over the same loopback: the ratio is what the exporter
+  adds to sending its bytes. Nothing changes between these scrapes (discovery lists hourly).
+- the exporter's peak RSS (VmHWM, after 8 concurrent scrapes too), and RSS per job over an
+  exporter tracking no job;
+- the status page's p50.
+
+Then, once: CPU per poll (the exporter's CPU time over the polls it made, per-job polling of
+running jobs), and the first poll cycle against the ideal N x latency / workers with the
+upstream answering in 20 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+import yaml
+
+from exporter.simulator import DEMO_KEY, Fault, ManualClock, SimJob, Simulator
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+LATENCY = 0.02  # the upstream's answer time for the first-cycle figure
+WORKERS = 16
+SCRAPES = 15
+
+
+def jobs_for(n: int, *, finished_every: int = 10) -> tuple[SimJob, ...]:
+    """n jobs: half batches, half training jobs in ten projects; one in ten running."""
+
+    def duration(i: int) -> float:
+        return 10.0**7 if i % finished_every == 0 else 5.0
+
+    batches = [SimJob(f"b-{i}", "translation", start_delay=0, units=4, created_at=-600 - i,
+                      duration=duration(i)) for i in range(n // 2)]  # fmt: skip
+    training = [SimJob(f"t-{i}", "training", start_delay=0, created_at=-600 - i,
+                       duration=duration(i), project=f"p{i % 10}")
+                for i in range(n - n // 2)]  # fmt: skip
+    return (*batches, *training)
+
+
+def config(sim: Simulator, **overrides: Any) -> dict[str, Any]:
+    auth = {"subscription_key": DEMO_KEY}
+    discovery = {"interval": "1h"}
+    return {
+        "global": {"poll_interval": "30s", "max_concurrency": WORKERS, **overrides},
+        "sources": [
+            {"name": "translator", "provider": "azure_document_translation", "endpoint": sim.url,
+             "auth": auth, "discovery": discovery, "max_jobs": 100_000},
+            {"name": "training", "provider": "azure_language_training", "endpoint": sim.url,
+             "auth": auth, "discovery": discovery, "max_jobs": 100_000},
+        ],
+    }  # fmt: skip
+
+
+@dataclass
+class Process:
+    """A real exporter process on loopback."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    http: urllib3.PoolManager
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self, key: str) -> int:
+        """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def cpu(self) -> float:
+        """CPU seconds used so far (user and system)."""
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def get(self, path: str, gzipped: bool = False) -> bytes:
+        headers = {"Accept-Encoding": "gzip"} if gzipped else {}
+        answer = self.http.request("GET", f"{self.url}{path}", headers=headers,
+                                   decode_content=False, timeout=120)  # fmt: skip
+        assert answer.status == 200, answer.status
+        return bytes(answer.data)
+
+
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def exporter(raw: dict[str, Any], *extra: str) -> Iterator[Process]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        port = free_port()
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--config.file={path}", "--log.level=error",
+             f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={tmp}/data",
+             "--web.enable-jobs-api", *extra],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        process = Process(popen, port, urllib3.PoolManager(maxsize=16))
+        try:
+            until(lambda: _answers(process), what="the exporter to listen")
+            yield process
+        finally:
+            popen.terminate()
+            popen.wait(30)
+
+
+def _answers(process: Process) -> bool:
+    try:
+        process.get("/-/healthy")
+    except (urllib3.exceptions.HTTPError, AssertionError):
+        return False
+    return True
+
+
+def until(check: Any, what: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def tracked(process: Process) -> int:
+    import json  # noqa: PLC0415
+
+    return int(json.loads(process.get("/api/v1/jobs?limit=1"))["total"])
+
+
+def p50(fetch: Any, count: int = SCRAPES) -> float:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        fetch()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def static_server(identity: bytes, zipped: bytes) -> Iterator[str]:
+    """The minimal server: the same bytes, prepared, with the same headers' worth of work."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            gz = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = zipped if gz else identity
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            if gz:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(http: urllib3.PoolManager, url: str, *, gzipped: bool) -> bytes:
+    headers = {"Accept-Encoding": "gzip"} if gzipped else {}
+    return bytes(http.request("GET", url, headers=headers, decode_content=False, timeout=120).data)
+
+
+@dataclass
+class Size:
+    jobs: int
+    metrics_bytes: int
+    identity: float
+    identity_static: float
+    gzipped: float
+    gzipped_static: float
+    first_scrape: float
+    status_page: float
+    rss: int
+    peak_rss: int
+
+
+def measure(n: int, empty_rss: int) -> Size:
+    sim = Simulator(jobs=jobs_for(n), clock=ManualClock(60.0), max_page_size=100)
+    with sim, exporter(config(sim)) as process:
+        until(lambda: tracked(process) >= n, what=f"{n} jobs discovered")
+        started = time.perf_counter()
+        identity = process.get("/metrics")
+        first = time.perf_counter() - started
+        zipped = process.get("/metrics", gzipped=True)
+        exporter_identity = p50(lambda: process.get("/metrics"))
+        exporter_gzip = p50(lambda: process.get("/metrics", gzipped=True))
+        threads = [threading.Thread(target=process.get, args=("/metrics",)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        page = p50(lambda: process.get("/"), count=10)
+        rss, peak = process.status("VmRSS"), process.status("VmHWM")
+    http = urllib3.PoolManager(maxsize=4)
+    with static_server(identity, zipped) as url:
+        static_identity = p50(lambda: fetch(http, f"{url}/metrics", gzipped=False))
+        static_gzip = p50(lambda: fetch(http, f"{url}/metrics", gzipped=True))
+    return Size(n, len(identity), exporter_identity, static_identity, exporter_gzip, static_gzip,
+                first, page, rss - empty_rss, peak)  # fmt: skip
+
+
+def empty_rss() -> int:
+    with Simulator(jobs=(), clock=ManualClock(60.0)) as sim, exporter(config(sim)) as process:
+        process.get("/metrics")
+        return process.status("VmRSS")
+
+
+def cpu_per_poll(n: int = 2000, seconds: float = 10.0) -> tuple[float, int]:
+    """The exporter's CPU seconds per upstream poll, polling n running batches alone every
+    second (no scrapes meanwhile)."""
+    running = tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
+                    for i in range(n))  # fmt: skip
+    with Simulator(jobs=running, clock=ManualClock(60.0)) as sim:
+        raw = config(sim, poll_interval="1s")
+        raw["sources"] = [{**raw["sources"][0], "discovery": None,
+                           "job_ids": [job.job_id for job in running]}]  # fmt: skip
+        del raw["sources"][0]["discovery"]
+        with exporter(raw) as process:
+            until(lambda: len(sim.requests) >= n, what="the first cycle")
+            time.sleep(2.0)
+            cpu, polls = process.cpu(), len(sim.requests)
+            time.sleep(seconds)
+            cpu, polls = process.cpu() - cpu, len(sim.requests) - polls
+    return cpu / max(polls, 1), polls
+
+
+def first_cycle(n: int) -> tuple[float, float]:
+    """(seconds, ideal seconds) of `--once` over n running batches, upstream at LATENCY each."""
+    running = tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
+                    for i in range(n))  # fmt: skip
+    with Simulator(jobs=running, clock=ManualClock(60.0)) as sim:
+        sim.set_fault("*", Fault(delay=LATENCY))
+        raw = config(sim, timeout="30s")
+        raw["sources"] = [{**{k: v for k, v in raw["sources"][0].items() if k != "discovery"},
+                           "job_ids": [job.job_id for job in running]}]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            command = [sys.executable, "-m", "exporter", f"--config.file={path}", "--once",
+                       "--log.level=error"]  # fmt: skip
+            started = time.perf_counter()
+            subprocess.run(command, stdout=subprocess.DEVNULL, check=True, timeout=600)
+            took = time.perf_counter() - started
+            started = time.perf_counter()
+            raw["sources"][0]["job_ids"] = []
+            path.write_text(yaml.safe_dump(raw))
+            subprocess.run(command, stdout=subprocess.DEVNULL, check=True, timeout=600)
+            startup = time.perf_counter() - started
+    return took - startup, n * LATENCY / WORKERS
+
+
+def report(sizes: Sequence[int], cycle_jobs: int) -> None:
+    base = empty_rss()
+    print(f"exporter RSS tracking no job: {base / 2**20:.0f} MiB")
+    print(f"{'jobs':>7} {'/metrics':>9} {'identity p50':>22} {'gzip p50':>22} {'1st scrape':>10} "
+          f"{'status /':>9} {'RSS/job':>8} {'peak RSS':>9}")  # fmt: skip
+    for n in sizes:
+        s = measure(n, base)
+        print(
+            f"{s.jobs:>7,} {s.metrics_bytes / 2**20:>7.1f}MB "
+            f"{s.identity * 1000:>7.1f}ms = {s.identity / s.identity_static:4.1f}x static "
+            f"{s.gzipped * 1000:>7.1f}ms = {s.gzipped / s.gzipped_static:4.1f}x static "
+            f"{s.first_scrape * 1000:>8.0f}ms {s.status_page * 1000:>7.1f}ms "
+            f"{s.rss / s.jobs / 1024:>6.1f}KB {s.peak_rss / 2**20:>7.0f}MB",
+            flush=True,
+        )
+    per_poll, polls = cpu_per_poll()
+    print(f"CPU per poll: {per_poll * 1000:.2f} ms ({polls} polls of running batches, every 1 s)")
+    took, ideal = first_cycle(cycle_jobs)
+    print(f"first cycle, {cycle_jobs:,} jobs, upstream at {LATENCY * 1000:.0f} ms, {WORKERS} "
+          f"workers: {took:.2f} s = {took / ideal:.2f}x the ideal {ideal:.2f} s")  # fmt: skip

@@ -121,7 +121,7 @@ def request_cost(n: int) -> tuple[float, float]:
     return per_job, listed
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--jobs", type=int, default=2000, help="jobs to track (default %(default)s)"
@@ -144,7 +144,20 @@ def main() -> int:
         "--cost-jobs", type=int, default=10_000,
         help="Translator batches for the request-cost figure (default %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="the CI form, under two minutes: 200 jobs, 20 scrapers, sizes 1000 and 5000, "
+        "2000 jobs for the first cycle and the request cost",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.scrapers, args.rounds = 200, 20, 1
+        args.sizes, args.cycle_jobs, args.cost_jobs = "1000,5000", 2000, 2000
+    return args
+
+
+def main() -> int:
+    args = _arguments()
     exporter_logging.configure("error", "console")
 
     templates = {job.api: job for job in DEMO_JOBS}

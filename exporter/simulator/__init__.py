@@ -279,6 +279,8 @@ class Simulator:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # an exporter opens max_concurrency connections at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up (an exporter stopping) is no error of the simulator's."""
         if not isinstance(sys.exc_info()[1], ConnectionError):

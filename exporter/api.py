@@ -20,6 +20,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlencode
 
+import urllib3
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from datetime import datetime
@@ -84,6 +86,51 @@ def _error(start_response: StartResponse, status: HTTPStatus, message: str) -> l
     return _answer(start_response, status, {"error": message})
 
 
+RAW_BODY = "asyncjob.raw_body"
+FORWARDED_BY = "X-Asyncjob-Forwarded-By"
+_PEERS = urllib3.PoolManager(num_pools=16, maxsize=4)  # TLS verified against the system's CAs
+
+
+def _forward(
+    exporter: Exporter, environ: Environ, owner: int, start_response: StartResponse
+) -> list[bytes]:
+    """Send the request, as it came, to the shard that owns its job, and pass its answer back.
+    Basic auth and a webhook token travel with it; a request is forwarded once at most."""
+    if environ.get("HTTP_X_ASYNCJOB_FORWARDED_BY"):
+        return _error(start_response, HTTPStatus.MISDIRECTED_REQUEST,
+                      f"shard {owner} owns this job, yet shard "
+                      f"{environ['HTTP_X_ASYNCJOB_FORWARDED_BY'][:8]} sent it here: do the shards "
+                      "agree on --total-shards?")  # fmt: skip
+    base = exporter.shard.peer(owner)
+    if base is None:
+        return _error(start_response, HTTPStatus.MISDIRECTED_REQUEST,
+                      f"shard {owner} owns this job; send it there (no --shard.peer-url is set "
+                      "to forward it)")  # fmt: skip
+    query = environ.get("QUERY_STRING")
+    url = f"{base}{environ.get('PATH_INFO') or ''}" + (f"?{query}" if query else "")
+    passed = {"Content-Type": environ.get("CONTENT_TYPE"),
+              "Authorization": environ.get("HTTP_AUTHORIZATION"),
+              "X-Webhook-Token": environ.get("HTTP_X_WEBHOOK_TOKEN")}  # fmt: skip
+    headers = {name: value for name, value in passed.items() if value}
+    headers[FORWARDED_BY] = str(exporter.shard.index)
+    try:
+        answer = _PEERS.request(
+            environ.get("REQUEST_METHOD", "GET"), url, body=environ.get(RAW_BODY) or None,
+            headers=headers, timeout=urllib3.Timeout(10.0), retries=False, redirect=False,
+        )  # fmt: skip
+    except urllib3.exceptions.HTTPError as exc:
+        return _error(start_response, HTTPStatus.BAD_GATEWAY,
+                      f"shard {owner}, which owns this job, did not answer "
+                      f"({type(exc).__name__})")  # fmt: skip
+    try:
+        phrase = HTTPStatus(answer.status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    kind = answer.headers.get("Content-Type")
+    start_response(f"{answer.status} {phrase}", [("Content-Type", kind)] if kind else [])
+    return [answer.data]
+
+
 class JobsApi:
     """The WSGI side of the jobs API; the exporter does the work."""
 
@@ -139,6 +186,8 @@ class JobsApi:
         registration = _registration(exporter, body)
         if isinstance(registration, str):
             return _error(start_response, HTTPStatus.BAD_REQUEST, registration)
+        if registration.owner is not None:
+            return _forward(exporter, environ, registration.owner, start_response)
         if registration.at_limit:
             return _error(start_response, HTTPStatus.TOO_MANY_REQUESTS,
                           f"{registration.problem}; no more jobs are accepted")  # fmt: skip
@@ -155,6 +204,8 @@ class JobsApi:
                           f"expected {PREFIX}/{{source}}/{{job_id}}")  # fmt: skip
         source, job_id = (unquote(part) for part in parts)
         removed = exporter.unregister(source, job_id)
+        if isinstance(removed, int):
+            return _forward(exporter, environ, removed, start_response)
         if removed is None:
             return _error(start_response, HTTPStatus.NOT_FOUND,
                           f"no job {job_id!r} is tracked for source {source!r}")  # fmt: skip
@@ -225,13 +276,21 @@ class WebhooksApi:
             return _error(start_response, *body)
         slug, source = (unquote(part) for part in parts)
         result = self._exporter.webhook(slug, source, token, payload)
-        if result is None:
-            return _error(start_response, HTTPStatus.NOT_FOUND,
-                          f"no source {source!r} takes {slug} webhooks")  # fmt: skip
-        status = _WEBHOOK_ANSWERS[result]
-        if status is HTTPStatus.OK:
-            return _answer(start_response, status, {"result": result})
-        return _error(start_response, status, f"webhook {result}")
+        if isinstance(result, int):
+            return _forward(self._exporter, environ, result, start_response)
+        return _webhook_answer(start_response, slug, source, result)
+
+
+def _webhook_answer(
+    start_response: StartResponse, slug: str, source: str, result: str | None
+) -> list[bytes]:
+    if result is None:
+        return _error(start_response, HTTPStatus.NOT_FOUND,
+                      f"no source {source!r} takes {slug} webhooks")  # fmt: skip
+    status = _WEBHOOK_ANSWERS[result]
+    if status is HTTPStatus.OK:
+        return _answer(start_response, status, {"result": result})
+    return _error(start_response, status, f"webhook {result}")
 
 
 class Api:
@@ -265,6 +324,7 @@ def _read_json(environ: Environ) -> dict[str, Any] | tuple[HTTPStatus, str]:
     if length > MAX_BODY:
         return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {MAX_BODY} bytes"
     raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    environ[RAW_BODY] = raw  # kept, to forward the request as it came
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

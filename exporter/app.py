@@ -29,6 +29,7 @@ from exporter.exposition import Exposition
 from exporter.http import TokenBucket
 from exporter.logging import redactor
 from exporter.poller import SourcePoller, utcnow
+from exporter.sharding import Shard
 from exporter.store import CONFIG, SourceJobs, Store
 from exporter.values import format_duration, is_path_safe_id
 
@@ -56,6 +57,7 @@ class Registration:
     created: bool = False
     problem: str | None = None
     at_limit: bool = False
+    owner: int | None = None  # another shard owns the job: the request goes there
 
 
 def _registration_problem(source: SourceBase, job_id: str, project: str | None) -> str | None:
@@ -95,9 +97,11 @@ class Exporter:
         clock: Callable[[], datetime] = utcnow,
         supervise_every: float = 1.0,
         storage: Storage | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config = config
-        self.store = Store(storage, clock)
+        self.shard = shard or Shard()
+        self.store = Store(storage, clock, owns=self.shard.owns)
         self._clock = clock
         self._supervise_every = supervise_every
         self.registry = CollectorRegistry()
@@ -105,6 +109,13 @@ class Exporter:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        Gauge(
+            "asyncjob_shard_info",
+            "This exporter's shard: it keeps and polls the jobs whose hash modulo total_shards "
+            "is shard.",
+            ["shard", "total_shards"],
+            registry=self.registry,
+        ).labels(str(self.shard.index), str(self.shard.total)).set(1)
         self._reload_ok = Gauge(
             "asyncjob_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",
@@ -209,6 +220,8 @@ class Exporter:
             problem = _registration_problem(source, job_id, project)
             if problem is not None:
                 return Registration(problem=problem)
+            if not self.shard.owns(source.name, job_id):
+                return Registration(owner=self.shard.owner(source.name, job_id))
             project = project or _project(source)
             added = self.store.add(source.provider, source.name, job_id, project, origin)
             if added is None:
@@ -227,8 +240,9 @@ class Exporter:
             log.info("job registered", source=source.name, job_id=job_id, origin=origin)
         return Registration(record=record, created=created)
 
-    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | None:
-        """A provider's call-back: the result (see store.WEBHOOK_RESULTS), or None when no
+    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | int | None:
+        """A provider's call-back: the result (see store.WEBHOOK_RESULTS), the shard that owns
+        the job named (an int: the call goes there, and is counted there), or None when no
         source by that name takes this webhook. The payload only names the job: it is polled
         at once for its state, never believed."""
         with self._lock:
@@ -241,6 +255,8 @@ class Exporter:
             result = "unauthorized"
         else:
             job_id = hook.job_id(payload)
+            if job_id is not None and not self.shard.owns(source.name, job_id):
+                return self.shard.owner(source.name, job_id)
             result = "invalid" if job_id is None else self._webhook_job(source, job_id)
         self.store.count_webhook(source.name, result)
         log.info("webhook", source=source.name, result=result)
@@ -273,9 +289,12 @@ class Exporter:
         names = ", ".join(source.name for source, _ in found)
         return f"operation_location matches more than one source ({names}); give source instead"
 
-    def unregister(self, source_name: str, job_id: str) -> JobRecord | str | None:
+    def unregister(self, source_name: str, job_id: str) -> JobRecord | str | int | None:
         """Stop tracking a job that did not come from the config file: its record; a reason
-        when it cannot be removed (it is listed in the config file); None if not tracked."""
+        when it cannot be removed (it is listed in the config file); the shard that owns it
+        (an int); None if not tracked."""
+        if not self.shard.owns(source_name, job_id):
+            return self.shard.owner(source_name, job_id)
         with self._lock:
             record = self.store.get(source_name, job_id)
             if record is None:

@@ -19,6 +19,7 @@ from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
+from exporter.sharding import Shard, ordinal
 from exporter.storage import Storage, StorageError
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
@@ -131,6 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s; --once and --demo keep everything in memory)",
     )
     add(
+        "--total-shards",
+        dest="total_shards",
+        default=1,
+        type=_positive_int,
+        metavar="M",
+        help="split the jobs over M exporters with the same config (default: %(default)s)",
+    )
+    add(
+        "--shard",
+        dest="shard",
+        default="0",
+        metavar="N|auto",
+        help="this exporter's shard, 0..M-1; auto: the ordinal ending the hostname, as a "
+        "StatefulSet's pods are named (default: %(default)s)",
+    )
+    add(
+        "--shard.peer-url",
+        dest="shard_peer_url",
+        default=None,
+        metavar="TEMPLATE",
+        help="the other shards' base URL, with {shard} for the number (e.g. "
+        "http://asyncjob-exporter-{shard}.asyncjob-exporter:9879): the jobs API and webhooks "
+        "forward a job another shard owns there",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -203,6 +229,20 @@ def _noted(_signum: int, _frame: Any) -> None:
     """The Python-level handler does nothing: the signal number is already in the socket."""
 
 
+def shard_of(args: argparse.Namespace) -> Shard:
+    """The Shard the flags name; ValueError says what is wrong with them."""
+    peer = args.shard_peer_url
+    if peer is not None and "{shard}" not in peer:
+        raise ValueError(f"--shard.peer-url {peer!r} has no {{shard}} to put the number in")
+    if args.shard == "auto":
+        index = ordinal(socket.gethostname())
+    elif args.shard.isdigit():
+        index = int(args.shard)
+    else:
+        raise ValueError(f"--shard {args.shard!r} is neither a number nor auto")
+    return Shard(index, args.total_shards, peer)
+
+
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads. Signals are taken from the start, so one
     that arrives while the exporter starts is acted on once it runs, not lost or fatal. What is
@@ -225,7 +265,12 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
                 log.error("cannot open storage", error=str(exc))  # noqa: TRY400 - it says all
                 return 1
             opened.callback(storage.close)
-        exporter = Exporter(config, storage=storage)
+        try:
+            shard = shard_of(args)
+        except ValueError as exc:
+            log.error("bad sharding flags", error=str(exc))  # noqa: TRY400 - it says all
+            return 1
+        exporter = Exporter(config, storage=storage, shard=shard)
         opened.callback(exporter.stop)
         reload = None if args.demo else partial(exporter.reload, args.config_file)
         app = make_app(

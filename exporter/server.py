@@ -234,8 +234,13 @@ class SharedRender:
         return content_type, parts
 
 
+PROBES = frozenset({"/-/healthy", "/-/ready"})  # answered without basic auth
+
+
 class ExporterApp:
-    """The routes, behind basic auth (but for /-/healthy) and with the configured headers."""
+    """The routes, behind basic auth (but for the probes, /-/healthy and /-/ready, which a
+    kubelet calls without credentials and which say nothing but up or not) and with the
+    configured headers."""
 
     def __init__(
         self,
@@ -270,7 +275,7 @@ class ExporterApp:
             return start_response(status, headers + self._headers, *exc_info)
 
         path = environ.get("PATH_INFO") or "/"
-        if self._auth and path != "/-/healthy" and not Api.open_path(path):
+        if self._auth and path not in PROBES and not Api.open_path(path):
             verdict = self._auth.check(environ.get("HTTP_AUTHORIZATION"))
             if verdict is Verdict.BUSY:
                 respond("429 Too Many Requests", [

@@ -215,8 +215,12 @@ class Store:
     config tracks resume from what was stored before a restart."""
 
     def __init__(
-        self, storage: Storage | None = None, clock: Callable[[], datetime] = _utcnow
+        self,
+        storage: Storage | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        owns: Callable[[str, str], bool] = lambda _source, _job_id: True,
     ) -> None:
+        self._owns = owns  # which jobs are this exporter's (sharding.Shard.owns); the one test
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], JobRecord] = {}
         self._counters: dict[str, _Counters] = {}
@@ -258,8 +262,9 @@ class Store:
             counters: dict[str, _Counters] = {}
             for spec in specs:
                 counters[spec.source] = self._counters_for(spec)
-                listed = spec.job_ids[: spec.max_jobs]
-                counters[spec.source].rejected += len(spec.job_ids) - len(listed)
+                own = [job_id for job_id in spec.job_ids if self._owns(spec.source, job_id)]
+                listed = own[: spec.max_jobs]
+                counters[spec.source].rejected += len(own) - len(listed)
                 for job_id in listed:
                     old = self._jobs.get((spec.source, job_id))
                     if old is not None and old.provider == spec.provider:
@@ -271,8 +276,8 @@ class Store:
                 room = spec.max_jobs - len(listed)
                 for record in others:
                     key = (record.source, record.job_id)
-                    mine = (record.source, record.provider) == (spec.source, spec.provider)
-                    if mine and room > 0 and key not in jobs:
+                    ours = (record.source, record.provider) == (spec.source, spec.provider)
+                    if ours and room > 0 and key not in jobs and self._owns(*key):
                         jobs[key] = record
                         room -= 1
             gone = [key for key in (*self._jobs, *self._restored) if key not in jobs]
@@ -443,7 +448,8 @@ class Store:
         room = spec.max_jobs - sum(1 for key in self._jobs if key[0] == spec.source)
         added = []
         for job_id, project, _ in outcome.listed:
-            if (spec.source, job_id) in self._jobs or job_id in retired:
+            key = (spec.source, job_id)
+            if key in self._jobs or job_id in retired or not self._owns(*key):
                 continue
             if room <= 0:
                 counters.rejected += 1

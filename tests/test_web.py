@@ -146,7 +146,10 @@ def test_basic_auth(serve_with: Callable[..., str]) -> None:
     )
     base = f"http://{address}"
     assert requests.get(f"{base}/-/healthy", timeout=5).status_code == 200
-    for path in ("/metrics", "/", "/-/ready", "/-/reload"):
+    # Readiness is for the kubelet, which probes without credentials: it says only ready or not.
+    ready = requests.get(f"{base}/-/ready", timeout=5)  # (polling is not started here)
+    assert (ready.status_code, ready.text) == (503, "Service Unavailable: not started\n")
+    for path in ("/metrics", "/", "/-/reload"):
         missing = requests.get(f"{base}{path}", timeout=5)
         assert missing.status_code == 401, path
         assert missing.headers["WWW-Authenticate"] == 'Basic realm="asyncjob-exporter"'

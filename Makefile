@@ -28,8 +28,8 @@ demo: $(STAMP)
 	$(BIN)/asyncjob-exporter --demo --web.listen-address=:$(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests benchmarks grafana
-	$(BIN)/ruff format --check exporter tests benchmarks grafana
+	$(BIN)/ruff check exporter tests benchmarks grafana deploy
+	$(BIN)/ruff format --check exporter tests benchmarks grafana deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -48,15 +48,22 @@ def test_dockerfile_shape() -> None:
 
 
 def test_compose_mounts_exist() -> None:
-    services = compose()["services"]
+    """Bind mounts name files of the repository; named volumes are declared (the store's)."""
+    stack = compose()
+    services = stack["services"]
     assert set(services) == {"asyncjob-exporter", "prometheus", "alertmanager", "grafana"}
     mounts = 0
     for name, service in services.items():
         for volume in service.get("volumes", []):
             host = volume.split(":")[0]
+            if not host.startswith("."):
+                assert host in stack["volumes"], f"{name} mounts undeclared volume {host}"
+                continue
             assert (REPO / host).exists(), f"{name} mounts {host}, which does not exist"
             mounts += 1
     assert mounts >= 5
+    store = services["asyncjob-exporter"]["volumes"]
+    assert "asyncjob-data:/var/lib/asyncjob-exporter" in store
 
 
 def test_compose_wiring_agrees_with_the_configs() -> None:

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import bcrypt
 import pytest
+import requests
+from conftest import demo_raw_config
+from test_e2e_sharding import consecutive_ports
 
+from exporter.api import Api
+from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.model import JobSnapshot, ListOutcome, State
+from exporter.server import HttpServer, make_app
 from exporter.sharding import Shard, ordinal, stable_hash
-from exporter.simulator import demo_config
+from exporter.simulator import ManualClock, Simulator, demo_config
 from exporter.store import SourceJobs, Store
+from exporter.webconfig import WebConfig, WebConfigFile
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -73,3 +81,52 @@ def demo_raw_config_for_ids(job_ids: list[str]) -> dict[str, object]:
     raw = demo_config("http://127.0.0.1:1")
     raw["sources"][3]["job_ids"] = job_ids
     return raw
+
+
+def test_forwarding_carries_basic_auth_and_the_webhook_token() -> None:
+    """Two shards behind basic auth, in this process, on loopback: a registration sent to the
+    wrong shard reaches its owner with the caller's credentials (and without them is refused
+    where it arrived); a webhook call is forwarded with its token and counted by the owner."""
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web = WebConfig(WebConfigFile(basic_auth_users={"prometheus": hashed}))
+    base = consecutive_ports(2)
+    with Simulator(clock=ManualClock(60.0)) as sim:
+        raw = demo_raw_config(sim)
+        raw["sources"][4]["webhook_token"] = "hook-token-0123"
+        servers, exporters = [], []
+        try:
+            for index in range(2):
+                shard = Shard(index, 2, f"http://127.0.0.1:{base // 10}{{shard}}")
+                exporter = Exporter(parse_config(raw, env={}), shard=shard)
+                app = make_app(exporter.exposition, "/metrics", exporter.not_ready,
+                               exporter.store.jobs, web=web, api=Api(exporter, jobs=True))  # fmt: skip
+                server = HttpServer(app, f"127.0.0.1:{base + index}")
+                server.start()
+                servers.append(server)
+                exporters.append(exporter)
+            job_id = next(
+                f"x-{n}" for n in range(100) if Shard(0, 2).owner("language-analyze", f"x-{n}") == 1
+            )
+            url = f"http://127.0.0.1:{base}/api/v1/jobs"
+            body = {"source": "language-analyze", "job_id": job_id}
+            assert requests.post(url, json=body, timeout=10).status_code == 401
+            answer = requests.post(url, json=body, auth=("prometheus", "pw"), timeout=10)
+            assert (answer.status_code, answer.json()["job_id"]) == (201, job_id)
+            assert exporters[1].store.get("language-analyze", job_id) is not None
+            assert exporters[0].store.get("language-analyze", job_id) is None
+            model = next(
+                f"m-{n}" for n in range(100) if Shard(0, 2).owner("stable-diffusion", f"m-{n}") == 1
+            )
+            hook = f"http://127.0.0.1:{base}/api/v1/webhooks/stable-diffusion/stable-diffusion"
+            called = requests.post(hook, json={"model_id": model}, timeout=10,
+                                   headers={"X-Webhook-Token": "hook-token-0123"})  # fmt: skip
+            assert (called.status_code, called.json()) == (200, {"result": "registered"})
+            assert exporters[1].store.get("stable-diffusion", model) is not None
+            wrong = requests.post(hook, json={"model_id": model}, timeout=10,
+                                  headers={"X-Webhook-Token": "nope"})  # fmt: skip
+            assert wrong.status_code == 401  # refused where it arrived: never forwarded
+        finally:
+            for server in servers:
+                server.stop()
+            for exporter in exporters:
+                exporter.stop()

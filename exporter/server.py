@@ -152,8 +152,11 @@ class _Server(WSGIServer):
     def server_close(self) -> None:
         super().server_close()
         # In-flight requests finish (a scrape completes); CONNECTION_TIMEOUT and the header
-        # deadline bound how long that can take.
-        self.pool.shutdown(wait=True)
+        # deadline bound how long that can take. A bind that failed closes before limit()
+        # made the pool: then there is nothing to wait for, and the OSError says why.
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         self.watchdog.arm(request, self.header_timeout)  # disarmed once the headers are read

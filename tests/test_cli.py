@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, Metrics, demo_raw_config, free_port, wait_until
 
 from exporter.cli import build_parser, main
-from exporter.simulator import ManualClock, Simulator
+from exporter.simulator import ManualClock, Simulator, demo_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -255,3 +255,22 @@ def test_make_clean_removes_what_the_build_leaves(tmp_path: Path) -> None:
     subprocess.run(["make", "-C", str(tmp_path), "clean"], check=True, capture_output=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "exporter"]
     assert [p.name for p in (tmp_path / "exporter").iterdir()] == ["cli.py"]
+
+
+def test_a_port_in_use_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    """Found when two test runs raced for a port: a failed bind used to end in an
+    AttributeError from closing a server that never got its worker pool."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(demo_config("http://127.0.0.1:1")))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={tmp_path}/data"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot listen" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from exporter.sharding import Shard
 from exporter.simulator import DEMO_KEY, ManualClock, SimJob, Simulator
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.e2e
@@ -119,24 +119,86 @@ def dashboard_queries() -> list[str]:
     return found
 
 
+def listening(
+    start: Callable[[int], list[subprocess.Popen[bytes]]], choose: Callable[[], int]
+) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    """Start exporters on ports from `choose` and wait until each answers /-/ready. A port
+    picked as free can be taken by another process before ours binds it (the exporter then
+    exits with "cannot listen"): then the ports are chosen again, up to three times."""
+    for _ in range(3):
+        base = choose()
+        started = start(base)
+        ports = [base + i for i in range(len(started))]
+
+        def ready(ports: list[int] = ports, started: list[Any] = started) -> bool | None:
+            if any(process.poll() is not None for process in started):
+                return None  # one could not listen
+            try:
+                return all(requests.get(f"http://127.0.0.1:{p}/-/ready", timeout=2).ok
+                           for p in ports)  # fmt: skip
+            except requests.ConnectionError:
+                return False
+
+        deadline = time.monotonic() + 30
+        while (state := ready()) is False and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if state:
+            return base, started
+        for process in started:
+            process.kill()
+            process.wait(10)
+    pytest.fail("the exporters could not listen on three tries")
+
+
+def start_shards(path: Path, tmp_path: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    def start(base: int) -> list[subprocess.Popen[bytes]]:
+        peer = f"http://127.0.0.1:{base // 10}{{shard}}"
+        return [
+            exporter(path, base + i, f"--total-shards={SHARDS}", f"--shard={i}",
+                     f"--shard.peer-url={peer}", f"--storage.path={tmp_path}/data-{i}")
+            for i in range(SHARDS)
+        ]  # fmt: skip
+
+    base, shards = listening(start, lambda: consecutive_ports(SHARDS))
+    return shards, base
+
+
 @pytest.fixture
 def running(tmp_path: Path, processes: Processes) -> Iterator[dict[str, Any]]:
     sim = Simulator(jobs=jobs(), clock=ManualClock(60.0)).start()
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config(sim)))
-    base = consecutive_ports(SHARDS)
-    peer = f"http://127.0.0.1:{base // 10}{{shard}}"
-    shards = [
-        exporter(path, base + i, f"--total-shards={SHARDS}", f"--shard={i}",
-                 f"--shard.peer-url={peer}", f"--storage.path={tmp_path}/data-{i}")
-        for i in range(SHARDS)
-    ]  # fmt: skip
-    single_port = free_port()
-    single = exporter(path, single_port, f"--storage.path={tmp_path}/data-single")
+    started: list[subprocess.Popen[bytes]] = []  # every exporter, stopped whatever happens
+    try:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config(sim)))
+        shards, base = start_shards(path, tmp_path)
+        started += shards
+        single_port, single = listening(
+            lambda port: [exporter(path, port, f"--storage.path={tmp_path}/data-single")],
+            free_port,
+        )
+        started += single
+        url = start_prometheus(processes, tmp_path, base, single_port)
+        yield {"prometheus": url, "shards": shards, "ports": [base + i for i in range(SHARDS)],
+               "sim": sim}  # fmt: skip
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        sim.stop()
+
+
+def start_prometheus(processes: Processes, tmp_path: Path, base: int, single_port: int) -> str:
+    """Prometheus scraping the shards (job asyncjob) and the single exporter, with the rules."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES.read_text().replace(
         'expr: up{job="asyncjob"} == 0\n        for: 2m', 'expr: up{job="asyncjob"} == 0\n        for: 0s'
     ))  # fmt: skip
+    assert 'up{job="asyncjob"} == 0\n        for: 0s' in rules.read_text()  # the rule as shipped
     targets = [f"127.0.0.1:{base + i}" for i in range(SHARDS)]
     prometheus_config = tmp_path / "prometheus.yml"
     prometheus_config.write_text(yaml.safe_dump({
@@ -153,22 +215,8 @@ def running(tmp_path: Path, processes: Processes) -> Iterator[dict[str, Any]]:
                     f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{port}")  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}/-/ready", "Prometheus to be ready")
-        for each in (*[base + i for i in range(SHARDS)], single_port):
-            wait_ready(f"http://127.0.0.1:{each}/-/ready", f"the exporter on port {each}")
-        yield {"prometheus": url, "shards": shards, "ports": [base + i for i in range(SHARDS)],
-               "sim": sim}  # fmt: skip
-    finally:
-        for process in (*shards, single):
-            process.terminate()
-        for process in (*shards, single):
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        sim.stop()
+    wait_ready(f"{url}/-/ready", "Prometheus to be ready")
+    return url
 
 
 def test_shards_split_the_jobs_and_the_dashboards_add_up(running: dict[str, Any]) -> None:

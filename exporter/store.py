@@ -233,6 +233,7 @@ class Store:
         self._tallies = storage.load_tallies() if storage is not None else {}
         self._specs: dict[str, SourceJobs] = {}
         self._generation = 0  # moves on with every change to a record: renders key on it
+        self._tracked: dict[str, int] = {}  # jobs per source, kept with _jobs (no scans)
         # Jobs of discovery sources that were let go, and when: a listing must not bring back
         # a job that finished and was retired (it would be polled and counted again).
         self._retired = storage.load_retired() if storage is not None else {}
@@ -284,6 +285,9 @@ class Store:
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
             self._jobs, self._counters = jobs, counters
             self._generation += 1
+            self._tracked = {}
+            for source, _ in jobs:
+                self._tracked[source] = self._tracked.get(source, 0) + 1
             self._limits = {spec.source: spec.max_jobs for spec in specs}
             self._retention = {spec.source: spec.retention for spec in specs}
             self._specs = {spec.source: spec for spec in specs}
@@ -332,13 +336,14 @@ class Store:
             if old is not None:
                 return old, False
             counters = self._counters[source]
-            if sum(1 for key in self._jobs if key[0] == source) >= self._limits[source]:
+            if self._tracked.get(source, 0) >= self._limits[source]:
                 counters.rejected += 1
                 return None
             record = self._jobs[source, job_id] = self._new_record(
                 provider, source, job_id, project, origin
             )
             self._generation += 1
+            self._tracked[source] = self._tracked.get(source, 0) + 1
             if self._retired.get(source, {}).pop(job_id, None) and self._storage is not None:
                 self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
@@ -445,7 +450,7 @@ class Store:
     ) -> list[JobRecord]:
         """Track the listed jobs new to the store; the caller holds the lock."""
         retired = self._retired.get(spec.source, {})
-        room = spec.max_jobs - sum(1 for key in self._jobs if key[0] == spec.source)
+        room = spec.max_jobs - self._tracked.get(spec.source, 0)
         added = []
         for job_id, project, _ in outcome.listed:
             key = (spec.source, job_id)
@@ -457,6 +462,7 @@ class Store:
             record = self._new_record(spec.provider, spec.source, job_id, project, DISCOVERY)
             self._jobs[spec.source, job_id] = record
             self._generation += 1
+            self._tracked[spec.source] = self._tracked.get(spec.source, 0) + 1
             added.append(record)
             room -= 1
             counters.discovered = (counters.discovered or 0) + 1
@@ -478,6 +484,7 @@ class Store:
         record = self._jobs.pop(key, None)
         self._generation += 1
         if record is not None:
+            self._tracked[key[0]] -= 1
             self._counters[key[0]].dropped[reason] += 1
             spec = self._specs.get(key[0])
             if spec is not None and spec.discovery and record.origin != CONFIG:
@@ -532,9 +539,7 @@ class Store:
 
     def source_stats(self) -> tuple[SourceStats, ...]:
         with self._lock:
-            tracked: dict[str, int] = {}
-            for source, _ in self._jobs:
-                tracked[source] = tracked.get(source, 0) + 1
+            tracked = self._tracked
             return tuple(
                 SourceStats(
                     provider=c.provider,

@@ -178,3 +178,25 @@ def test_a_listing_respects_max_jobs_and_counts_the_refused() -> None:
     assert sample(store, "asyncjob_jobs_rejected_total", reason="limit") == 3
     assert sample(store, "asyncjob_jobs_discovered_total") == 2
     assert sample(store, "asyncjob_requests_total") == 1  # the listing, counted once
+
+
+def test_tracked_counts_follow_every_route_in_and_out() -> None:
+    """asyncjob_tracked_jobs is kept as jobs come and go (no scan): after adds, a listing,
+    a removal, expiry, retention and a reload, it equals the jobs actually tracked."""
+    now = [T0]
+    store = discovering_store(None, now)
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.1})
+    for job_id in ("a1", "a2", "a3"):
+        store.add("azure_document_translation", SOURCE, job_id, None, "api")
+    store.apply_listing(listing(T0, ("l1", running), ("l2", snapshot(State.SUCCEEDED, 5, T0))))
+    store.remove(SOURCE, "a1")
+    for _ in range(3):
+        poll(store, "a2", T0, error=ErrorReason.NOT_FOUND)  # expires
+    now[0] = T0 + timedelta(hours=2)
+    store.sweep(now[0])  # l2's retention (an hour) has ended
+    expected = {"a3", "l1"}
+    assert {r.job_id for r in store.jobs_of(SOURCE)} == expected
+    assert sample(store, "asyncjob_tracked_jobs") == len(expected)
+    store.configure([SourceJobs("azure_document_translation", SOURCE, ("listed",), None, 100,
+                                retention=(HOUR, HOUR), discovery=True)])  # fmt: skip
+    assert sample(store, "asyncjob_tracked_jobs") == len(store.jobs_of(SOURCE)) == 3

@@ -245,34 +245,39 @@ def empty_rss() -> int:
         return process.status("VmRSS")
 
 
+def running_batches(n: int) -> tuple[SimJob, ...]:
+    return tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
+                 for i in range(n))  # fmt: skip
+
+
+def per_job(sim: Simulator, jobs: Sequence[SimJob], **overrides: Any) -> dict[str, Any]:
+    """The config of one Translator source that lists `jobs` (no discovery): polled alone."""
+    raw = config(sim, **overrides)
+    translator = {k: v for k, v in raw["sources"][0].items() if k != "discovery"}
+    raw["sources"] = [{**translator, "job_ids": [job.job_id for job in jobs]}]
+    return raw
+
+
 def cpu_per_poll(n: int = 2000, seconds: float = 10.0) -> tuple[float, int]:
     """The exporter's CPU seconds per upstream poll, polling n running batches alone every
     second (no scrapes meanwhile)."""
-    running = tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
-                    for i in range(n))  # fmt: skip
-    with Simulator(jobs=running, clock=ManualClock(60.0)) as sim:
-        raw = config(sim, poll_interval="1s")
-        raw["sources"] = [{**raw["sources"][0], "discovery": None,
-                           "job_ids": [job.job_id for job in running]}]  # fmt: skip
-        del raw["sources"][0]["discovery"]
-        with exporter(raw) as process:
-            until(lambda: len(sim.requests) >= n, what="the first cycle")
-            time.sleep(2.0)
-            cpu, polls = process.cpu(), len(sim.requests)
-            time.sleep(seconds)
-            cpu, polls = process.cpu() - cpu, len(sim.requests) - polls
+    running = running_batches(n)
+    sim = Simulator(jobs=running, clock=ManualClock(60.0))
+    with sim, exporter(per_job(sim, running, poll_interval="1s")) as process:
+        until(lambda: len(sim.requests) >= n, what="the first cycle")
+        time.sleep(2.0)
+        cpu, polls = process.cpu(), len(sim.requests)
+        time.sleep(seconds)
+        cpu, polls = process.cpu() - cpu, len(sim.requests) - polls
     return cpu / max(polls, 1), polls
 
 
 def first_cycle(n: int) -> tuple[float, float]:
     """(seconds, ideal seconds) of `--once` over n running batches, upstream at LATENCY each."""
-    running = tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
-                    for i in range(n))  # fmt: skip
+    running = running_batches(n)
     with Simulator(jobs=running, clock=ManualClock(60.0)) as sim:
         sim.set_fault("*", Fault(delay=LATENCY))
-        raw = config(sim, timeout="30s")
-        raw["sources"] = [{**{k: v for k, v in raw["sources"][0].items() if k != "discovery"},
-                           "job_ids": [job.job_id for job in running]}]  # fmt: skip
+        raw = per_job(sim, running, timeout="30s")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(raw))

@@ -181,8 +181,8 @@ class _Rendered:
 
 
 class Exposition:
-    """Renders /metrics: pre-rendered job families, then `registry` fresh. Not thread-safe for
-    concurrent renders of the same instance: SharedRender serialises them."""
+    """Renders /metrics: pre-rendered job families, then `registry` fresh. One render at a time
+    (its lock guards the caches); SharedRender lets concurrent scrapes share a render."""
 
     def __init__(
         self,

@@ -433,7 +433,7 @@ class Store:
                         self._generation += 1
                         if self._storage is not None:
                             self._storage.save((failing,))
-                return ListingApplied(unfinished=self._unfinished(source))
+                return ListingApplied()  # nothing for the scheduler to take from it
             added = self._discover(outcome, spec, counters)
             for job_id, _, snapshot in outcome.listed:
                 record = self._jobs.get((source, job_id))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from conftest import Harness, demo_raw_config, wait_until
 
 from exporter.app import Exporter
@@ -93,8 +94,6 @@ def test_translator_listing_follows_every_page_in_both_link_spellings(
 def test_the_simulator_writes_each_link_spelling() -> None:
     """What the test above relies on, seen on the wire: the body's own link key."""
     with Simulator(jobs=batches(3), max_page_size=2) as sim:
-        import requests  # noqa: PLC0415
-
         headers = {"Ocp-Apim-Subscription-Key": DEMO_KEY}
         new = requests.get(f"{sim.url}/translator/document/batches", headers=headers, timeout=5)
         old = requests.get(f"{sim.url}/translator/text/batch/v1.1/batches", headers=headers,

@@ -30,45 +30,44 @@ _STRING = {"type": "string"}
 _LABELS = {"type": "object", "additionalProperties": _STRING}
 _METADATA = {"type": "object", "required": ["name"], "properties": {
     "name": _STRING, "namespace": _STRING, "labels": _LABELS}, "additionalProperties": False}  # fmt: skip
+_DURATION = {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"}
+
+
+def _operator_kind(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A monitoring.coreos.com/v1 object of `kind` whose spec is `spec`."""
+    return {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {"apiVersion": {"const": "monitoring.coreos.com/v1"},
+                       "kind": {"const": kind}, "metadata": _METADATA, "spec": spec},
+    }  # fmt: skip
+
+
 OPERATOR_SCHEMAS: dict[str, dict[str, Any]] = {
-    "ServiceMonitor": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-        "additionalProperties": False,
+    "ServiceMonitor": _operator_kind("ServiceMonitor", {
+        "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
         "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
-            "metadata": _METADATA,
-            "spec": {"type": "object", "required": ["selector", "endpoints"],
-                     "additionalProperties": False, "properties": {
-                "jobLabel": _STRING,
-                "selector": {"type": "object", "additionalProperties": False,
-                             "properties": {"matchLabels": _LABELS}},
-                "endpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False, "properties": {
-                        "port": _STRING, "path": _STRING, "scheme": {"enum": ["http", "https"]},
-                        "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                        "scrapeTimeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                    }}},
-            }},
+            "jobLabel": _STRING,
+            "selector": {"type": "object", "additionalProperties": False,
+                         "properties": {"matchLabels": _LABELS}},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "port": _STRING, "path": _STRING, "scheme": {"enum": ["http", "https"]},
+                    "interval": _DURATION, "scrapeTimeout": _DURATION}}},
         },
-    },
-    "PrometheusRule": {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
-        "additionalProperties": False,
-        "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
-            "metadata": _METADATA,
-            "spec": {"type": "object", "required": ["groups"], "additionalProperties": False,
-                     "properties": {"groups": {"type": "array", "items": {
-                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
-                "properties": {"name": _STRING, "interval": _STRING, "rules": {
-                    "type": "array", "items": {
-                        "type": "object", "required": ["expr"], "additionalProperties": False,
-                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                        "properties": {"alert": _STRING, "record": _STRING, "expr": _STRING,
-                                       "for": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                                       "labels": _LABELS, "annotations": _LABELS}}}}}}}},
-        },
-    },
+    }),
+    "PrometheusRule": _operator_kind("PrometheusRule", {
+        "type": "object", "required": ["groups"], "additionalProperties": False,
+        "properties": {"groups": {"type": "array", "items": {
+            "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+            "properties": {"name": _STRING, "interval": _DURATION, "rules": {
+                "type": "array", "items": {
+                    "type": "object", "required": ["expr"], "additionalProperties": False,
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                    "properties": {"alert": _STRING, "record": _STRING, "expr": _STRING,
+                                   "for": _DURATION, "labels": _LABELS,
+                                   "annotations": _LABELS}}}}}}},
+    }),
 }  # fmt: skip
 
 

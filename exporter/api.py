@@ -87,6 +87,7 @@ def _error(start_response: StartResponse, status: HTTPStatus, message: str) -> l
 
 
 RAW_BODY = "asyncjob.raw_body"
+RAW_URI = "RAW_URI"  # the path and query as sent, percent-encoding kept (as gunicorn names it)
 FORWARDED_BY = "X-Asyncjob-Forwarded-By"
 _PEERS = urllib3.PoolManager(num_pools=16, maxsize=4)  # TLS verified against the system's CAs
 
@@ -106,8 +107,9 @@ def _forward(
         return _error(start_response, HTTPStatus.MISDIRECTED_REQUEST,
                       f"shard {owner} owns this job; send it there (no --shard.peer-url is set "
                       "to forward it)")  # fmt: skip
-    query = environ.get("QUERY_STRING")
-    url = f"{base}{environ.get('PATH_INFO') or ''}" + (f"?{query}" if query else "")
+    # The path as it came, still percent-encoded: decoding it would send the peer another path
+    # (a job ID's %23 or %3F would become a fragment or a query).
+    url = f"{base}{environ[RAW_URI]}"
     passed = {"Content-Type": environ.get("CONTENT_TYPE"),
               "Authorization": environ.get("HTTP_AUTHORIZATION"),
               "X-Webhook-Token": environ.get("HTTP_X_WEBHOOK_TOKEN")}  # fmt: skip
@@ -137,23 +139,26 @@ class JobsApi:
     def __init__(self, exporter: Exporter | None) -> None:
         self._exporter = exporter  # None: the API is disabled
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def refuse(self) -> tuple[HTTPStatus, str] | None:
         if self._exporter is None:
-            return _error(start_response, HTTPStatus.FORBIDDEN,
-                          "the jobs API is not enabled (--web.enable-jobs-api)")  # fmt: skip
+            return HTTPStatus.FORBIDDEN, "the jobs API is not enabled (--web.enable-jobs-api)"
+        return None
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        refused = self.refuse()
+        if refused is not None:
+            return _error(start_response, *refused)
         path = environ.get("PATH_INFO") or ""
         method = environ.get("REQUEST_METHOD", "GET")
         routes: dict[tuple[bool, str], Callable[..., list[bytes]]] = {
             (False, "GET"): self._list,
+            (False, "HEAD"): self._list,
             (False, "POST"): self._register,
             (True, "DELETE"): self._delete,
         }
-        one_job = path != PREFIX
-        handler = routes.get((one_job, method))
-        if handler is None:
-            allowed = ", ".join(m for (one, m) in routes if one == one_job)
-            return _error(start_response, HTTPStatus.METHOD_NOT_ALLOWED,
-                          f"{method} is not allowed here; use {allowed}")  # fmt: skip
+        handler = routes.get((path != PREFIX, method))
+        if handler is None:  # the server's guard refuses these before they come here
+            return _error(start_response, HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed")
         return handler(self._exporter, environ, start_response)
 
     @staticmethod
@@ -246,10 +251,22 @@ WEBHOOKS = "/api/v1/webhooks"
 _WEBHOOK_ANSWERS = {
     "registered": HTTPStatus.OK,
     "known": HTTPStatus.OK,
-    "unauthorized": HTTPStatus.UNAUTHORIZED,
     "invalid": HTTPStatus.BAD_REQUEST,
     "refused": HTTPStatus.TOO_MANY_REQUESTS,
 }
+# One answer for an unknown source, a source without webhooks and a wrong token, so that
+# source names cannot be probed without a token.
+WEBHOOK_REFUSED = (HTTPStatus.UNAUTHORIZED, "no such webhook, or a wrong token")
+
+
+def _webhook_parts(environ: Environ) -> tuple[str, str, str] | None:
+    """(slug, source, token) of a webhook call, or None when the path is not one."""
+    parts = (environ.get("PATH_INFO") or "")[len(WEBHOOKS) + 1 :].split("/")
+    if len(parts) != 2:
+        return None
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    token = environ.get("HTTP_X_WEBHOOK_TOKEN") or (query.get("token") or [""])[0]
+    return parts[0], parts[1], token
 
 
 class WebhooksApi:
@@ -262,31 +279,32 @@ class WebhooksApi:
     def __init__(self, exporter: Exporter | None) -> None:
         self._exporter = exporter
 
+    def refuse(self, environ: Environ) -> tuple[HTTPStatus, str] | None:
+        """Why a call is refused from its head alone (before its body is read), or None."""
+        parts = _webhook_parts(environ)
+        if self._exporter is None or parts is None:
+            return WEBHOOK_REFUSED
+        slug, source, token = parts
+        return None if self._exporter.admits_webhook(slug, source, token) else WEBHOOK_REFUSED
+
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        parts = (environ.get("PATH_INFO") or "")[len(WEBHOOKS) + 1 :].split("/")
-        if self._exporter is None or len(parts) != 2:
-            return _error(start_response, HTTPStatus.NOT_FOUND, "no such webhook")
-        if environ.get("REQUEST_METHOD") != "POST":
-            return _error(start_response, HTTPStatus.METHOD_NOT_ALLOWED, "use POST")
-        query = parse_qs(environ.get("QUERY_STRING", ""))
-        token = environ.get("HTTP_X_WEBHOOK_TOKEN") or (query.get("token") or [""])[0]
+        parts = _webhook_parts(environ)
+        if self._exporter is None or parts is None:
+            return _error(start_response, *WEBHOOK_REFUSED)
         body = _read_json(environ)
         payload = None if isinstance(body, tuple) else body
         if isinstance(body, tuple) and body[0] is HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             return _error(start_response, *body)
-        slug, source = (unquote(part) for part in parts)
+        slug, source, token = parts
         result = self._exporter.webhook(slug, source, token, payload)
         if isinstance(result, int):
             return _forward(self._exporter, environ, result, start_response)
-        return _webhook_answer(start_response, slug, source, result)
+        return _webhook_answer(start_response, result)
 
 
-def _webhook_answer(
-    start_response: StartResponse, slug: str, source: str, result: str | None
-) -> list[bytes]:
-    if result is None:
-        return _error(start_response, HTTPStatus.NOT_FOUND,
-                      f"no source {source!r} takes {slug} webhooks")  # fmt: skip
+def _webhook_answer(start_response: StartResponse, result: str) -> list[bytes]:
+    if result == "unauthorized":
+        return _error(start_response, *WEBHOOK_REFUSED)
     status = _WEBHOOK_ANSWERS[result]
     if status is HTTPStatus.OK:
         return _answer(start_response, status, {"result": result})
@@ -308,6 +326,21 @@ class Api:
     def open_path(path: str) -> bool:
         """Paths that authenticate on their own (a webhook's token), not with basic auth."""
         return path.startswith(f"{WEBHOOKS}/")
+
+    @classmethod
+    def methods(cls, path: str) -> tuple[str, ...]:
+        """The methods a path under /api/v1 takes; () for any other path."""
+        if path == PREFIX:
+            return ("GET", "HEAD", "POST")
+        if cls.open_path(path):
+            return ("POST",)
+        return ("DELETE",) if cls.serves(path) else ()
+
+    def refuse(self, environ: Environ) -> tuple[HTTPStatus, str] | None:
+        """Why a request is refused from its head alone, before its body is read; or None."""
+        if self.open_path(environ.get("PATH_INFO") or ""):
+            return self._webhooks.refuse(environ)
+        return self._jobs.refuse()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self.open_path(environ.get("PATH_INFO") or ""):

@@ -104,7 +104,9 @@ class Exporter:
         self.store = Store(storage, clock, owns=self.shard.owns)
         self._clock = clock
         self._supervise_every = supervise_every
-        self.registry = CollectorRegistry()
+        # auto_describe: ?name[]= finds the process_ and python_ families too (client_python
+        # indexes a collector without describe() by its collect() only when asked to).
+        self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SourceCollector(self.store))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -240,24 +242,35 @@ class Exporter:
             log.info("job registered", source=source.name, job_id=job_id, origin=origin)
         return Registration(record=record, created=created)
 
-    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | int | None:
-        """A provider's call-back: the result (see store.WEBHOOK_RESULTS), the shard that owns
-        the job named (an int: the call goes there, and is counted there), or None when no
-        source by that name takes this webhook. The payload only names the job: it is polled
-        at once for its state, never believed."""
-        with self._lock:
-            source = self._source(source_name)
-            hook = None if source is None else self.config.provider(source).webhook
-            secret = None if source is None else source.webhook_secret()
+    def admits_webhook(self, slug: str, source_name: str, token: str) -> bool:
+        """Whether a webhook call may go on, from its path and token alone (before its body is
+        read). A wrong token for a source that takes this webhook counts as unauthorized."""
+        source = self._source(source_name)  # a read of the running config: no lock
+        hook = None if source is None else self.config.provider(source).webhook
+        secret = None if source is None else source.webhook_secret()
         if source is None or hook is None or hook.slug != slug or secret is None:
-            return None
-        if not hmac.compare_digest(token.encode(), secret.encode()):
-            result = "unauthorized"
-        else:
-            job_id = hook.job_id(payload)
-            if job_id is not None and not self.shard.owns(source.name, job_id):
-                return self.shard.owner(source.name, job_id)
-            result = "invalid" if job_id is None else self._webhook_job(source, job_id)
+            return False
+        if hmac.compare_digest(token.encode(), secret.encode()):
+            return True
+        self.store.count_webhook(source.name, "unauthorized")
+        log.info("webhook", source=source.name, result="unauthorized")
+        return False
+
+    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | int:
+        """A provider's call-back: the result (see store.WEBHOOK_RESULTS), or the shard that
+        owns the job named (an int: the call goes there, and is counted there). An unknown
+        source, one without this webhook and a wrong token all come to "unauthorized". The
+        payload only names the job: it is polled at once for its state, never believed."""
+        if not self.admits_webhook(slug, source_name, token):
+            return "unauthorized"
+        source = self._source(source_name)
+        assert source is not None  # admitted
+        hook = self.config.provider(source).webhook
+        assert hook is not None
+        job_id = hook.job_id(payload)
+        if job_id is not None and not self.shard.owns(source.name, job_id):
+            return self.shard.owner(source.name, job_id)
+        result = "invalid" if job_id is None else self._webhook_job(source, job_id)
         self.store.count_webhook(source.name, result)
         log.info("webhook", source=source.name, result=result)
         return result

@@ -18,9 +18,17 @@ from exporter import logging as exporter_logging
 from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
-from exporter.server import MAX_CONNECTIONS, HttpServer, make_app, parse_listen_address
+from exporter.server import (
+    MAX_CONNECTIONS,
+    READ_TIMEOUT,
+    HttpServer,
+    make_app,
+    parse_listen_address,
+    raise_open_files_limit,
+)
 from exporter.sharding import Shard, ordinal
 from exporter.storage import Storage, StorageError
+from exporter.values import parse_duration
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
@@ -43,6 +51,13 @@ def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
     return int(value)
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen_address(value: str) -> str:
@@ -113,7 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=MAX_CONNECTIONS,
         type=_positive_int,
         metavar="N",
-        help="connections served at once; more wait in the listen backlog (default: %(default)s)",
+        help="connections open at once; at the limit, the one that has waited longest for its "
+        "request makes room, and when all are busy more wait in the listen backlog "
+        "(default: %(default)s)",
+    )
+    add(
+        "--web.read-timeout",
+        dest="read_timeout",
+        default=READ_TIMEOUT,
+        type=_duration,
+        metavar="DURATION",
+        help="a request's head and body must arrive within this, in all, however slowly they "
+        "trickle (default: 10s)",
     )
     add(
         "--web.telemetry-path",
@@ -282,8 +308,11 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
             web=web,
             api=Api(exporter, jobs=args.enable_jobs_api or args.demo),
         )
+        open_files = raise_open_files_limit()
         try:
-            server = HttpServer(app, args.listen_address, web.tls, args.max_connections)
+            server = HttpServer(
+                app, args.listen_address, web.tls, args.max_connections, args.read_timeout
+            )
         except OSError as exc:
             # The OS reason is the whole story (port in use, no permission); no traceback.
             reason = exc.strerror or str(exc)
@@ -293,6 +322,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         opened.callback(server.stop)
         exporter.start()
         _announce(config, args, web, server.port, banner)
+        log.debug("open files limit", limit=open_files)
         if args.demo:
             _demo_arrivals(args, web, server.port)
         while signals.next() != "stop":

@@ -1,37 +1,61 @@
-"""The exporter's own HTTP endpoint: /metrics, the status page at /, /-/healthy and /-/ready.
+"""The exporter's own HTTP endpoint: /metrics, the status page at /, /-/healthy, /-/ready,
+/-/reload and /api/v1/...
 
-A plain WSGI app on a threading server from the standard library. /metrics is one code path:
-client_python's encoders chosen by `Accept` (text or OpenMetrics), gzip by `Accept-Encoding`,
-`?name[]=` (percent-encoded or not) restricting the families, and concurrent scrapes sharing one
-render. The server holds at most `max_connections` connections (beyond that they wait in the
-listen backlog), and a client must send its request line and headers within HEADER_TIMEOUT in
-all, however it trickles them: a watchdog cuts it off then.
+Two layers. `ExporterApp` is a WSGI app: the routes, their methods, basic auth and webhook
+tokens (`guard`, asked before a body is read), the shared /metrics render. `HttpServer` is
+the transport, event-driven on aiohttp's HTTP/1.1 protocol under an accept loop of our own, so
+that a connection waiting for its request costs a little memory and no thread:
+
+- a request's head and body must arrive within `read_timeout` (10 s) from the first byte (from
+  the accept, for a new connection), however slowly they trickle; an idle keep-alive connection
+  waits for its next request for at most IDLE_TIMEOUT;
+- a body is read only after `guard` has let the request in (credentials, token, method, size);
+- a response the client does not read is cut off after `write_timeout`;
+- at most `max_connections` connections are open. When a new one arrives at the limit, the
+  connection that has waited longest for its request is closed to make room; one whose request
+  has arrived is never closed for that. When every connection is busy serving, new ones wait
+  in the kernel's listen backlog;
+- the app runs on small fixed pools of threads ("lanes"): /metrics and /-/ready on their own,
+  so that clients looping on the status page or the jobs API cannot delay a scrape; bcrypt on
+  its own, MAX_CHECKS at a time; /-/healthy on the event loop itself;
+- `stop()` gives in-flight responses a short grace, then closes every connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import heapq
+import functools
+import io
+import json
+import queue
+import resource
 import socket
-import ssl
-import sys
+import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from urllib.parse import parse_qs, unquote
 
 import structlog
+from aiohttp import web
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import status_page
-from exporter.api import Api
+from exporter.api import MAX_BODY, RAW_URI, Api
 from exporter.exposition import Exposition
-from exporter.webconfig import Verdict
+from exporter.webconfig import BasicAuth, Credentials, Verdict
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterable, Sequence
 
     from prometheus_client.registry import CollectorRegistry
@@ -42,155 +66,20 @@ if TYPE_CHECKING:
 StartResponse: TypeAlias = Any
 Environ: TypeAlias = dict[str, Any]
 App: TypeAlias = "Callable[[Environ, StartResponse], Iterable[bytes]]"
-CONNECTION_TIMEOUT = 30.0  # idle: the longest wait for the next byte once the headers are in
-HEADER_TIMEOUT = 10.0  # the request line and headers, in all
+_Route: TypeAlias = "tuple[Callable[[Environ, StartResponse], Iterable[bytes]], tuple[str, ...]]"
+TlsSource: TypeAlias = "ssl.SSLContext | Callable[[], ssl.SSLContext] | None"
+
+READ_TIMEOUT = 10.0  # a request's head and body, in all, from its first byte
+WRITE_TIMEOUT = 60.0  # a response, in all, however slowly the client reads
+IDLE_TIMEOUT = 300.0  # an idle keep-alive connection, between requests
 MAX_CONNECTIONS = 512  # as Prometheus's --web.max-connections
+SHUTDOWN_GRACE = 1.0  # in-flight responses on stop, before every connection is closed
+BACKLOG = 1024
+MAX_LINE = 8190  # a request line or header, as aiohttp's and Go's defaults
+SCRAPE_THREADS = 2  # /metrics and /-/ready
+WORK_THREADS = 4  # the status page, the jobs API, webhooks, /-/reload
 
 log = structlog.get_logger(__name__)
-
-
-class _Watchdog:
-    """One thread that shuts down connections whose headers are not in by their deadline.
-
-    A per-read timeout restarts with every byte, so a client trickling a byte every few seconds
-    would hold its thread for ever; this deadline is fixed when the connection is taken.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._heap: list[tuple[float, int, socket.socket]] = []
-        self._armed: dict[int, int] = {}  # id(socket) -> sequence number of its live deadline
-        self._sequence = 0
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="header-watchdog", daemon=True)
-        self._thread.start()
-
-    def arm(self, conn: socket.socket, seconds: float) -> None:
-        with self._lock:
-            self._sequence += 1
-            self._armed[id(conn)] = self._sequence
-            heapq.heappush(self._heap, (time.monotonic() + seconds, self._sequence, conn))
-        self._wake.set()
-
-    def disarm(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._armed.pop(id(conn), None)
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopped:
-            with self._lock:
-                now = time.monotonic()
-                expired = []
-                while self._heap and self._heap[0][0] <= now:
-                    _, sequence, conn = heapq.heappop(self._heap)
-                    if self._armed.get(id(conn)) == sequence:
-                        del self._armed[id(conn)]
-                        expired.append(conn)
-                wait = self._heap[0][0] - now if self._heap else None
-            for conn in expired:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the thread ends
-            self._wake.wait(wait)
-            self._wake.clear()
-
-
-class _Server(WSGIServer):
-    """Connections are served by a pool of at most `max_connections` threads. At the limit the
-    accept loop waits for a free slot, so further connections wait in the kernel's backlog
-    rather than in memory, and the thread count never exceeds the limit."""
-
-    allow_reuse_address = True
-    # socketserver's default backlog is 5: a burst of scrapers would see dropped SYNs and
-    # retransmits of 1, 3, 7... seconds. Let the kernel queue a burst instead.
-    request_queue_size = 1024
-    tls: ssl.SSLContext | None = None
-    header_timeout = HEADER_TIMEOUT
-
-    def limit(self, max_connections: int) -> None:
-        self.slots = threading.BoundedSemaphore(max_connections)
-        name = f"http-{self.server_address[1]}"  # per server: tests run several in one process
-        self.pool = ThreadPoolExecutor(max_connections, thread_name_prefix=name)
-        self.watchdog = _Watchdog()
-        self.closing = False
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = self.socket.accept()
-        conn.settimeout(CONNECTION_TIMEOUT)
-        if self.tls is not None:
-            # The handshake happens in the connection's own thread (finish_request), so a
-            # client that never completes it cannot stall the accept loop.
-            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        return conn, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        while not self.slots.acquire(timeout=0.5):
-            if self.closing:
-                self.shutdown_request(request)
-                return
-        try:
-            self.pool.submit(self._serve_connection, request, client_address)
-        except BaseException:
-            self.slots.release()
-            self.shutdown_request(request)
-            raise
-
-    def _serve_connection(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.watchdog.disarm(request)
-            self.shutdown_request(request)
-            self.slots.release()
-
-    def server_close(self) -> None:
-        super().server_close()
-        # In-flight requests finish (a scrape completes); CONNECTION_TIMEOUT and the header
-        # deadline bound how long that can take. A bind that failed closes before limit()
-        # made the pool: then there is nothing to wait for, and the OSError says why.
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        self.watchdog.arm(request, self.header_timeout)  # disarmed once the headers are read
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake failed", client=client_address[0], error=str(exc))
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
-        # A client that hangs up mid-response is routine; no traceback on stderr.
-        log.debug("connection error", client=client_address[0], error=repr(sys.exc_info()[1]))
-
-
-class _DualStackServer(_Server):
-    address_family = socket.AF_INET6
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
-
-class _QuietHandler(WSGIRequestHandler):
-    server: _Server
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # reads the headers
-        self.server.watchdog.disarm(self.connection)  # the request line and headers are in
-        return ok
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass  # scrapes every few seconds are not news; errors are logged by the app
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -199,6 +88,17 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"invalid listen address {address!r}; expected [host]:port")
     return host.strip("[]"), int(port)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit, as Go programs do at start (each
+    connection is a file); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
 
 
 class SharedRender:
@@ -238,12 +138,31 @@ class SharedRender:
 
 
 PROBES = frozenset({"/-/healthy", "/-/ready"})  # answered without basic auth
+READ = ("GET", "HEAD")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole response: what the app answered, or what `guard` refused a request with."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: list[bytes]
+
+
+def _plain(status: HTTPStatus, text: str, *headers: tuple[str, str]) -> Answer:
+    return Answer(
+        f"{status.value} {status.phrase}",
+        [("Content-Type", "text/plain; charset=utf-8"), *headers],
+        [text.encode()],
+    )
 
 
 class ExporterApp:
     """The routes, behind basic auth (but for the probes, /-/healthy and /-/ready, which a
-    kubelet calls without credentials and which say nothing but up or not) and with the
-    configured headers."""
+    kubelet calls without credentials and which say nothing but up or not, and the webhooks,
+    which carry their own token) and with the configured headers. `guard` decides whether a
+    request may go on before its body is read; the WSGI call serves one that may."""
 
     def __init__(
         self,
@@ -257,43 +176,83 @@ class ExporterApp:
         api: Api | None = None,
     ) -> None:
         self._shared = SharedRender(metrics)
-        self._telemetry_path = telemetry_path
+        self.telemetry_path = telemetry_path
         self._not_ready = not_ready
         self._jobs = jobs
         self._clock = clock  # what the status page calls "now"
         self._api = api or Api(None)  # None: no jobs API and no webhooks
         self._reload_config = reload  # None: --web.enable-lifecycle is off
-        self._auth = web.auth if web else None
+        self.auth: BasicAuth | None = web.auth if web else None
         self._headers = list(web.headers.items()) if web else []
-        self._routes: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {
-            telemetry_path: self._metrics,
-            "/-/healthy": self._healthy,
-            "/-/ready": self._ready,
-            "/-/reload": self._reload,
-            "/": self._status,
+        self._routes: dict[str, _Route] = {
+            telemetry_path: (self._metrics, READ),
+            "/-/healthy": (self._healthy, READ),
+            "/-/ready": (self._ready, READ),
+            "/-/reload": (self._reload, ("POST", "PUT")),  # as Prometheus
+            "/": (self._status, READ),
         }
+
+    def guard(
+        self, environ: Environ, verdict: Verdict | None = None
+    ) -> Answer | Credentials | None:
+        """Whether a request may go on, from its head alone: None if so; else the answer that
+        refuses it, or the credentials that must be verified first (then call again with the
+        verdict). Nothing here blocks: the caller reads the body only after a None."""
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if self.auth and path not in PROBES and not Api.open_path(path):
+            if verdict is None:
+                found = self.auth.cached(environ.get("HTTP_AUTHORIZATION"))
+                if isinstance(found, Credentials):
+                    return found
+                verdict = found
+            if verdict is Verdict.BUSY:
+                return self.refusal(path, HTTPStatus.TOO_MANY_REQUESTS,
+                                    "too many password checks at once; retry later",
+                                    ("Retry-After", "1"))  # fmt: skip
+            if verdict is not Verdict.ALLOWED:
+                challenge = ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"')
+                return self.refusal(path, HTTPStatus.UNAUTHORIZED, "unauthorized", challenge)
+        route = self._routes.get(path)
+        allowed = route[1] if route else Api.methods(path)
+        if allowed and method not in allowed:
+            methods = ", ".join(allowed)
+            message = f"{method} is not allowed here; use {methods}"
+            return self.refusal(path, HTTPStatus.METHOD_NOT_ALLOWED, message, ("Allow", methods))
+        length = environ.get("CONTENT_LENGTH") or "0"  # a number: the parser refuses others
+        if int(length) > MAX_BODY:
+            return self.too_large(path)
+        refusal = self._api.refuse(environ) if Api.serves(path) else None
+        return None if refusal is None else self.refusal(path, *refusal)
+
+    def refusal(
+        self, path: str, status: HTTPStatus, message: str, *headers: tuple[str, str]
+    ) -> Answer:
+        """A refusal in the path's own form: JSON under /api/v1, text elsewhere."""
+        if Api.serves(path):
+            body = json.dumps({"error": message}).encode() + b"\n"
+            kind = "application/json"
+        else:
+            body, kind = (
+                f"{message[:1].upper()}{message[1:]}\n".encode(),
+                "text/plain; charset=utf-8",
+            )
+        status_line = f"{status.value} {status.phrase}"
+        return Answer(status_line, [("Content-Type", kind), *headers, *self._headers], [body])
+
+    def too_large(self, path: str) -> Answer:
+        return self.refusal(path, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                            f"the body is over {MAX_BODY} bytes")  # fmt: skip
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
             return start_response(status, headers + self._headers, *exc_info)
 
         path = environ.get("PATH_INFO") or "/"
-        if self._auth and path not in PROBES and not Api.open_path(path):
-            verdict = self._auth.check(environ.get("HTTP_AUTHORIZATION"))
-            if verdict is Verdict.BUSY:
-                respond("429 Too Many Requests", [
-                    ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1"),
-                ])  # fmt: skip
-                return [b"Too many password checks at once; retry later\n"]
-            if verdict is not Verdict.ALLOWED:
-                respond("401 Unauthorized", [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("WWW-Authenticate", 'Basic realm="asyncjob-exporter"'),
-                ])  # fmt: skip
-                return [b"Unauthorized\n"]
         if Api.serves(path):
             return self._api(environ, respond)
-        return self._routes.get(path, _not_found)(environ, respond)
+        route = self._routes.get(path)
+        return (route[0] if route else _not_found)(environ, respond)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # parse_qs decodes what clients send (name%5B%5D=...), as Prometheus's handler does.
@@ -321,15 +280,11 @@ class ExporterApp:
     def _status(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
         view = status_page.View.from_query(environ.get("QUERY_STRING", ""))
-        return [status_page.render(self._jobs(), self._telemetry_path, self._clock(), view)]
+        return [status_page.render(self._jobs(), self.telemetry_path, self._clock(), view)]
 
-    def _reload(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _reload(self, _: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._reload_config is None:
             return _text(start_response, "403 Forbidden", "Lifecycle API is not enabled.\n")
-        if environ.get("REQUEST_METHOD") not in {"POST", "PUT"}:
-            return _text(
-                start_response, "405 Method Not Allowed", "Only POST or PUT requests allowed.\n"
-            )
         problems = self._reload_config()
         if problems:
             lines = "".join(f"{where}: {what}\n" for where, what in problems)
@@ -351,37 +306,450 @@ def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
     return [body.encode()]
 
 
+class _Lane(Executor):
+    """A fixed pool of daemon threads, started at once: the thread count never grows with
+    the load, and a thread still busy at exit (a render, a forward) does not hold the exit."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._work: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._work = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._work.put((future, functools.partial(fn, **kwargs), args))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever awaits the future
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: ARG002
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+class _Connection:
+    """One connection's place in the limit: since when it has waited for its request, its
+    deadline, and how to close it. Lives on the event loop thread only."""
+
+    __slots__ = ("abort", "deadline", "idle")
+
+    def __init__(self, abort: Callable[[], object]) -> None:
+        self.abort = abort
+        self.deadline: asyncio.TimerHandle | None = None
+        self.idle = False  # between requests on a keep-alive connection
+
+
+class _Protocol(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol, telling the server when the next request starts."""
+
+    def __init__(self, manager: web.Server, connection: _Connection, front: _Front) -> None:
+        super().__init__(
+            manager,
+            loop=front.loop,
+            keepalive_timeout=IDLE_TIMEOUT,
+            lingering_time=0.0,  # an unread body is not waited for: the connection closes
+            access_log=None,  # type: ignore[arg-type]  # aiohttp takes None for none
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+        )
+        # aiohttp's C parser refuses methods it does not know (FOO) with a 400 before any app
+        # sees them; its Python parser takes any token, so the app answers 405 with Allow, as
+        # Go's server does. The requests here are small: parsing them in Python costs little.
+        self._parser = HttpRequestParserPy(
+            self, front.loop, DEFAULT_CHUNK_SIZE, max_line_size=MAX_LINE, max_field_size=MAX_LINE,
+            payload_exception=RequestPayloadError, max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+        )  # fmt: skip
+        self.connection = connection
+        self._front = front
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connection.abort = functools.partial(_reset, transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._front.closed(self.connection)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if data and self.connection.idle:
+            self._front.request_started(self.connection)
+        super().data_received(data)
+
+
+class _Front:
+    """The open connections, in the order they began to wait for a request, and the limit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, read_timeout: float) -> None:
+        self.loop = loop
+        self.limit = limit
+        self.read_timeout = read_timeout
+        self.open: set[_Connection] = set()
+        self.waiting: OrderedDict[_Connection, None] = OrderedDict()
+        self.room = asyncio.Event()
+
+    def accepted(self, connection: _Connection) -> None:
+        self.open.add(connection)
+        self.waiting[connection] = None
+        self._arm(connection)
+
+    def request_started(self, connection: _Connection) -> None:
+        """The first byte of a keep-alive connection's next request: its deadline starts."""
+        connection.idle = False
+        self._arm(connection)
+
+    def arrived(self, connection: _Connection) -> None:
+        """A request's head is in: the connection is serving, and may not be evicted."""
+        connection.idle = False
+        self.waiting.pop(connection, None)
+
+    def body_read(self, connection: _Connection) -> None:
+        if connection.deadline is not None:
+            connection.deadline.cancel()
+            connection.deadline = None
+
+    def served(self, connection: _Connection) -> None:
+        """The response is sent: the connection waits for its next request."""
+        connection.idle = True
+        if connection in self.open:
+            self.waiting[connection] = None
+            self.room.set()
+
+    def closed(self, connection: _Connection) -> None:
+        self.body_read(connection)
+        self.open.discard(connection)
+        self.waiting.pop(connection, None)
+        self.room.set()
+
+    def full(self) -> bool:
+        return len(self.open) >= self.limit
+
+    def evict(self) -> bool:
+        """Close the connection that has waited longest for its request, if one waits."""
+        if not self.waiting:
+            return False
+        oldest, _ = self.waiting.popitem(last=False)
+        self.open.discard(oldest)
+        oldest.abort()
+        return True
+
+    def _arm(self, connection: _Connection) -> None:
+        self.body_read(connection)
+        connection.deadline = self.loop.call_later(self.read_timeout, self._expire, connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        connection.deadline = None
+        log.debug("request not in by its deadline; connection closed")
+        connection.abort()
+
+
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close a connection at once, with a reset: what the kernel still holds for a client that
+    does not read is dropped rather than sent on after the close."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+    transport.abort()  # type: ignore[attr-defined]
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bound and listening, dual-stack for an empty host where the system has it."""
+    if not host and socket.has_dualstack_ipv6():
+        sock = socket.create_server(
+            ("::", port), family=socket.AF_INET6, backlog=BACKLOG, dualstack_ipv6=True
+        )
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # ":9879" means every interface, as in Prometheus.
+        sock = socket.create_server(
+            (host or "0.0.0.0", port),  # noqa: S104
+            family=family,
+            backlog=BACKLOG,
+        )
+    sock.setblocking(False)  # noqa: FBT003 - the stdlib's signature
+    return sock
+
+
+def _environ(request: web.BaseRequest) -> Environ:
+    """The WSGI environ of a request whose head has arrived (no body yet)."""
+    environ: Environ = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": unquote(request.raw_path.partition("?")[0], "latin-1"),
+        "QUERY_STRING": request.query_string,
+        RAW_URI: request.raw_path,
+        "SERVER_PROTOCOL": f"HTTP/{request.version.major}.{request.version.minor}",
+        "wsgi.url_scheme": request.scheme,
+        "wsgi.input": io.BytesIO(),
+    }
+    for name, value in request.headers.items():
+        key = name.upper().replace("-", "_")
+        if key in {"CONTENT_TYPE", "CONTENT_LENGTH"}:
+            environ[key] = value
+        else:
+            key = f"HTTP_{key}"
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
 class HttpServer:
-    """The WSGI app on a background thread; `port` is the bound port (useful with :0)."""
+    """The app served from an event loop on a background thread; `port` is the bound port
+    (useful with :0). `tls` is a context, or a callable giving the current one for each new
+    connection (rotated certificates)."""
 
     def __init__(
         self,
-        app: App,
+        app: ExporterApp,
         address: str,
-        tls: ssl.SSLContext | None = None,
+        tls: TlsSource = None,
         max_connections: int = MAX_CONNECTIONS,
-        header_timeout: float = HEADER_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         host, port = parse_listen_address(address)
-        server_class: type[_Server] = _Server
-        if not host and socket.has_dualstack_ipv6():
-            host, server_class = "::", _DualStackServer
-        elif ":" in host:
-            server_class = type("_V6Server", (_Server,), {"address_family": socket.AF_INET6})
-        # ":9879" means every interface, as in Prometheus.
-        self._server = server_class((host or "0.0.0.0", port), _QuietHandler)  # noqa: S104
-        self._server.set_app(app)
-        self._server.tls = tls
-        self._server.header_timeout = header_timeout
-        self._server.limit(max_connections)
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._app = app
+        self._sock = _listening_socket(host, port)
+        self.port: int = self._sock.getsockname()[1]
+        self._tls = tls
+        self._max_connections = max_connections
+        self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._loop = asyncio.new_event_loop()  # run, then closed, by the server's thread
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._scrapes = _Lane(SCRAPE_THREADS, f"http-{self.port}-scrape")
+        self._work = _Lane(WORK_THREADS, f"http-{self.port}-work")
+        self._checks = _Lane(BasicAuth.MAX_CHECKS, f"http-{self.port}-auth")
+        self._busy = 0
+        self._idle = asyncio.Event()
 
     def start(self) -> None:
         self._thread.start()
+        self._ready.wait()
 
-    def stop(self) -> None:
-        self._server.closing = True  # the accept loop stops waiting for a free slot
-        self._server.shutdown()
-        self._server.server_close()
-        self._server.watchdog.stop()
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(open, waiting for their request) connections, as the server counts them."""
+        front = getattr(self, "_front", None)
+        return (0, 0) if front is None else (len(front.open), len(front.waiting))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._front = _Front(self._loop, self._max_connections, self._read_timeout)
+        self._slots = asyncio.Semaphore(BasicAuth.MAX_CHECKS)
+        self._server = web.Server(self._handle, loop=self._loop)
+        self._accepting = self._loop.create_task(self._accept())
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    async def _accept(self) -> None:
+        front = self._front
+        while True:
+            while front.full() and not front.waiting:
+                front.room.clear()
+                await front.room.wait()
+            try:
+                sock, _ = await self._loop.sock_accept(self._sock)
+            except OSError as exc:  # out of file descriptors, say: wait, do not spin
+                log.warning("cannot accept a connection", error=exc.strerror or str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            if front.full() and not front.evict():
+                # Every connection's request arrived meanwhile: this one waits its turn.
+                while front.full():
+                    front.room.clear()
+                    await front.room.wait()
+            connection = _Connection(sock.close)
+            front.accepted(connection)
+            opening = self._loop.create_task(self._open(sock, connection))
+            opening.add_done_callback(functools.partial(self._opened, sock, connection))
+            connection.abort = opening.cancel  # until the protocol takes over
+
+    async def _open(self, sock: socket.socket, connection: _Connection) -> None:
+        """Serve a connection; its TLS handshake counts against its deadline."""
+        tls = self._tls() if callable(self._tls) else self._tls
+        await self._loop.connect_accepted_socket(
+            lambda: _Protocol(self._server, connection, self._front),
+            sock,
+            ssl=tls,
+            ssl_handshake_timeout=self._read_timeout if tls else None,
+        )
+
+    def _opened(
+        self, sock: socket.socket, connection: _Connection, opening: asyncio.Task[None]
+    ) -> None:
+        """A connection that never got its protocol (evicted, cut at its deadline, or a failed
+        handshake) is closed and leaves the limit."""
+        failed = opening.cancelled() or opening.exception() is not None
+        if failed:
+            if not opening.cancelled():
+                log.debug("connection not opened", error=type(opening.exception()).__name__)
+            sock.close()
+            self._front.closed(connection)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        assert isinstance(protocol, _Protocol)
+        connection = protocol.connection
+        self._front.arrived(connection)
+        self._busy += 1
+        self._idle.clear()
+        try:
+            try:
+                answer = await self._answer(request, connection)
+            except (ConnectionError, RequestPayloadError) as exc:
+                # The body did not come whole: cut off at its deadline, or broken.
+                log.debug("request body not read", error=type(exc).__name__)
+                connection.abort()
+                answer = _plain(HTTPStatus.BAD_REQUEST, "the body did not arrive\n")
+            except Exception:
+                log.exception("bug in the exporter's HTTP front end", path=request.path)
+                answer = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            return await self._send(request, answer, connection)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+            self._front.served(connection)
+
+    async def _answer(self, request: web.BaseRequest, connection: _Connection) -> Answer:
+        environ = _environ(request)
+        check = self._app.guard(environ)
+        if isinstance(check, Credentials):
+            check = self._app.guard(environ, await self._verify(check))
+            assert not isinstance(check, Credentials)  # given a verdict, it decides
+        if check is None:
+            body = await self._body(request)
+            if isinstance(body, Answer):
+                return body
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        self._front.body_read(connection)
+        if check is not None:
+            return check
+        path = environ["PATH_INFO"]
+        if path == "/-/healthy":
+            return self._call(environ)  # nothing to wait for: answered on the loop
+        lane = self._scrapes if path in {self._app.telemetry_path, "/-/ready"} else self._work
+        return await self._loop.run_in_executor(lane, self._call, environ)
+
+    async def _verify(self, credentials: Credentials) -> Verdict:
+        auth = self._app.auth
+        assert auth is not None
+        try:
+            async with asyncio.timeout(auth.CHECK_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            return Verdict.BUSY
+        try:
+            verdict: Verdict = await self._loop.run_in_executor(
+                self._checks, auth.verify, credentials
+            )
+        finally:
+            self._slots.release()
+        return verdict
+
+    async def _body(self, request: web.BaseRequest) -> bytes | Answer:
+        """The body (the guard has seen its length), read now that the request may go on;
+        the request's deadline still runs. A chunked body is cut at MAX_BODY."""
+        body = b""
+        while chunk := await request.content.read(MAX_BODY + 1 - len(body)):
+            body += chunk
+            if len(body) > MAX_BODY:
+                return self._app.too_large(request.path)
+        return body
+
+    def _call(self, environ: Environ) -> Answer:
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            started.append((status, headers))
+
+        try:
+            body = list(self._app(environ, start_response))
+        except Exception:
+            log.exception("bug in the exporter's HTTP handler", path=environ.get("PATH_INFO"))
+            return _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        status, headers = started[-1]
+        return Answer(status, headers, body)
+
+    async def _send(
+        self, request: web.BaseRequest, answer: Answer, connection: _Connection
+    ) -> web.StreamResponse:
+        code, _, reason = answer.status.partition(" ")
+        response = web.StreamResponse(status=int(code), reason=reason or None)
+        for name, value in answer.headers:
+            if name.lower() != "content-length":  # counted here, from the parts
+                response.headers.add(name, value)
+        response.headers["Server"] = "asyncjob-exporter"
+        length = sum(len(part) for part in answer.body)
+        if int(code) not in {204, 304}:
+            response.content_length = length
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await response.prepare(request)
+                if request.method != "HEAD":
+                    for part in answer.body:
+                        await response.write(part)
+                await response.write_eof()
+        except TimeoutError:
+            log.debug("response not read by its deadline; connection closed")
+            connection.abort()
+        except ConnectionError:
+            pass  # the client went away
+        return response
+
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting; let in-flight responses run for `grace`; then close every
+        connection. Returns within about grace + 1 s whatever the clients do."""
+        if self._thread.is_alive():
+            done = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop)
+            with contextlib.suppress(Exception):
+                done.result(grace + 1.0)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(1.0)
+        elif not self._loop.is_closed():
+            self._loop.close()  # never started
+        self._sock.close()
+        for lane in (self._scrapes, self._work, self._checks):
+            lane.shutdown(wait=False)
+
+    async def _shutdown(self, grace: float) -> None:
+        self._accepting.cancel()
+        front = self._front
+        while front.waiting:
+            front.evict()
+        if self._busy:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        for connection in list(front.open):
+            connection.abort()
+        front.open.clear()

@@ -15,15 +15,20 @@ import hashlib
 import re
 import ssl
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bcrypt
+import structlog
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from exporter.config import ConfigError, read_yaml, validation_problems
 from exporter.providers.base import StrictModel
+
+log = structlog.get_logger(__name__)
 
 # exporter-toolkit keys this exporter knows but does not implement, per section: refused, with
 # the reason, rather than reported as merely unknown.
@@ -177,19 +182,39 @@ class Verdict(enum.Enum):
     BUSY = "busy"  # too many password checks under way: answer 429, check nothing
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A client's user and password, not yet checked. The password is a secret: neither repr
+    nor str shows it, and only `BasicAuth.verify` reads it."""
+
+    user: bytes
+    password: bytes = field(repr=False)
+    key: bytes = field(repr=False)  # SHA-256 of both: what the caches remember
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+def _cost(hashed: bytes) -> int:
+    """The cost factor of a bcrypt hash ($2b$12$... -> 12)."""
+    return int(hashed.split(b"$")[2])
+
+
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes, caching results.
 
-    bcrypt is slow by design (about 80 ms of CPU a check); a scraper sends the same credentials
-    every few seconds, so each (user, password) pair is checked once and remembered by its
-    SHA-256, never in clear. Verified credentials and failed ones are kept apart, each in its
-    own bounded LRU, so guesses can never evict the scraper's entry. Checks of credentials not
-    yet seen run at most MAX_CHECKS at a time; a request that finds no free slot within
-    CHECK_WAIT is answered 429, so guessing cannot take more than that much CPU from scrapes.
-    An unknown user still costs a bcrypt check, so timing does not tell which users exist.
+    bcrypt is slow by design (about 200 ms of CPU a check at cost 12); a scraper sends the same
+    credentials every few seconds, so each (user, password) pair is checked once and remembered
+    by its SHA-256, never in clear. Verified credentials and failed ones are kept apart, each in
+    its own bounded LRU, so guesses can never evict the scraper's entry.
+
+    `cached()` answers from the caches at once, or hands back the `Credentials` to check;
+    `verify()` runs bcrypt (the HTTP server runs it off its event loop, at most MAX_CHECKS at a
+    time, and answers 429 to a request that finds no free slot within CHECK_WAIT). An unknown
+    user is checked against a dummy hash of the same cost as the users' own, so the time taken
+    does not tell which users exist.
     """
 
-    _DUMMY = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
     MAX_VERIFIED = 64
     MAX_FAILED = 1024
     MAX_CHECKS = 1
@@ -197,43 +222,55 @@ class BasicAuth:
 
     def __init__(self, users: dict[str, str]) -> None:
         self._users = {user: hashed.encode() for user, hashed in users.items()}
+        rounds = max((_cost(h) for h in self._users.values()), default=12)
+        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=rounds))
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._failed: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
         self._checks = threading.BoundedSemaphore(self.MAX_CHECKS)
 
-    def check(self, authorization: str | None) -> Verdict:
+    def cached(self, authorization: str | None) -> Verdict | Credentials:
+        """The verdict the caches hold for these credentials, or the credentials to verify."""
         credentials = _decode_basic(authorization)
         if credentials is None:
             return Verdict.DENIED
-        user, password = credentials
-        key = hashlib.sha256(user + b"\0" + password).digest()
         with self._lock:
             for cache, verdict in (
                 (self._verified, Verdict.ALLOWED),
                 (self._failed, Verdict.DENIED),
             ):
-                if key in cache:
-                    cache.move_to_end(key)
+                if credentials.key in cache:
+                    cache.move_to_end(credentials.key)
                     return verdict
-        if not self._checks.acquire(timeout=self.CHECK_WAIT):
-            return Verdict.BUSY
-        try:
-            hashed = self._users.get(user.decode("utf-8", "replace"))
-            ok = bcrypt.checkpw(password, hashed or self._DUMMY) and hashed is not None
-        finally:
-            self._checks.release()
+        return credentials
+
+    def verify(self, credentials: Credentials) -> Verdict:
+        """Check credentials with bcrypt (slow: call it off the event loop) and remember."""
+        hashed = self._users.get(credentials.user.decode("utf-8", "replace"))
+        ok = bcrypt.checkpw(credentials.password, hashed or self._dummy) and hashed is not None
         cache, limit = (
             (self._verified, self.MAX_VERIFIED) if ok else (self._failed, self.MAX_FAILED)
         )
         with self._lock:
-            cache[key] = None
+            cache[credentials.key] = None
             if len(cache) > limit:
                 cache.popitem(last=False)
         return Verdict.ALLOWED if ok else Verdict.DENIED
 
+    def check(self, authorization: str | None) -> Verdict:
+        """`cached()`, then `verify()` when a check slot is free within CHECK_WAIT (blocking)."""
+        found = self.cached(authorization)
+        if isinstance(found, Verdict):
+            return found
+        if not self._checks.acquire(timeout=self.CHECK_WAIT):
+            return Verdict.BUSY
+        try:
+            return self.verify(found)
+        finally:
+            self._checks.release()
 
-def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:
+
+def _decode_basic(header: str | None) -> Credentials | None:
     if not header or not header.lower().startswith("basic "):
         return None
     try:
@@ -241,16 +278,61 @@ def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:
     except (binascii.Error, ValueError):
         return None
     user, sep, password = decoded.partition(b":")
-    return (user, password) if sep else None
+    if not sep:
+        return None
+    return Credentials(user, password, hashlib.sha256(user + b"\0" + password).digest())
+
+
+class TlsFiles:
+    """The server's TLS context, built again when its certificate, key or client CA file
+    changes, as exporter-toolkit reads them for each new connection: a rotated certificate
+    takes effect without a restart. Files that no longer load keep the last good context (and
+    say so once). Called for each new connection; the files are looked at once a second."""
+
+    CHECK_EVERY = 1.0
+
+    def __init__(self, config: TlsServerConfig) -> None:
+        self._config = config
+        self._paths = [p for p in (config.cert_file, config.key_file, config.client_ca_file) if p]
+        self._stamp = self._stat()
+        self._context = config.context()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[tuple[int, int, int], ...]:
+        stamps = []
+        for path in self._paths:
+            try:
+                st = Path(path).stat()
+            except OSError:
+                stamps.append((0, 0, 0))
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+    def __call__(self) -> ssl.SSLContext:
+        now = time.monotonic()
+        if now - self._checked >= self.CHECK_EVERY:
+            self._checked = now
+            stamp = self._stat()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._context = self._config.context()
+                except ValueError as exc:
+                    log.warning("TLS files changed but do not load; keeping the last good ones",
+                                error=str(exc))  # fmt: skip
+                else:
+                    log.info("TLS files changed; loaded", cert_file=self._config.cert_file)
+        return self._context
 
 
 class WebConfig:
     """A loaded web config: the TLS context, the basic-auth checker, the extra headers."""
 
     def __init__(self, parsed: WebConfigFile) -> None:
-        self.tls: ssl.SSLContext | None = None
+        self.tls: TlsFiles | None = None
         if parsed.tls_server_config is not None:
-            self.tls = parsed.tls_server_config.context()
+            self.tls = TlsFiles(parsed.tls_server_config)
         self.auth = BasicAuth(parsed.basic_auth_users) if parsed.basic_auth_users else None
         self.headers = dict(parsed.http_server_config.headers) if parsed.http_server_config else {}
 

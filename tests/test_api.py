@@ -203,7 +203,7 @@ def test_wrong_methods_are_405(make_harness: MakeHarness) -> None:
     h = make_harness(slow, jobs_api=True)
     response = requests.delete(jobs_url(h), timeout=5)
     assert (response.status_code, error_of(response)) == (
-        405, "DELETE is not allowed here; use GET, POST"
+        405, "DELETE is not allowed here; use GET, HEAD, POST"
     )  # fmt: skip
     response = requests.get(f"{jobs_url(h)}/translator/batch-ok", timeout=5)
     assert (response.status_code, error_of(response)) == (

@@ -1,23 +1,30 @@
-"""The /metrics render sharing: never older than the scrape, shared by scrapes that queued."""
+"""The HTTP front end: the shared /metrics render, and a transport that slow or hostile clients
+cannot blind (deadlines, the connection limit, credentials before bodies, methods)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import bcrypt
 import pytest
 import requests
+import trustme
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.server import HttpServer, SharedRender, make_app
+from exporter.api import Api
+from exporter.server import ExporterApp, HttpServer, SharedRender, make_app
+from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from conftest import Harness
     from prometheus_client.metrics_core import Metric
@@ -89,51 +96,264 @@ def test_name_filter_in_every_form(
     assert text.endswith("# EOF\n") == openmetrics
 
 
-def test_slow_clients_cannot_take_more_than_the_connection_limit() -> None:
-    """A bounded slowloris (60 clients trickling a byte every 0.3 s, for at most 6 s) against
-    a limit of 20 connections: the server never runs more than 20 connection threads, each slow
-    client is cut off at the header deadline, and every scrape is answered."""
-    registry = CollectorRegistry()
-    app = make_app(registry, "/metrics", lambda: None)
-    server = HttpServer(app, "127.0.0.1:0", max_connections=20, header_timeout=1.0)
+def _serve(app: ExporterApp | None = None, **options: Any) -> HttpServer:
+    server = HttpServer(app or make_app(CollectorRegistry(), "/metrics", lambda: None),
+                        "127.0.0.1:0", **options)  # fmt: skip
     server.start()
-    peak = 0
-    stop = threading.Event()
+    return server
 
-    def watch() -> None:
-        nonlocal peak
-        while not stop.wait(0.02):
-            mine = f"http-{server.port}_"
-            serving = sum(t.name.startswith(mine) for t in threading.enumerate())
-            peak = max(peak, serving)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+def _http_threads(server: HttpServer) -> int:
+    return sum(t.name.startswith(f"http-{server.port}") for t in threading.enumerate())
+
+
+def _closed(conn: socket.socket, within: float) -> bool:
+    """Whether the server closes this connection within `within` seconds (reads what it sent)."""
+    conn.settimeout(within)
+    try:
+        while conn.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset
+    return True
+
+
+def test_slow_clients_cannot_blind_the_server() -> None:
+    """A bounded slowloris (60 clients trickling a byte every 0.3 s, for at most 4 s) against a
+    limit of 20 connections and a 1 s read deadline: every scrape is answered, the server never
+    holds more than 20 connections, each trickler is cut off, and no thread is started for any
+    of them."""
+    server = _serve(max_connections=20, read_timeout=1.0)
+    threads = _http_threads(server)
     clients = []
     try:
         for _ in range(60):
             conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
             conn.sendall(b"GET /metrics HTTP/1.1\r\n")
             clients.append(conn)
-        cut_off = 0
-        deadline = time.monotonic() + 6
-        scrapes: list[requests.Response] = []
-        while time.monotonic() < deadline and cut_off < len(clients):
-            cut_off = 0
+        peak = 0
+        scrapes: list[int] = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
             for conn in clients:
-                try:
+                with contextlib.suppress(OSError):
                     conn.sendall(b"X")
-                except OSError:
-                    cut_off += 1
-            scrapes.append(requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=15))
+            scrapes.append(
+                requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).status_code
+            )
+            peak = max(peak, server.connections[0])
             time.sleep(0.3)
         assert scrapes
-        assert all(r.status_code == 200 for r in scrapes)
+        assert set(scrapes) == {200}
         assert peak <= 20
-        assert peak >= 10  # the slow clients did take slots: the limit is what held them back
+        assert _http_threads(server) == threads
+        assert all(_closed(conn, 0.5) for conn in clients)
     finally:
-        stop.set()
-        watcher.join()
         for conn in clients:
             conn.close()
+        server.stop()
+
+
+def test_a_trickled_body_is_cut_at_the_deadline_of_the_whole_request() -> None:
+    """Headers promising 60,000 bytes, then a byte every 0.2 s: the connection is closed once
+    the request's 1 s deadline (head and body together) has passed, however steady the trickle."""
+    registry = CollectorRegistry()
+    app = make_app(registry, "/metrics", lambda: None, api=Api(None, jobs=False))
+    server = _serve(app, read_timeout=1.0)
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        started, cut = time.monotonic(), None
+        for _ in range(25):  # 5 s at most
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                cut = time.monotonic() - started
+                break
+            if _closed(conn, 0.2):
+                cut = time.monotonic() - started
+                break
+        conn.close()
+        assert cut is not None, "the trickling body was never cut off"
+        assert cut < 3.0
+    finally:
+        server.stop()
+
+
+def test_credentials_are_checked_before_the_body_is_read(tmp_path: Path) -> None:
+    """With basic auth, a request without credentials that announces a body it never sends is
+    answered 401 at once: the server did not wait for the body."""
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    app = make_app(CollectorRegistry(), "/metrics", lambda: None, web=load_web_config(str(web)))
+    server = _serve(app, read_timeout=30.0)
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.sendall(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        conn.settimeout(5)
+        assert conn.recv(100).startswith(b"HTTP/1.1 401")
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_connection_whose_request_arrived_is_never_evicted() -> None:
+    """Limit 2: while one request is being served (a slow status page) and new connections keep
+    arriving, the idle ones make room, and the request being served gets its whole answer."""
+    release = threading.Event()
+
+    def slow_jobs() -> tuple[()]:
+        release.wait(5)
+        return ()
+
+    app = make_app(CollectorRegistry(), "/metrics", lambda: None, slow_jobs)
+    server = _serve(app, max_connections=2, read_timeout=5.0)
+    try:
+        answer: list[requests.Response] = []
+        busy = threading.Thread(
+            target=lambda: answer.append(
+                requests.get(f"http://127.0.0.1:{server.port}/", timeout=10)
+            )
+        )
+        busy.start()
+        for _ in range(50):  # wait until the status page request is in
+            if server.connections == (1, 0):
+                break
+            time.sleep(0.05)
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+        scrape = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+        assert scrape.status_code == 200
+        release.set()
+        busy.join(10)
+        assert answer
+        assert answer[0].status_code == 200
+        assert b"</html>" in answer[0].content
+        assert sum(_closed(conn, 0.5) for conn in idle) >= 4  # made room
+        for conn in idle:
+            conn.close()
+    finally:
+        release.set()
+        server.stop()
+
+
+class Big(Collector):
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("big", "Many samples.", labels=["n"])
+        for n in range(200_000):
+            family.add_metric([f"{n:040d}"], n)
+        yield family
+
+
+def test_a_response_the_client_does_not_read_is_cut_off() -> None:
+    """A client asks for 10 MB of metrics and reads nothing: after the 1 s write deadline the
+    server closes the connection and counts it no more."""
+    registry = CollectorRegistry()
+    registry.register(Big())
+    server = _serve(make_app(registry, "/metrics", lambda: None), write_timeout=1.0)
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(100):  # 5 s at most
+            time.sleep(0.05)
+            if server.connections[0] == 0:
+                break
+        assert server.connections[0] == 0
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_stop_ends_in_time_whatever_the_clients_do() -> None:
+    """stop() returns within grace + 1 s while a client has requested 10 MB and reads nothing,
+    and another trickles its headers."""
+    registry = CollectorRegistry()
+    registry.register(Big())
+    server = _serve(make_app(registry, "/metrics", lambda: None))
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    slow.sendall(b"GET / HTTP/1.1\r\n")
+    time.sleep(1.0)  # the render is done and the response stuck in the socket
+    started = time.monotonic()
+    server.stop(grace=0.5)
+    took = time.monotonic() - started
+    assert _closed(stuck, 2.0)
+    assert _closed(slow, 2.0)
+    stuck.close()
+    slow.close()
+    assert took < 1.5 + 1.0
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/", "/-/healthy", "/-/ready"])
+def test_read_endpoints_take_get_and_head_and_refuse_the_rest(path: str) -> None:
+    """GET and HEAD are served (HEAD without a body, with the length GET would have); any other
+    method gets 405 with an Allow header."""
+    server = _serve()
+    base = f"http://127.0.0.1:{server.port}{path}"
+    try:
+        plain = {"Accept-Encoding": "identity"}
+        got = requests.get(base, headers=plain, timeout=5)
+        head = requests.head(base, headers=plain, timeout=5)
+        assert got.status_code == head.status_code == 200
+        assert head.content == b""
+        assert head.headers["Content-Length"] == str(len(got.content))
+        for method in ("DELETE", "POST", "FOO"):
+            refused = requests.request(method, base, timeout=5)
+            assert refused.status_code == 405, method
+            assert refused.text == f"{method} is not allowed here; use GET, HEAD\n"
+            assert refused.headers["Allow"] == "GET, HEAD"
+    finally:
+        server.stop()
+
+
+def test_reload_takes_post_only_where_the_readme_says_post() -> None:
+    """/-/reload takes POST (and PUT, as Prometheus does); GET gets 405 with Allow."""
+    server = _serve()
+    try:
+        refused = requests.get(f"http://127.0.0.1:{server.port}/-/reload", timeout=5)
+        assert refused.status_code == 405
+        assert refused.headers["Allow"] == "POST, PUT"
+        assert (
+            requests.post(f"http://127.0.0.1:{server.port}/-/reload", timeout=5).status_code == 403
+        )
+    finally:
+        server.stop()
+
+
+def test_name_filter_selects_process_and_python_families(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """?name[]= finds the families client_python adds (process_, python_), not only ours."""
+    h = make_harness()
+    wanted = ["process_cpu_seconds_total", "python_info", "python_gc_objects_collected_total"]
+    query = "&".join(f"name[]={name}" for name in wanted)
+    text = requests.get(f"{h.url}/metrics?{query}", timeout=5).text
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert families == set(wanted)
+
+
+def test_a_tls_connection_that_never_handshakes_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """A client that connects to the TLS port and sends nothing holds its place only until the
+    read deadline: the handshake counts against it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {cert_file}, key_file: {key_file}}}\n")
+    loaded = load_web_config(str(web))
+    server = _serve(make_app(CollectorRegistry(), "/metrics", lambda: None, web=loaded),
+                    tls=loaded.tls, read_timeout=1.0)  # fmt: skip
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        assert _closed(silent, 3.0)
+        silent.close()
+        assert server.connections == (0, 0)
+    finally:
         server.stop()

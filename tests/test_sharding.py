@@ -125,6 +125,19 @@ def test_forwarding_carries_basic_auth_and_the_webhook_token() -> None:
             wrong = requests.post(hook, json={"model_id": model}, timeout=10,
                                   headers={"X-Webhook-Token": "nope"})  # fmt: skip
             assert wrong.status_code == 401  # refused where it arrived: never forwarded
+            # A forwarded path keeps its percent-encoding: decoded, "#" would cut the ID short
+            # (and the rest would belong to this shard, which would answer 421).
+            odd = next(
+                f"z-{n}#q" for n in range(1000)
+                if Shard(0, 2).owner("language-analyze", f"z-{n}#q") == 1
+                and Shard(0, 2).owner("language-analyze", f"z-{n}") == 0
+            )  # fmt: skip
+            encoded = odd.replace("#", "%23")
+            gone = requests.delete(f"{url}/language-analyze/{encoded}", auth=("prometheus", "pw"),
+                                   timeout=10)  # fmt: skip
+            assert (gone.status_code, gone.json()["error"]) == (
+                404, f"no job {odd!r} is tracked for source 'language-analyze'"
+            )  # fmt: skip
         finally:
             for server in servers:
                 server.stop()

@@ -15,7 +15,7 @@ import yaml
 
 from exporter.config import ConfigError
 from exporter.server import HttpServer, make_app
-from exporter.webconfig import BasicAuth, Verdict, load_web_config
+from exporter.webconfig import BasicAuth, TlsFiles, Verdict, load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -88,6 +88,35 @@ def test_tls_serves_https_and_refuses_plain_http(serve_with: Callable[..., str],
         requests.get(f"http://{address}/metrics", timeout=5)
     with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the CA
         requests.get(f"https://{address}/metrics", timeout=5)
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(
+    serve_with: Callable[..., str], pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New certificate and key files (another CA's) are picked up for new connections, as
+    exporter-toolkit reads them for each connection; the old CA is no longer trusted."""
+    monkeypatch.setattr(TlsFiles, "CHECK_EVERY", 0.0)
+    address = serve_with(
+        {"tls_server_config": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}}
+    )
+    assert requests.get(f"https://{address}/-/healthy", verify=str(pki.ca_file), timeout=5).ok
+    rotated = trustme.CA()
+    issued = rotated.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(pki.cert_file))
+    issued.private_key_pem.write_to_path(str(pki.key_file))
+    new_ca = pki.ca_file.parent / "rotated-ca.pem"
+    rotated.cert_pem.write_to_path(str(new_ca))
+    assert requests.get(f"https://{address}/-/healthy", verify=str(new_ca), timeout=5).ok
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"https://{address}/-/healthy", verify=str(pki.ca_file), timeout=5)
+
+
+def test_an_unknown_user_costs_what_a_wrong_password_costs() -> None:
+    """The dummy hash an unknown user is checked against has the users' own bcrypt cost, so
+    timing cannot tell which users exist (make attack measures the times themselves)."""
+    costly = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=6)).decode()
+    auth = BasicAuth({"a": HASH, "b": costly})
+    assert auth._dummy.split(b"$")[2] == b"06"
 
 
 def test_mtls_requires_a_certificate_from_the_client_ca(

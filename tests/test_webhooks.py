@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
@@ -88,7 +89,7 @@ def test_a_wrong_token_is_401_and_counted(
 ) -> None:
     h = make_harness(with_token)
     response = requests.post(f"{hook(h)}{query}", json=PAYLOAD, headers=headers, timeout=10)
-    assert (response.status_code, response.json()) == (401, {"error": "webhook unauthorized"})
+    assert (response.status_code, response.json()) == (401, {"error": REFUSED})
     assert h.exporter.store.get("stable-diffusion", "F5jvdzGnYi") is None
     assert results(h)["unauthorized"] == 1
 
@@ -107,7 +108,25 @@ def test_a_call_without_a_usable_job_is_400(
     assert results(h)["invalid"] == 1
 
 
-def test_sources_without_a_token_and_other_paths_are_404(
+REFUSED = "no such webhook, or a wrong token"
+
+
+def test_an_unknown_source_and_a_wrong_token_get_the_same_answer(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Source names cannot be probed without the token: an unknown source, a source that takes
+    no webhooks and a wrong token are answered alike, before any body is read."""
+    h = make_harness(with_token)
+    answers = set()
+    for url in (hook(h, "no-such-source"), hook(h, "translator"), hook(h)):
+        response = requests.post(
+            url, json=PAYLOAD, headers={"X-Webhook-Token": "wrong"}, timeout=10
+        )
+        answers.add((response.status_code, response.content, response.headers["Content-Type"]))
+    assert answers == {(401, b'{"error": "%s"}\n' % REFUSED.encode(), "application/json")}
+
+
+def test_sources_without_a_token_and_other_paths_are_refused(
     make_harness: Callable[..., Harness],
 ) -> None:
     def no_token(sim: Simulator) -> dict[str, Any]:
@@ -118,11 +137,13 @@ def test_sources_without_a_token_and_other_paths_are_404(
     h = make_harness(no_token)  # no webhook_token anywhere
     for url in (hook(h), hook(h, "translator"), f"{h.url}/api/v1/webhooks/other/stable-diffusion"):
         response = requests.post(url, json=PAYLOAD, headers={"X-Webhook-Token": TOKEN}, timeout=10)
-        assert response.status_code == 404, url
-        assert response.json()["error"].startswith("no source")
+        assert (response.status_code, response.json()) == (401, {"error": REFUSED}), url
     assert h.scrape().series("asyncjob_webhooks_total") == []
     wrong_method = requests.get(hook(h), timeout=10)
-    assert (wrong_method.status_code, wrong_method.json()) == (405, {"error": "use POST"})
+    assert (wrong_method.status_code, wrong_method.json()) == (
+        405, {"error": "GET is not allowed here; use POST"}
+    )  # fmt: skip
+    assert wrong_method.headers["Allow"] == "POST"
 
 
 def test_webhooks_need_no_basic_auth_but_metrics_do(
@@ -190,3 +211,17 @@ def sd_ok_arrivals(sim: Simulator) -> int:
 def arrival_times(sim: Simulator) -> list[float]:
     pairs = list(zip(sim.arrived_at, sim.arrivals, strict=False))
     return [at for at, path in pairs if path.endswith("/sd-ok")]
+
+
+def test_a_wrong_token_is_refused_before_the_body_is_read(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """A call with a wrong token that announces a body it never sends is answered at once: the
+    token is checked from the head, and the body is never waited for."""
+    h = make_harness(with_token)
+    with socket.create_connection(("127.0.0.1", h.server.port), timeout=5) as conn:
+        conn.sendall(
+            b"POST /api/v1/webhooks/stable-diffusion/stable-diffusion?token=wrong HTTP/1.1\r\n"
+            b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+        )
+        assert conn.recv(100).startswith(b"HTTP/1.1 401")

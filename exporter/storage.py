@@ -359,6 +359,12 @@ class Storage:
         with self._cond:
             return self._problem
 
+    @property
+    def backlog(self) -> int:
+        """Rows with changes not yet committed (one each, however often they changed)."""
+        with self._cond:
+            return len(self._unsaved)
+
     def errors(self) -> dict[str, int]:
         """Failed attempts so far, by operation (see OPERATIONS)."""
         with self._cond:

@@ -7,14 +7,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 import yaml
-from conftest import Metrics, demo_raw_config, free_port, wait_until
+from conftest import Metrics, demo_raw_config, disk_full, free_port, wait_until
 
+from exporter import logging as exporter_logging
+from exporter import storage as storage_module
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.simulator import ManualClock, Simulator
 from exporter.storage import DATABASE, SCHEMA_VERSION, Storage, StorageError
@@ -170,6 +173,108 @@ def test_a_version_1_file_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None
     with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
     db.close()
+
+
+def records(count: int, origin: str = "api") -> list[JobRecord]:
+    return [replace(FAILING, job_id=f"job-{n:04d}", origin=origin) for n in range(count)]
+
+
+def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The JSON log lines written since the last call (after exporter_logging.configure)."""
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "RETRY_FIRST", 0.05)
+    monkeypatch.setattr(storage_module, "RETRY_MAX", 0.1)
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_failed_commit_is_reported_kept_and_retried_until_it_succeeds(
+    storage: Storage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """wait_saved() names the path and the reason instead of pretending; the changes stay,
+    one per row, and are written once the storage takes them; one log line per streak."""
+    database = str(tmp_path / "data" / DATABASE)
+    disk_full(storage)
+    exporter_logging.configure("info", "json")
+    storage.save(records(50))
+    problem = storage.wait_saved(("training", "job-0001"))
+    assert problem is not None
+    assert problem.startswith(f"cannot write storage file {database!r}: database or disk is full")
+    assert storage.problem == problem
+    assert not storage.flush()
+    for _ in range(20):  # every row changes again and again: the backlog does not grow
+        storage.save(records(50, origin="webhook"))
+    assert storage.backlog == 50
+    wait_until(lambda: storage.errors()["write"] >= 3, what="retries with a backoff")
+    disk_full(storage, full=False)
+    wait_until(lambda: storage.problem is None, what="the retry that succeeds")
+    logged = log_events(capsys)
+    assert storage.wait_saved(("training", "job-0001")) is None
+    stored = storage.load()
+    assert len(stored) == 50
+    assert {job.origin for job in stored} == {"webhook"}  # the latest change of each row won
+    assert storage.backlog == 0
+    events = [e["event"] for e in logged]
+    assert events.count("storage write failed; changes kept in memory and retried, not ready") == 1
+    assert events.count("storage writable again; what changed meanwhile is written") == 1
+    failed = next(e for e in logged if e["level"] == "error")
+    assert "exc_info" not in failed  # no traceback: the reason says it all
+    assert (failed["operation"], failed["error"]) == ("write", problem)
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_read_only_database_is_reported_as_such(storage: Storage) -> None:
+    connection = storage._connection
+    assert connection is not None
+    connection.execute("PRAGMA query_only = ON")
+    storage.save([FINISHED])
+    problem = storage.wait_saved()
+    assert problem is not None
+    assert "attempt to write a readonly database" in problem
+    connection.execute("PRAGMA query_only = OFF")
+    wait_until(lambda: storage.problem is None, what="the retry that succeeds")
+    assert [job.job_id for job in storage.load()] == ["batch-1"]
+
+
+def test_a_job_already_committed_is_saved_even_while_the_storage_fails(storage: Storage) -> None:
+    """Waiting for one job's row does not wait for (or fail with) other rows' changes."""
+    storage.save([FINISHED])
+    assert storage.wait_saved(("translator", "batch-1")) is None
+    disk_full(storage)
+    storage.save(records(50))
+    assert storage.wait_saved(("training", "job-0001")) is not None
+    assert storage.wait_saved(("translator", "batch-1")) is None
+
+
+def test_close_retries_once_and_logs_what_it_could_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opened = Storage.open(tmp_path / "data")
+    disk_full(opened)
+    opened.save(records(50))
+    assert opened.wait_saved() is not None
+    exporter_logging.configure("info", "json")
+    opened.close()
+    lost = next(
+        e
+        for e in log_events(capsys)
+        if e["event"] == "storage closed with changes it could not write"
+    )
+    assert lost["rows"] == 50
+
+
+def test_a_dangling_symlink_is_named_as_such(tmp_path: Path) -> None:
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(StorageError) as caught:
+        Storage.open(link)
+    assert str(caught.value) == (
+        f"storage directory '{link}' is a symbolic link to '{tmp_path / 'gone'}', which does not "
+        "exist; create that directory or point --storage.path at one that exists"
+    )
 
 
 # -- real processes --------------------------------------------------------------------------

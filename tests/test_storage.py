@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -449,3 +452,159 @@ def test_a_registered_job_survives_kill_9_and_is_polled_again(tmp_path: Path) ->
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=15) == 0
             second.communicate(timeout=10)
+
+
+# -- a real full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, unmounted at the end whatever happened."""
+    if os.geteuid() != 0:
+        pytest.fail("the full-disk tests mount a tmpfs and must run as root (CI does)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as filler:
+        for _ in range(4096):  # at most 16 MiB: the disk is far smaller
+            filler.write(b"\0" * 4096)
+
+
+def test_a_new_database_on_a_full_disk_is_refused_with_the_reason(small_disk: Path) -> None:
+    fill(small_disk)
+    with pytest.raises(StorageError) as caught:
+        Storage.open(small_disk)
+    database = small_disk / DATABASE
+    assert str(caught.value).startswith(
+        f"cannot create the storage database: cannot write storage file '{database}': "
+    )
+    assert "no space left on its filesystem" in str(caught.value)
+    assert not database.exists()  # no empty file left to be mistaken for a database
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_full_disk_at_start_up_serves_what_is_stored_until_it_can_write(
+    small_disk: Path,
+) -> None:
+    first = Storage.open(small_disk)
+    first.save([FINISHED])
+    first.close()
+    fill(small_disk)
+    opened = Storage.open(small_disk)
+    try:
+        assert [job.job_id for job in opened.load()] == ["batch-1"]
+        assert opened.problem is not None
+        assert "no space left on its filesystem" in opened.problem
+        assert opened.errors()["open"] >= 1
+        opened.save([FAILING])
+        (small_disk / "filler").unlink()
+        wait_until(lambda: opened.problem is None, what="opening for writing once there is room")
+        assert opened.wait_saved() is None
+        assert {job.job_id for job in opened.load()} == {"batch-1", "job-2"}
+    finally:
+        opened.close()
+
+
+class Exporter:
+    """An exporter process on `disk` with the jobs API, its log in a file, for the tests."""
+
+    def __init__(self, tmp_path: Path, config: Path, disk: Path, name: str) -> None:
+        self.port, self.log = free_port(), tmp_path / f"{name}.log"
+        self.base = f"http://127.0.0.1:{self.port}"
+        with self.log.open("w") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", f"--config.file={config}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.path={disk}",
+                 "--web.enable-jobs-api", "--log.format=json"],
+                stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+            )  # fmt: skip
+        wait_until(lambda: scrape(self.port), what=f"the {name} exporter to serve")
+
+    def register(self, job_ids: list[str], clients: int = 8) -> dict[str, tuple[int, str]]:
+        """Register the jobs from concurrent clients: (status, body) by job ID."""
+
+        def one_client(part: list[str]) -> list[tuple[str, int, str]]:
+            answers = []
+            with requests.Session() as session:
+                for job_id in part:
+                    r = session.post(f"{self.base}/api/v1/jobs", timeout=30,
+                                     json={"source": "translator", "job_id": job_id})  # fmt: skip
+                    answers.append((job_id, r.status_code, r.text))
+            return answers
+
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            parts = pool.map(one_client, [job_ids[i::clients] for i in range(clients)])
+        return {job_id: (code, text) for part in parts for job_id, code, text in part}
+
+    def ready(self) -> requests.Response:
+        return requests.get(f"{self.base}/-/ready", timeout=5)
+
+    def jobs(self) -> set[str]:
+        answer = requests.get(f"{self.base}/api/v1/jobs", params={"limit": "10000"}, timeout=30)
+        return {job["job_id"] for job in answer.json()["jobs"]}
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def test_a_disk_filled_by_registrations_loses_no_acknowledged_job(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """A burst of registrations fills a real 1 MiB disk: every 201 survives kill -9 and a
+    restart on the still full disk; the rest were answered 503 with the reason; /-/ready was
+    503 and the errors counted, with one log line. Given room, the restarted exporter is ready
+    again and writes what it held back, so after another kill -9 every job is there."""
+    with Simulator(clock=ManualClock(60.0)) as sim:
+        raw = demo_raw_config(sim, poll_interval="1h")
+        raw["sources"] = [{**raw["sources"][3], "job_ids": [], "max_jobs": 100_000}]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        ids = [f"batch-{n:04d}" for n in range(1000)]
+        first = Exporter(tmp_path, config, small_disk, "first")
+        try:
+            answers = first.register(ids)
+            ready, metrics = first.ready(), scrape(first.port)
+        finally:
+            first.kill()
+        acknowledged = {job_id for job_id, (code, _) in answers.items() if code == 201}
+        refused = {job_id: text for job_id, (code, text) in answers.items() if code == 503}
+        second = Exporter(tmp_path, config, small_disk, "second")  # the disk is still full
+        try:
+            missing = acknowledged - second.jobs()
+            assert not missing, f"{len(missing)} of {len(acknowledged)} jobs answered 201 lost"
+            assert refused, "the disk never filled"
+            assert len(acknowledged) + len(refused) == len(ids)
+            for text in refused.values():
+                assert "no space left on its filesystem" in json.loads(text)["error"]
+            assert ready.status_code == 503
+            assert (
+                f"storage failing: cannot write storage file '{small_disk / DATABASE}'"
+                in ready.text
+            )
+            assert metrics is not None
+            assert (metrics.get("asyncjob_storage_errors_total", operation="write") or 0) >= 1
+            log_text = first.log.read_text()
+            events = [json.loads(line)["event"] for line in log_text.splitlines()]
+            assert len([e for e in events if e.startswith("storage write failed")]) == 1
+            assert "Traceback" not in log_text
+            again = second.register(sorted(refused))  # fills what SQLite can reuse, then 503
+            unsaved = sorted(job_id for job_id, (code, _) in again.items() if code == 503)
+            assert unsaved, "the disk never filled again"
+            assert second.ready().status_code == 503
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+            wait_until(lambda: second.ready().status_code == 200, what="ready once there is room")
+            late = second.register(unsaved)  # tracked all along, and now committed: 200
+            assert {code for code, _ in late.values()} == {200}
+        finally:
+            second.kill()
+        # A third start would poll each job a third time and expire it (the simulator has no
+        # such batches: 404), so the file is read as it was left.
+        assert set(stored_states(small_disk / DATABASE)) == set(ids)

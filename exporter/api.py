@@ -5,7 +5,8 @@ and basic auth as /metrics. Every answer is JSON; every refusal is a 4xx with `{
 
     POST   /api/v1/jobs                     {"source": "...", "job_id": "...", "project": "..."}
                                             or {"operation_location": "<Operation-Location>"}
-                                            201 new, 200 already tracked
+                                            201 new, 200 already tracked; 503 when the
+                                            storage cannot commit it (not acknowledged)
     GET    /api/v1/jobs                     the tracked jobs, by source and job ID, a page at a
                                             time: ?source=, ?state= (not_polled: no answer yet),
                                             ?limit= (default 1000, at most 10000), ?offset=;
@@ -193,11 +194,8 @@ class JobsApi:
             return _error(start_response, HTTPStatus.BAD_REQUEST, registration)
         if registration.owner is not None:
             return _forward(exporter, environ, registration.owner, start_response)
-        if registration.at_limit:
-            return _error(start_response, HTTPStatus.TOO_MANY_REQUESTS,
-                          f"{registration.problem}; no more jobs are accepted")  # fmt: skip
-        if registration.record is None:
-            return _error(start_response, HTTPStatus.BAD_REQUEST, registration.problem or "")
+        if registration.record is None or registration.unsaved:
+            return _refusal(start_response, registration)
         status = HTTPStatus.CREATED if registration.created else HTTPStatus.OK
         return _answer(start_response, status, job_json(registration.record))
 
@@ -217,6 +215,16 @@ class JobsApi:
         if isinstance(removed, str):
             return _error(start_response, HTTPStatus.CONFLICT, removed)
         return _answer(start_response, HTTPStatus.NO_CONTENT)
+
+
+def _refusal(start_response: StartResponse, registration: Registration) -> list[bytes]:
+    if registration.at_limit:
+        return _error(start_response, HTTPStatus.TOO_MANY_REQUESTS,
+                      f"{registration.problem}; no more jobs are accepted")  # fmt: skip
+    if registration.unsaved:
+        return _error(start_response, HTTPStatus.SERVICE_UNAVAILABLE,
+                      _unsaved(registration.problem))  # fmt: skip
+    return _error(start_response, HTTPStatus.BAD_REQUEST, registration.problem or "")
 
 
 _SHAPE = (
@@ -253,6 +261,7 @@ _WEBHOOK_ANSWERS = {
     "known": HTTPStatus.OK,
     "invalid": HTTPStatus.BAD_REQUEST,
     "refused": HTTPStatus.TOO_MANY_REQUESTS,
+    "unsaved": HTTPStatus.SERVICE_UNAVAILABLE,
 }
 # One answer for an unknown source, a source without webhooks and a wrong token, so that
 # source names cannot be probed without a token.
@@ -267,6 +276,15 @@ def _webhook_parts(environ: Environ) -> tuple[str, str, str] | None:
     query = parse_qs(environ.get("QUERY_STRING", ""))
     token = environ.get("HTTP_X_WEBHOOK_TOKEN") or (query.get("token") or [""])[0]
     return parts[0], parts[1], token
+
+
+def _unsaved(problem: str | None) -> str:
+    """A 503's message: the job is not acknowledged, and why."""
+    return (
+        f"the job is not registered: the storage cannot commit it ({problem or 'unknown'}); it "
+        "is kept in memory and written when the storage can be written again: repeat the "
+        "request until it answers 200"
+    )
 
 
 class WebhooksApi:
@@ -299,6 +317,10 @@ class WebhooksApi:
         result = self._exporter.webhook(slug, source, token, payload)
         if isinstance(result, int):
             return _forward(self._exporter, environ, result, start_response)
+        if result == "unsaved":
+            storage = self._exporter.store.storage
+            return _error(start_response, HTTPStatus.SERVICE_UNAVAILABLE,
+                          _unsaved(storage.problem if storage else None))  # fmt: skip
         return _webhook_answer(start_response, result)
 
 

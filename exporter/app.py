@@ -23,7 +23,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from exporter.collector import SourceCollector
+from exporter.collector import SourceCollector, StorageCollector
 from exporter.config import ConfigError, load_config, secrets
 from exporter.exposition import Exposition
 from exporter.http import TokenBucket
@@ -58,6 +58,7 @@ class Registration:
     problem: str | None = None
     at_limit: bool = False
     owner: int | None = None  # another shard owns the job: the request goes there
+    unsaved: bool = False  # tracked in memory, but not committed: `problem` says why
 
 
 def _registration_problem(source: SourceBase, job_id: str, project: str | None) -> str | None:
@@ -108,6 +109,8 @@ class Exporter:
         # indexes a collector without describe() by its collect() only when asked to).
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SourceCollector(self.store))
+        if storage is not None:
+            self.registry.register(StorageCollector(storage))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -134,6 +137,7 @@ class Exporter:
         self._buckets: dict[str, TokenBucket] = {}  # by source name; "" is the global budget
         self._started = False
         self._stopping = threading.Event()
+        self._refusing: dict[str, int] = {}  # registrations refused in a row, by source
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -212,8 +216,11 @@ class Exporter:
     ) -> Registration:
         """Track a job that did not come from the config file, and poll it right away.
 
-        With storage, a new job is committed before this returns, so an answer of 201 means
-        it survives a crash."""
+        With storage, the job's row is committed before this returns, so an answer of 201 (or
+        200) means it survives a crash. When the commit fails the registration is `unsaved`:
+        the job stays tracked (and polled) in memory and its row is retried with everything
+        else the storage holds back, but it is not acknowledged; asked again, it is once its
+        row is committed."""
         with self._lock:
             source = self._source(source_name)
             if source is None:
@@ -227,20 +234,34 @@ class Exporter:
             project = project or _project(source)
             added = self.store.add(source.provider, source.name, job_id, project, origin)
             if added is None:
-                log.warning("job limit reached", source=source.name, max_jobs=source.max_jobs,
-                            refused=1, origin=origin)  # fmt: skip
+                self._refused(source, origin)
                 return Registration(
                     problem=f"source {source_name!r} tracks {source.max_jobs} jobs, its max_jobs",
                     at_limit=True,
                 )
             record, created = added
+            if created and source.name in self._refusing:
+                refused = self._refusing.pop(source.name)
+                log.info("job limit no longer reached", source=source.name, refused=refused)
             poller = self._pollers[source.name]
         if created:
-            if self.store.storage is not None:
-                self.store.storage.flush()
             poller.schedule_now(job_id, project)
+        storage = self.store.storage
+        problem = None if storage is None else storage.wait_saved((source.name, job_id))
+        if problem is not None:
+            return Registration(record=record, created=created, problem=problem, unsaved=True)
+        if created:
             log.info("job registered", source=source.name, job_id=job_id, origin=origin)
         return Registration(record=record, created=created)
+
+    def _refused(self, source: SourceBase, origin: str) -> None:
+        """Log the first refusal of a streak (each is counted in the store); the caller holds
+        the lock. The streak ends when the source takes a job again."""
+        refused = self._refusing.get(source.name, 0)
+        self._refusing[source.name] = refused + 1
+        if not refused:
+            log.warning("job limit reached; refusing jobs until there is room",
+                        source=source.name, max_jobs=source.max_jobs, origin=origin)  # fmt: skip
 
     def admits_webhook(self, slug: str, source_name: str, token: str) -> bool:
         """Whether a webhook call may go on, from its path and token alone (before its body is
@@ -279,6 +300,8 @@ class Exporter:
         registration = self.register(source.name, job_id, None, WEBHOOK)
         if registration.at_limit:
             return "refused"
+        if registration.unsaved:
+            return "unsaved"
         if registration.record is None:
             return "invalid"
         if registration.created:
@@ -346,9 +369,14 @@ class Exporter:
         threading.Thread(target=self._supervise_forever, name="supervisor", daemon=True).start()
 
     def not_ready(self) -> str | None:
-        """Why /-/ready should say no, or None when every source's scheduler runs."""
+        """Why /-/ready should say no, or None when every source's scheduler runs and the
+        storage (if any) can be written."""
         if not self._started:
             return "not started"
+        storage = self.store.storage
+        problem = None if storage is None else storage.problem
+        if problem is not None:
+            return f"storage failing: {problem}"
         dead = [name for name, poller in self._pollers.items() if not poller.alive]
         return f"scheduler not running for source(s) {', '.join(dead)}" if dead else None
 

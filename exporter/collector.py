@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.model import ErrorReason
+from exporter.storage import OPERATIONS
 from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
+    from exporter.storage import Storage
     from exporter.store import SourceStats, Store
 
 SOURCE_LABELS = ["provider", "source"]
@@ -65,7 +67,7 @@ class _Families:
         )
         self.webhooks = CounterMetricFamily(
             "asyncjob_webhooks",
-            "Webhook calls by result (registered, known, unauthorized, invalid, refused).",
+            "Webhook calls by result (registered, known, unauthorized, invalid, refused, unsaved).",
             labels=[*SOURCE_LABELS, "result"],
         )
         self.delayed = CounterMetricFamily(
@@ -162,3 +164,34 @@ class SourceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return self._build(self._store.source_stats()).all()
+
+
+class StorageCollector(Collector):
+    """Exposes the storage's failures (with --storage.path):
+
+    # HELP asyncjob_storage_errors_total Failed storage attempts by operation ...
+    # TYPE asyncjob_storage_errors_total counter
+    asyncjob_storage_errors_total{operation="open"} 0.0
+    asyncjob_storage_errors_total{operation="write"} 3.0
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def _family(self, errors: dict[str, int]) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "asyncjob_storage_errors",
+            "Failed storage attempts by operation: open (opening the database for writing, at "
+            "start-up or retrying), write (committing a batch of changes). Failed changes are "
+            "kept and retried; /-/ready says why while it fails.",
+            labels=["operation"],
+        )
+        for operation in OPERATIONS:
+            family.add_metric([operation], errors.get(operation, 0))
+        return family
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family({})
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._storage.errors())

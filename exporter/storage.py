@@ -9,7 +9,15 @@ keeps its clock.
 
 Writes never block a scrape or a poll: `save()` and `delete()` queue the change and return; one
 writer thread commits what has queued at least every FLUSH_EVERY seconds, so a crash loses at
-most about that much. `flush()` waits until everything queued so far is committed.
+most about that much. `wait_saved()` waits until a job's row (or everything queued so far) is
+committed and says why when it is not: what the jobs API waits on before it answers 201.
+
+When a commit fails (a full disk, a read-only remount, an I/O error) nothing is dropped: the
+changes stay queued, one per row (the latest wins, so memory stays bounded by the rows), and are
+retried with a backoff until a commit succeeds. Meanwhile `problem` says why, for /-/ready,
+`errors()` counts the failures by operation, and one line is logged when the failures start and
+one when they end. A database that exists but cannot be opened for writing at start-up is read
+(read-only) and served, and opening it for writing is retried in the same way.
 
 `DIR/lock` is held (flock) while the exporter runs: a second exporter on the same path is
 refused at start, as Prometheus refuses a second server on its data directory.
@@ -20,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import queue
+import os
 import sqlite3
 import threading
 import time
@@ -158,6 +166,7 @@ def record_fields(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_Key = tuple[str, ...]  # the row a change is to: (table, *primary key)
 _Change = tuple[str, tuple[Any, ...]]  # (SQL, parameters)
 _UPSERT = (
     "INSERT INTO jobs (source, job_id, provider, project, origin, first_seen, record) "
@@ -173,22 +182,67 @@ _SAVE_TALLY = (
     "ON CONFLICT (source) DO UPDATE SET tally = excluded.tally"
 )
 
+OPERATIONS = ("open", "write")
+"""What failed, for asyncjob_storage_errors_total{operation}: `open` (opening the database for
+writing, at start-up or when retrying after it could not be opened), `write` (committing a batch
+of changes)."""
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between attempts while the storage fails, doubling
+
 
 class Storage:
-    """The open database, its lock and its writer thread. Use `Storage.open(directory)`."""
+    """The open database, its lock and its writer thread. Use `Storage.open(directory)`.
 
-    def __init__(self, directory: Path, connection: sqlite3.Connection, lock: Any) -> None:
+    Changes wait in `_pending`, one per row (the latest wins), until a commit succeeds: a
+    failed batch goes back there and is retried, so memory grows with the rows that changed,
+    not with the changes. `_unsaved` holds, for each such row, the number of its latest change,
+    and `_committed` the number up to which everything is in the file."""
+
+    def __init__(
+        self,
+        directory: Path,
+        connection: sqlite3.Connection | None,
+        lock: Any,
+        reader: sqlite3.Connection | None = None,
+        problem: str | None = None,
+    ) -> None:
         self.directory = directory
-        self._connection = connection
+        self._connection = connection  # None: not yet open for writing (see open())
+        self._reader = reader  # read-only, for load() while the file cannot be opened to write
         self._lock_file = lock
-        self._changes: queue.SimpleQueue[_Change | threading.Event | None] = queue.SimpleQueue()
+        self._db = threading.Lock()  # one user of the connections at a time
+        self._cond = threading.Condition()  # guards everything below
+        self._pending: dict[_Key, _Change] = {}
+        self._unsaved: dict[_Key, int] = {}
+        self._seq = 0  # the number of the latest change
+        self._committed = 0
+        self._since = 0.0  # when the oldest pending change came (monotonic)
+        self._flush_asked = False
+        self._stopping = False
+        self._problem = problem
+        self._failing_since = time.monotonic() if problem else 0.0
+        self._retries = 0
+        self._retry_at = time.monotonic() + RETRY_FIRST
+        self._errors = dict.fromkeys(OPERATIONS, 0)
+        if problem is not None:
+            self._errors["open"] += 1
         self._writer = threading.Thread(target=self._write, name="storage-writer", daemon=True)
         self._writer.start()
 
     @classmethod
     def open(cls, directory: str | Path) -> Storage:
-        """Open (or create) the storage in `directory`. Raises StorageError, never resets."""
+        """Open (or create) the storage in `directory`. Raises StorageError, never resets.
+
+        A database that exists but cannot be opened for writing (a full disk, a read-only
+        mount, an I/O error) is opened read-only instead: what it holds is served, the storage
+        reports the problem and opening for writing is retried. A database that does not exist
+        yet and cannot be created is refused."""
         path = Path(directory)
+        if path.is_symlink() and not path.exists():
+            raise StorageError(
+                f"storage directory {str(path)!r} is a symbolic link to "
+                f"{str(path.readlink())!r}, which does not exist; create that directory or point "
+                "--storage.path at one that exists"
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
             lock = (path / LOCK).open("a")
@@ -206,18 +260,38 @@ class Storage:
                 f"{str(path / LOCK)!r} is held); stop that one or give this one its own "
                 "--storage.path"
             ) from None
+        database = path / DATABASE
+        existed = database.exists()
         try:
-            connection = _connect(path / DATABASE)
+            return cls(path, _connect(database), lock)
+        except _Unwritable as exc:
+            problem = _problem(database, exc.error)
+            try:
+                reader = _open_read_only(database, problem, existed=existed)
+            except StorageError:
+                lock.close()
+                raise
         except StorageError:
             lock.close()
             raise
-        return cls(path, connection, lock)
+        storage = cls(path, None, lock, reader=reader, problem=problem)
+        log.error(
+            "storage cannot be written; serving what it holds, not ready, retrying",
+            path=str(database), error=problem, operation="open",
+        )  # fmt: skip
+        return storage
+
+    def _read(self, sql: str) -> list[Any]:
+        with self._db:
+            connection = self._connection or self._reader
+            assert connection is not None  # one of them is open until close()
+            return connection.execute(sql).fetchall()
 
     def load(self) -> list[StoredJob]:
         """Every stored job (read once, at start, before the writer has anything to do)."""
-        rows = self._connection.execute(
+        rows = self._read(
             "SELECT source, job_id, provider, project, origin, first_seen, record FROM jobs"
-        ).fetchall()
+        )
         return [
             StoredJob(
                 source,
@@ -231,112 +305,288 @@ class Storage:
             for source, job_id, provider, project, origin, first, record in rows
         ]
 
+    def _queue(self, changes: Iterable[tuple[_Key, _Change]]) -> None:
+        """Keep each change as its row's latest, for the writer; returns at once."""
+        with self._cond:
+            for key, change in changes:
+                if not self._pending:
+                    self._since = time.monotonic()
+                self._seq += 1
+                self._pending[key] = change
+                self._unsaved[key] = self._seq
+            self._cond.notify_all()
+
     def save(self, records: Iterable[JobRecord]) -> None:
         """Queue upserts of these records; returns at once."""
-        for r in records:
-            row = (r.source, r.job_id, r.provider, r.project, r.origin, r.first_seen.isoformat(),
-                   json.dumps(record_to_json(r)))  # fmt: skip
-            self._changes.put((_UPSERT, row))
+        self._queue(
+            (("jobs", r.source, r.job_id),
+             (_UPSERT, (r.source, r.job_id, r.provider, r.project, r.origin,
+                        r.first_seen.isoformat(), json.dumps(record_to_json(r)))))
+            for r in records
+        )  # fmt: skip
 
     def load_tallies(self) -> dict[str, dict[str, Any]]:
         """Every source's stored tally, by source (read once, at start)."""
-        rows = self._connection.execute("SELECT source, tally FROM tallies").fetchall()
+        rows = self._read("SELECT source, tally FROM tallies")
         return {source: json.loads(tally) for source, tally in rows}
 
     def save_tally(self, source: str, tally: dict[str, Any]) -> None:
         """Queue the upsert of a source's tally; returns at once."""
-        self._changes.put((_SAVE_TALLY, (source, json.dumps(tally))))
+        self._queue(((("tallies", source), (_SAVE_TALLY, (source, json.dumps(tally)))),))
 
     def load_retired(self) -> dict[str, dict[str, datetime]]:
         """When each retired job was let go, by source and job ID (read once, at start)."""
         retired: dict[str, dict[str, datetime]] = {}
-        for source, job_id, at in self._connection.execute(
-            "SELECT source, job_id, at FROM retired"
-        ).fetchall():
+        for source, job_id, at in self._read("SELECT source, job_id, at FROM retired"):
             retired.setdefault(source, {})[job_id] = datetime.fromisoformat(at)
         return retired
 
     def retire(self, source: str, job_id: str, at: datetime) -> None:
         """Queue the remembering of a retired job; returns at once."""
-        self._changes.put((_RETIRE, (source, job_id, at.isoformat())))
+        self._queue(((("retired", source, job_id), (_RETIRE, (source, job_id, at.isoformat()))),))
 
     def unretire(self, keys: Iterable[tuple[str, str]]) -> None:
         """Queue the forgetting of retired jobs; returns at once."""
-        for key in keys:
-            self._changes.put((_UNRETIRE, key))
+        self._queue((("retired", *key), (_UNRETIRE, key)) for key in keys)
 
     def delete(self, keys: Iterable[tuple[str, str]]) -> None:
         """Queue the removal of (source, job_id) rows; returns at once."""
-        for key in keys:
-            self._changes.put((_DELETE, key))
+        self._queue((("jobs", *key), (_DELETE, key)) for key in keys)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the storage cannot be written now (path and reason), or None when it can."""
+        with self._cond:
+            return self._problem
+
+    @property
+    def backlog(self) -> int:
+        """Rows with changes not yet committed (one each, however often they changed)."""
+        with self._cond:
+            return len(self._unsaved)
+
+    def errors(self) -> dict[str, int]:
+        """Failed attempts so far, by operation (see OPERATIONS)."""
+        with self._cond:
+            return dict(self._errors)
+
+    def wait_saved(self, job: tuple[str, str] | None = None, timeout: float = 10.0) -> str | None:
+        """Wait until the latest change to this job's row (or, without a job, every change
+        queued so far) is committed. Returns None when it is, else why not: the storage's
+        problem (at once while it is failing: the change stays queued and is retried), or that
+        the commit took longer than `timeout`."""
+        with self._cond:
+            target = self._seq if job is None else self._unsaved.get(("jobs", *job), 0)
+            if self._committed >= target or not self._unsaved:
+                return None
+            if self._problem is None:
+                self._flush_asked = True
+                self._cond.notify_all()
+                self._cond.wait_for(
+                    lambda: self._committed >= target or self._problem is not None, timeout
+                )
+            if self._committed >= target:
+                return None
+            return self._problem or (
+                f"storage file {str(self.directory / DATABASE)!r} did not commit within "
+                f"{timeout:g}s"
+            )
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every change queued before this call is committed."""
-        done = threading.Event()
-        self._changes.put(done)
-        return done.wait(timeout)
+        """Wait until every change queued before this call is committed; False if it was not."""
+        return self.wait_saved(timeout=timeout) is None
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer, release the database and the lock."""
-        self._changes.put(None)
+        """Try once more to commit what is queued, stop the writer, release the database and
+        the lock. Changes that still cannot be written are lost, and logged as such."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         self._writer.join(10.0)
-        with contextlib.suppress(sqlite3.Error):
-            self._connection.close()
+        with self._db:
+            for connection in (self._connection, self._reader):
+                if connection is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.close()
+        with self._cond:
+            lost, problem = len(self._pending), self._problem
+        if lost:
+            log.error("storage closed with changes it could not write", path=str(self.directory),
+                      rows=lost, error=problem)  # fmt: skip
         self._lock_file.close()
 
-    def _write(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, waiters, stopping = self._take_batch()
-            if batch:
-                try:
-                    with self._connection:  # one transaction, committed on leaving
-                        for sql, parameters in batch:
-                            self._connection.execute(sql, parameters)
-                except sqlite3.Error as exc:
-                    log.exception("storage write failed", path=str(self.directory), error=str(exc))
-            for waiter in waiters:
-                waiter.set()
+    def _due(self) -> float | None:
+        """When the writer should next try (monotonic), or None: when something comes."""
+        if self._problem is not None:
+            return self._retry_at  # failing: retry on the backoff, flushes do not hurry it
+        if not self._pending:
+            return None
+        return time.monotonic() if self._flush_asked else self._since + FLUSH_EVERY
 
-    def _take_batch(self) -> tuple[list[_Change], list[threading.Event], bool]:
-        """Block for the first change, then take what arrives within FLUSH_EVERY of it; a
-        flush() or close() ends the batch at once. Returns (changes, flush waiters, stopping)."""
-        batch: list[_Change] = []
-        waiters: list[threading.Event] = []
-        item = self._changes.get()
-        deadline = time.monotonic() + FLUSH_EVERY
+    def _write(self) -> None:
+        """Commit what is pending: in batches at least every FLUSH_EVERY (at once for a
+        flush), and while the storage fails, on a backoff, with the failed batch kept."""
         while True:
-            if item is None:
-                return batch, waiters, True
-            if isinstance(item, threading.Event):
-                waiters.append(item)
-                return batch, waiters, False
-            batch.append(item)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return batch, waiters, False
-            try:
-                item = self._changes.get(timeout=remaining)
-            except queue.Empty:
-                return batch, waiters, False
+            with self._cond:
+                while not self._stopping:
+                    due = self._due()
+                    now = time.monotonic()
+                    if due is not None and due <= now:
+                        break
+                    self._cond.wait(None if due is None else due - now)
+                stopping = self._stopping
+                batch, self._pending = self._pending, {}
+                self._flush_asked = False
+                upto = self._seq
+                retry = self._problem is not None  # a reopen to try, even with nothing to write
+            if batch or retry:
+                self._attempt(batch, upto)
+            if stopping:
+                return
+
+    def _attempt(self, batch: dict[_Key, _Change], upto: int) -> None:
+        operation = "open"
+        try:
+            with self._db:
+                if self._connection is None:
+                    self._connection = _connect(self.directory / DATABASE)
+                    if self._reader is not None:
+                        self._reader.close()
+                        self._reader = None
+                operation = "write"
+                with self._connection:  # one transaction, committed on leaving
+                    for sql, parameters in batch.values():
+                        self._connection.execute(sql, parameters)
+        except (sqlite3.Error, _Unwritable, StorageError) as exc:
+            error = exc.error if isinstance(exc, _Unwritable) else exc
+            self._failed(batch, operation, error)
+            return
+        with self._cond:
+            self._committed = upto
+            for key in batch:
+                if self._unsaved.get(key, upto + 1) <= upto:
+                    del self._unsaved[key]
+            recovered, self._problem = self._problem is not None, None
+            failed_for = time.monotonic() - self._failing_since
+            self._retries = 0
+            self._cond.notify_all()
+        if recovered:
+            log.warning("storage writable again; what changed meanwhile is written",
+                        path=str(self.directory / DATABASE), rows=len(batch),
+                        failed_for=round(failed_for, 1))  # fmt: skip
+
+    def _failed(self, batch: dict[_Key, _Change], operation: str, error: BaseException) -> None:
+        """Keep the batch (a change that came since wins), count, and log once per streak."""
+        problem = (
+            str(error)
+            if isinstance(error, StorageError)
+            else _problem(self.directory / DATABASE, error)
+        )
+        with self._cond:
+            for key, change in batch.items():
+                self._pending.setdefault(key, change)
+            self._errors[operation] += 1
+            first = self._problem is None
+            if first:
+                self._failing_since = time.monotonic()
+            self._problem = problem
+            self._retry_at = time.monotonic() + min(RETRY_MAX, RETRY_FIRST * 2**self._retries)
+            self._retries += 1
+            rows = len(self._pending)
+            self._cond.notify_all()
+        if first:
+            log.error(
+                "storage write failed; changes kept in memory and retried, not ready",
+                path=str(self.directory / DATABASE), error=problem, operation=operation,
+                rows=rows,
+            )  # fmt: skip
+
+
+class _Unwritable(Exception):  # noqa: N818 - internal, carries the sqlite3 error
+    """The database exists but cannot be opened for writing now (disk full, read-only, I/O)."""
+
+    def __init__(self, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _problem(database: Path, error: BaseException) -> str:
+    """What is wrong with writing `database`, with what the filesystem says about it."""
+    reason = str(error)
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(database.parent)
+        if fs.f_flag & os.ST_RDONLY:
+            reason += "; its filesystem is mounted read-only"
+        elif fs.f_bavail * fs.f_frsize < 64 * 1024:
+            free = fs.f_bavail * fs.f_frsize
+            reason += f"; no space left on its filesystem ({free} bytes free)"
+    return f"cannot write storage file {str(database)!r}: {reason}"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open, check and migrate the database file. Raises StorageError naming the file."""
+    """Open, check and migrate the database file. Raises StorageError naming the file, or
+    _Unwritable when it cannot be written now."""
     where = str(path)
     try:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise _Unwritable(exc) from None
+    try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         _check_integrity(connection)
         _migrate(connection, where)
+    except sqlite3.OperationalError as exc:  # full, read-only, I/O, locked: it may pass
+        connection.close()
+        raise _Unwritable(exc) from None
     except sqlite3.DatabaseError as exc:
-        raise StorageError(
-            f"storage file {where!r} is not a readable exporter database ({exc}); nothing was "
-            "changed. Move it aside to start with empty storage, or restore it from a backup"
-        ) from None
+        connection.close()
+        raise _unreadable(where, exc) from None
+    except StorageError:
+        connection.close()
+        raise
     connection.isolation_level = "DEFERRED"  # transactions from here on: the writer batches
     return connection
+
+
+def _unreadable(where: str, exc: sqlite3.Error) -> StorageError:
+    return StorageError(
+        f"storage file {where!r} is not a readable exporter database ({exc}); nothing was "
+        "changed. Move it aside to start with empty storage, or restore it from a backup"
+    )
+
+
+def _open_read_only(database: Path, problem: str, *, existed: bool) -> sqlite3.Connection:
+    """A read-only connection to a database that cannot be opened for writing now, or a
+    StorageError when it holds nothing this exporter can serve (new, or needing migration)."""
+    wal = database.with_name(f"{database.name}-wal")
+    if not existed or database.stat().st_size == 0:
+        if not existed:  # leave no trace of the attempt
+            for leftover in (database, wal, database.with_name(f"{database.name}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise StorageError(
+            f"cannot create the storage database: {problem}. Free space (or make it writable) "
+            "there, or choose another --storage.path"
+        )
+    # Without a write-ahead log to replay, the file alone is the whole database: read it as
+    # immutable, which needs no shared-memory file (that cannot be created on a full disk).
+    immutable = not wal.exists() or wal.stat().st_size == 0
+    uri = f"{database.absolute().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        version = reader.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StorageError(
+            f"{problem}, and it cannot be read either ({exc}). Free space (or make it "
+            "writable) there, or choose another --storage.path"
+        ) from None
+    if version != SCHEMA_VERSION:
+        reader.close()
+        raise StorageError(
+            f"{problem}, and it has schema version {version}, which this exporter must migrate "
+            f"to {SCHEMA_VERSION} before it can use it. Free space (or make it writable) there"
+        )
+    return reader
 
 
 def _check_integrity(connection: sqlite3.Connection) -> None:

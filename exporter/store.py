@@ -172,9 +172,9 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     )
 
 
-WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused")
+WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused", "unsaved")
 """How a webhook call ended: a new job, one already tracked, a wrong or missing token, no
-usable job ID in it, or the source at its max_jobs."""
+usable job ID in it, the source at its max_jobs, or a job the storage could not commit."""
 
 CONFIG = "config"
 """The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""

@@ -101,6 +101,15 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
         time.sleep(0.05)
 
 
+def disk_full(storage: Storage, *, full: bool = True) -> None:
+    """Make SQLite answer 'database or disk is full' (the file may not grow by one more page),
+    or stop it doing so: a full disk without a filesystem to fill."""
+    connection = storage._connection  # the test reaches in: a pragma on the writer's connection
+    assert connection is not None
+    pages = connection.execute("PRAGMA page_count").fetchone()[0] if full else 1073741823
+    connection.execute(f"PRAGMA max_page_count = {pages}")
+
+
 @dataclass
 class Harness:
     """A simulator and an exporter serving /metrics, both on 127.0.0.1."""

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from conftest import Harness, Metrics, demo_raw_config, wait_until
+from conftest import Harness, Metrics, demo_raw_config, disk_full, wait_until
 
-from exporter.storage import Storage
+from exporter import logging as exporter_logging
+from exporter import storage as storage_module
+from exporter.storage import DATABASE, Storage
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -230,7 +232,12 @@ def test_delete_stops_tracking_api_jobs_only(make_harness: MakeHarness) -> None:
     assert error_of(unknown) == "no job 'never-seen' is tracked for source 'translator'"
 
 
-def test_registrations_beyond_max_jobs_are_refused_and_counted(make_harness: MakeHarness) -> None:
+def test_registrations_beyond_max_jobs_are_refused_counted_and_logged_once(
+    make_harness: MakeHarness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each refusal is counted; the log has one line when refusals start and one when the
+    source takes a job again, however many were refused between."""
+
     def small(sim: Simulator) -> dict[str, Any]:
         raw = slow(sim)
         raw["sources"][3]["max_jobs"] = 3  # translator: two config jobs, room for one more
@@ -238,15 +245,23 @@ def test_registrations_beyond_max_jobs_are_refused_and_counted(make_harness: Mak
 
     h = make_harness(small, jobs_api=True)
     assert post(h, {"source": "translator", "job_id": "third"}).status_code == 201
-    refused = post(h, {"source": "translator", "job_id": "fourth"})
-    assert refused.status_code == 429
+    exporter_logging.configure("info", "json")
+    capsys.readouterr()
+    for n in range(20):
+        refused = post(h, {"source": "translator", "job_id": f"refused-{n}"})
+        assert refused.status_code == 429
     assert error_of(refused) == (
         "source 'translator' tracks 3 jobs, its max_jobs; no more jobs are accepted"
     )
     m = h.scrape()
     labels = {"provider": "azure_document_translation", "source": "translator"}
-    assert m.get("asyncjob_jobs_rejected_total", **labels, reason="limit") == 1
+    assert m.get("asyncjob_jobs_rejected_total", **labels, reason="limit") == 20
     assert m.get("asyncjob_tracked_jobs", **labels) == 3
+    assert requests.delete(f"{jobs_url(h)}/translator/third", timeout=5).status_code == 204
+    assert post(h, {"source": "translator", "job_id": "fourth"}).status_code == 201
+    logged = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert logged.count("job limit reached; refusing jobs until there is room") == 1  # not 20
+    assert logged.count("job limit no longer reached") == 1
 
 
 def test_a_thousand_registrations_from_twenty_clients_lose_none(
@@ -290,6 +305,46 @@ def test_a_thousand_registrations_from_twenty_clients_lose_none(
         assert storage.flush()
         stored = {job.job_id for job in storage.load() if job.origin == "api"}
         assert stored == set(ids)
+    finally:
+        storage.close()
+
+
+def test_a_job_the_storage_cannot_commit_is_503_and_not_ready_until_it_can(
+    make_harness: MakeHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No 201 without a commit: a full disk answers 503 naming the file and the reason, and
+    /-/ready says so; the job stays tracked in memory and is written once the disk takes it,
+    after which the same request answers 200."""
+    monkeypatch.setattr(storage_module, "RETRY_FIRST", 0.05)
+    monkeypatch.setattr(storage_module, "RETRY_MAX", 0.1)
+    storage = Storage.open(tmp_path / "data")
+    try:
+        h = make_harness(slow, jobs_api=True, storage=storage, start_polling=True)
+        assert requests.get(f"{h.url}/-/ready", timeout=5).status_code == 200
+        disk_full(storage)
+        body = {"source": "translator", "job_id": "batch-late"}
+        for n in range(30):  # enough rows to need a page more than the file has
+            if (refused := post(h, {**body, "job_id": f"batch-{n:02d}"})).status_code == 503:
+                break
+        assert refused.status_code == 503
+        database = str(tmp_path / "data" / DATABASE)
+        assert error_of(refused).startswith(
+            "the job is not registered: the storage cannot commit it (cannot write storage file "
+            f"{database!r}: database or disk is full"
+        )
+        assert post(h, body).status_code == 503  # while it fails, at once
+        ready = requests.get(f"{h.url}/-/ready", timeout=5)
+        assert ready.status_code == 503
+        assert f"storage failing: cannot write storage file {database!r}" in ready.text
+        errors = h.scrape().get("asyncjob_storage_errors_total", operation="write")
+        assert errors is not None
+        assert errors >= 1
+        assert h.exporter.store.get("translator", "batch-late") is not None  # polled in memory
+        disk_full(storage, full=False)
+        wait_until(lambda: storage.problem is None, what="the storage to take writes again")
+        assert post(h, body).status_code == 200  # tracked, and now committed
+        assert requests.get(f"{h.url}/-/ready", timeout=5).status_code == 200
+        assert "batch-late" in {job.job_id for job in storage.load()}
     finally:
         storage.close()
 

@@ -13,9 +13,11 @@ from exporter.cli import build_parser
 from exporter.config import GlobalConfig
 from exporter.providers import PROVIDERS
 from exporter.simulator import Fault
+from exporter.storage import Storage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 README = (REPO / "README.md").read_text()
 
@@ -41,11 +43,17 @@ def test_flags() -> None:
     assert exporter_flags <= options, exporter_flags - options
 
 
-def test_metrics(make_harness: Callable[..., Harness]) -> None:
-    h = make_harness(with_source(4, webhook_token="t", discovery={}), at=1000.0)  # every family
-    h.sim.set_fault("batch-ok", Fault(status=404))
-    h.exporter.poll_once()
-    exposed = {name for name, _ in h.scrape().samples}
+def test_metrics(make_harness: Callable[..., Harness], tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "data")  # for the storage's own family
+    try:
+        h = make_harness(
+            with_source(4, webhook_token="t", discovery={}), at=1000.0, storage=storage
+        )  # every family
+        h.sim.set_fault("batch-ok", Fault(status=404))
+        h.exporter.poll_once()
+        exposed = {name for name, _ in h.scrape().samples}
+    finally:
+        storage.close()
     families = {
         re.sub(r"_(bucket|count|sum)$", "", n) for n in exposed if n.startswith("asyncjob_")
     }

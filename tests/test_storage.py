@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 import yaml
-from conftest import Metrics, demo_raw_config, free_port, wait_until
+from conftest import Metrics, demo_raw_config, disk_full, free_port, wait_until
 
+from exporter import logging as exporter_logging
+from exporter import storage as storage_module
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.simulator import ManualClock, Simulator
 from exporter.storage import DATABASE, SCHEMA_VERSION, Storage, StorageError
@@ -170,6 +176,108 @@ def test_a_version_1_file_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None
     with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
         assert db.execute("SELECT max(version) FROM schema_version").fetchone() == (3,)
     db.close()
+
+
+def records(count: int, origin: str = "api") -> list[JobRecord]:
+    return [replace(FAILING, job_id=f"job-{n:04d}", origin=origin) for n in range(count)]
+
+
+def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The JSON log lines written since the last call (after exporter_logging.configure)."""
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line[:1] == "{"]
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "RETRY_FIRST", 0.05)
+    monkeypatch.setattr(storage_module, "RETRY_MAX", 0.1)
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_failed_commit_is_reported_kept_and_retried_until_it_succeeds(
+    storage: Storage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """wait_saved() names the path and the reason instead of pretending; the changes stay,
+    one per row, and are written once the storage takes them; one log line per streak."""
+    database = str(tmp_path / "data" / DATABASE)
+    disk_full(storage)
+    exporter_logging.configure("info", "json")
+    storage.save(records(50))
+    problem = storage.wait_saved(("training", "job-0001"))
+    assert problem is not None
+    assert problem.startswith(f"cannot write storage file {database!r}: database or disk is full")
+    assert storage.problem == problem
+    assert not storage.flush()
+    for _ in range(20):  # every row changes again and again: the backlog does not grow
+        storage.save(records(50, origin="webhook"))
+    assert storage.backlog == 50
+    wait_until(lambda: storage.errors()["write"] >= 3, what="retries with a backoff")
+    disk_full(storage, full=False)
+    wait_until(lambda: storage.problem is None, what="the retry that succeeds")
+    logged = log_events(capsys)
+    assert storage.wait_saved(("training", "job-0001")) is None
+    stored = storage.load()
+    assert len(stored) == 50
+    assert {job.origin for job in stored} == {"webhook"}  # the latest change of each row won
+    assert storage.backlog == 0
+    events = [e["event"] for e in logged]
+    assert events.count("storage write failed; changes kept in memory and retried, not ready") == 1
+    assert events.count("storage writable again; what changed meanwhile is written") == 1
+    failed = next(e for e in logged if e["level"] == "error")
+    assert "exc_info" not in failed  # no traceback: the reason says it all
+    assert (failed["operation"], failed["error"]) == ("write", problem)
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_read_only_database_is_reported_as_such(storage: Storage) -> None:
+    connection = storage._connection
+    assert connection is not None
+    connection.execute("PRAGMA query_only = ON")
+    storage.save([FINISHED])
+    problem = storage.wait_saved()
+    assert problem is not None
+    assert "attempt to write a readonly database" in problem
+    connection.execute("PRAGMA query_only = OFF")
+    wait_until(lambda: storage.problem is None, what="the retry that succeeds")
+    assert [job.job_id for job in storage.load()] == ["batch-1"]
+
+
+def test_a_job_already_committed_is_saved_even_while_the_storage_fails(storage: Storage) -> None:
+    """Waiting for one job's row does not wait for (or fail with) other rows' changes."""
+    storage.save([FINISHED])
+    assert storage.wait_saved(("translator", "batch-1")) is None
+    disk_full(storage)
+    storage.save(records(50))
+    assert storage.wait_saved(("training", "job-0001")) is not None
+    assert storage.wait_saved(("translator", "batch-1")) is None
+
+
+def test_close_retries_once_and_logs_what_it_could_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opened = Storage.open(tmp_path / "data")
+    disk_full(opened)
+    opened.save(records(50))
+    assert opened.wait_saved() is not None
+    exporter_logging.configure("info", "json")
+    opened.close()
+    lost = next(
+        e
+        for e in log_events(capsys)
+        if e["event"] == "storage closed with changes it could not write"
+    )
+    assert lost["rows"] == 50
+
+
+def test_a_dangling_symlink_is_named_as_such(tmp_path: Path) -> None:
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(StorageError) as caught:
+        Storage.open(link)
+    assert str(caught.value) == (
+        f"storage directory '{link}' is a symbolic link to '{tmp_path / 'gone'}', which does not "
+        "exist; create that directory or point --storage.path at one that exists"
+    )
 
 
 # -- real processes --------------------------------------------------------------------------
@@ -344,3 +452,159 @@ def test_a_registered_job_survives_kill_9_and_is_polled_again(tmp_path: Path) ->
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=15) == 0
             second.communicate(timeout=10)
+
+
+# -- a real full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, unmounted at the end whatever happened."""
+    if os.geteuid() != 0:
+        pytest.fail("the full-disk tests mount a tmpfs and must run as root (CI does)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as filler:
+        for _ in range(4096):  # at most 16 MiB: the disk is far smaller
+            filler.write(b"\0" * 4096)
+
+
+def test_a_new_database_on_a_full_disk_is_refused_with_the_reason(small_disk: Path) -> None:
+    fill(small_disk)
+    with pytest.raises(StorageError) as caught:
+        Storage.open(small_disk)
+    database = small_disk / DATABASE
+    assert str(caught.value).startswith(
+        f"cannot create the storage database: cannot write storage file '{database}': "
+    )
+    assert "no space left on its filesystem" in str(caught.value)
+    assert not database.exists()  # no empty file left to be mistaken for a database
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_full_disk_at_start_up_serves_what_is_stored_until_it_can_write(
+    small_disk: Path,
+) -> None:
+    first = Storage.open(small_disk)
+    first.save([FINISHED])
+    first.close()
+    fill(small_disk)
+    opened = Storage.open(small_disk)
+    try:
+        assert [job.job_id for job in opened.load()] == ["batch-1"]
+        assert opened.problem is not None
+        assert "no space left on its filesystem" in opened.problem
+        assert opened.errors()["open"] >= 1
+        opened.save([FAILING])
+        (small_disk / "filler").unlink()
+        wait_until(lambda: opened.problem is None, what="opening for writing once there is room")
+        assert opened.wait_saved() is None
+        assert {job.job_id for job in opened.load()} == {"batch-1", "job-2"}
+    finally:
+        opened.close()
+
+
+class Exporter:
+    """An exporter process on `disk` with the jobs API, its log in a file, for the tests."""
+
+    def __init__(self, tmp_path: Path, config: Path, disk: Path, name: str) -> None:
+        self.port, self.log = free_port(), tmp_path / f"{name}.log"
+        self.base = f"http://127.0.0.1:{self.port}"
+        with self.log.open("w") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "exporter", f"--config.file={config}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.path={disk}",
+                 "--web.enable-jobs-api", "--log.format=json"],
+                stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+            )  # fmt: skip
+        wait_until(lambda: scrape(self.port), what=f"the {name} exporter to serve")
+
+    def register(self, job_ids: list[str], clients: int = 8) -> dict[str, tuple[int, str]]:
+        """Register the jobs from concurrent clients: (status, body) by job ID."""
+
+        def one_client(part: list[str]) -> list[tuple[str, int, str]]:
+            answers = []
+            with requests.Session() as session:
+                for job_id in part:
+                    r = session.post(f"{self.base}/api/v1/jobs", timeout=30,
+                                     json={"source": "translator", "job_id": job_id})  # fmt: skip
+                    answers.append((job_id, r.status_code, r.text))
+            return answers
+
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            parts = pool.map(one_client, [job_ids[i::clients] for i in range(clients)])
+        return {job_id: (code, text) for part in parts for job_id, code, text in part}
+
+    def ready(self) -> requests.Response:
+        return requests.get(f"{self.base}/-/ready", timeout=5)
+
+    def jobs(self) -> set[str]:
+        answer = requests.get(f"{self.base}/api/v1/jobs", params={"limit": "10000"}, timeout=30)
+        return {job["job_id"] for job in answer.json()["jobs"]}
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def test_a_disk_filled_by_registrations_loses_no_acknowledged_job(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """A burst of registrations fills a real 1 MiB disk: every 201 survives kill -9 and a
+    restart on the still full disk; the rest were answered 503 with the reason; /-/ready was
+    503 and the errors counted, with one log line. Given room, the restarted exporter is ready
+    again and writes what it held back, so after another kill -9 every job is there."""
+    with Simulator(clock=ManualClock(60.0)) as sim:
+        raw = demo_raw_config(sim, poll_interval="1h")
+        raw["sources"] = [{**raw["sources"][3], "job_ids": [], "max_jobs": 100_000}]
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        ids = [f"batch-{n:04d}" for n in range(1000)]
+        first = Exporter(tmp_path, config, small_disk, "first")
+        try:
+            answers = first.register(ids)
+            ready, metrics = first.ready(), scrape(first.port)
+        finally:
+            first.kill()
+        acknowledged = {job_id for job_id, (code, _) in answers.items() if code == 201}
+        refused = {job_id: text for job_id, (code, text) in answers.items() if code == 503}
+        second = Exporter(tmp_path, config, small_disk, "second")  # the disk is still full
+        try:
+            missing = acknowledged - second.jobs()
+            assert not missing, f"{len(missing)} of {len(acknowledged)} jobs answered 201 lost"
+            assert refused, "the disk never filled"
+            assert len(acknowledged) + len(refused) == len(ids)
+            for text in refused.values():
+                assert "no space left on its filesystem" in json.loads(text)["error"]
+            assert ready.status_code == 503
+            assert (
+                f"storage failing: cannot write storage file '{small_disk / DATABASE}'"
+                in ready.text
+            )
+            assert metrics is not None
+            assert (metrics.get("asyncjob_storage_errors_total", operation="write") or 0) >= 1
+            log_text = first.log.read_text()
+            events = [json.loads(line)["event"] for line in log_text.splitlines()]
+            assert len([e for e in events if e.startswith("storage write failed")]) == 1
+            assert "Traceback" not in log_text
+            again = second.register(sorted(refused))  # fills what SQLite can reuse, then 503
+            unsaved = sorted(job_id for job_id, (code, _) in again.items() if code == 503)
+            assert unsaved, "the disk never filled again"
+            assert second.ready().status_code == 503
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+            wait_until(lambda: second.ready().status_code == 200, what="ready once there is room")
+            late = second.register(unsaved)  # tracked all along, and now committed: 200
+            assert {code for code, _ in late.values()} == {200}
+        finally:
+            second.kill()
+        # A third start would poll each job a third time and expire it (the simulator has no
+        # such batches: 404), so the file is read as it was left.
+        assert set(stored_states(small_disk / DATABASE)) == set(ids)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import bcrypt
 import pytest
 import requests
-from conftest import FIXTURES, Harness, demo_raw_config, wait_until
+from conftest import FIXTURES, Harness, demo_raw_config, disk_full, wait_until
 
 from exporter.api import Api
 from exporter.config import ConfigError, parse_config
 from exporter.server import HttpServer, make_app
 from exporter.simulator import Fault
+from exporter.storage import Storage
 from exporter.webconfig import WebConfig, WebConfigFile
 
 if TYPE_CHECKING:
@@ -61,6 +63,27 @@ def test_a_call_registers_the_job_and_polls_it_at_once(
     assert record.origin == "webhook"
     assert results(h) == {"registered": 1, "known": 0, "unauthorized": 0, "invalid": 0,
                           "refused": 0}  # fmt: skip
+
+
+def test_a_call_the_storage_cannot_commit_is_503_and_counted(
+    make_harness: Callable[..., Harness], tmp_path: Path
+) -> None:
+    """A 200 means committed: with the disk full the provider is told 503 (so it calls again),
+    with the storage's reason, and the call counts as unsaved."""
+    storage = Storage.open(tmp_path / "data")
+    try:
+        h = make_harness(with_token, storage=storage)
+        disk_full(storage)
+        storage.save(  # fill the last page, so that the job's row needs one more
+            replace(r, job_id=f"filler-{n}") for n in range(30) for r in h.exporter.store.jobs()
+        )
+        response = requests.post(hook(h), json=PAYLOAD, headers={"X-Webhook-Token": TOKEN},
+                                 timeout=10)  # fmt: skip
+        assert response.status_code == 503
+        assert "database or disk is full" in response.json()["error"]
+        assert h.scrape().get("asyncjob_webhooks_total", **SD, result="unsaved") == 1
+    finally:
+        storage.close()
 
 
 def test_a_known_job_is_polled_again_and_the_payload_is_not_believed(

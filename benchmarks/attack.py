@@ -126,11 +126,15 @@ def longest_fragment(text: str, key: str) -> int:
 
 
 def leak(text: str, key: str) -> str:
+    """How much of `key` is in `text`: the whole key (how many times), or its longest fragment
+    and how many of its FRAGMENT-character pieces; "no fragment" when none."""
     whole = text.count(key)
     if whole:
         return f"full key x{whole}"
-    longest = longest_fragment(text, key)
-    return f"{longest} chars of the key" if longest else "no fragment"
+    pieces = sum(1 for at in range(len(key) - FRAGMENT + 1) if key[at : at + FRAGMENT] in text)
+    if not pieces:
+        return "no fragment"
+    return f"{longest_fragment(text, key)} chars of the key ({pieces} {FRAGMENT}-char pieces)"
 
 
 def small_config(sim: Simulator, key: str = DEMO_KEY, **extra: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 PORT   ?= 9879
 
-.PHONY: demo test lint typecheck unit bench tools clean
+.PHONY: demo test lint typecheck unit bench attack tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Issue 14's attacks against real exporter processes on loopback, one table; exit 1 if any
+# did not hold. ATTACK_ARGS=--quick is the short form the test suite runs. Needs root (tmpfs).
+attack: $(STAMP)
+	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
 
 # Everything the build and the tests leave behind.
 clean:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import urllib3
 import yaml
@@ -79,6 +79,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     port: int
     http: urllib3.PoolManager
+    config_file: Path | None = None  # the config it reads (a reload reads it again)
 
     @property
     def url(self) -> str:
@@ -86,9 +87,16 @@ class Process:
 
     def status(self, key: str) -> int:
         """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
+        return self._status_field(key) * 1024
+
+    def threads(self) -> int:
+        """The process's threads now (/proc/PID/status)."""
+        return self._status_field("Threads")
+
+    def _status_field(self, key: str) -> int:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
             if line.startswith(f"{key}:"):
-                return int(line.split()[1]) * 1024
+                return int(line.split()[1])
         raise KeyError(key)
 
     def cpu(self) -> float:
@@ -113,27 +121,44 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def exporter(raw: dict[str, Any], *extra: str) -> Iterator[Process]:
+def exporter(
+    raw: dict[str, Any],
+    *extra: str,
+    stderr: IO[bytes] | None = None,
+    storage: str | None = None,
+    port: int | None = None,
+    timeout: float = 600.0,
+) -> Iterator[Process]:
+    """A real exporter process on 127.0.0.1 (`port`, or a free one) with `raw` as its config,
+    the jobs API on, and `extra` flags after the others (a later flag wins). Its log goes to
+    `stderr` (default: ours); its storage to `storage` (default: a temporary directory). Killed
+    on the way out if it does not stop within 30 s of SIGTERM."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(raw))
-        port = free_port()
+        port = port or free_port()
         popen = subprocess.Popen(
             [sys.executable, "-m", "exporter", f"--config.file={path}", "--log.level=error",
-             f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={tmp}/data",
+             f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={storage or f'{tmp}/data'}",
              "--web.enable-jobs-api", *extra],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
-        process = Process(popen, port, urllib3.PoolManager(maxsize=16))
+        process = Process(popen, port, urllib3.PoolManager(maxsize=16), path)
         try:
-            until(lambda: _answers(process), what="the exporter to listen")
+            until(lambda: _answers(process), what="the exporter to listen", timeout=timeout)
             yield process
         finally:
             popen.terminate()
-            popen.wait(30)
+            try:
+                popen.wait(30)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(30)
 
 
 def _answers(process: Process) -> bool:
+    if process.popen.poll() is not None:
+        raise RuntimeError(f"the exporter exited with code {process.popen.returncode}")
     try:
         process.get("/-/healthy")
     except (urllib3.exceptions.HTTPError, AssertionError):

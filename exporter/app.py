@@ -24,10 +24,9 @@ from prometheus_client import (
 )
 
 from exporter.collector import SourceCollector
-from exporter.config import ConfigError, load_config, secrets
+from exporter.config import ConfigError, load_config
 from exporter.exposition import Exposition
 from exporter.http import TokenBucket
-from exporter.logging import redactor
 from exporter.poller import SourcePoller, utcnow
 from exporter.sharding import Shard
 from exporter.store import CONFIG, SourceJobs, Store
@@ -175,7 +174,6 @@ class Exporter:
                 for poller in self._pollers.values():
                     if not poller.started:
                         poller.start()
-            redactor.register(secrets(config))
             self._reload_ok.set(1)
             self._reload_time.set_to_current_time()
 

@@ -1,16 +1,24 @@
-"""structlog set-up, in one function: level, console or JSON rendering, and redaction.
+"""structlog set-up, in one function: level, console or JSON rendering, and the redactor.
 
-Redaction is by key (anything named like a key, token, secret or password) and by value: every
-secret the config holds is registered here, so one that reaches an exception message is masked
-too.
+The redactor is the one place secrets are masked, and every exit goes through it: log events,
+config problems and --config.check output, HTTP answers but /metrics, and what upstream says
+before it becomes a label, a page field or a stored value. It masks by key (anything named like
+a key, token, secret or password, in log events) and by value: every secret of the running
+config, and of any config being loaded (registered before it is validated, so that a config
+that fails still has its secrets masked), in the spellings an exit may give it (JSON, HTML,
+`repr`, a label value, a URL).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import re
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -24,30 +32,88 @@ LEVELS = {
     "error": logging.ERROR,
 }
 REDACTED = "<redacted>"
+MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words; no real key is that short
 _SECRET_KEY = re.compile(r"key|token|secret|password|authorization|sig$", re.IGNORECASE)
 _SAS_SIG = re.compile(r"(?i)(sig=)[^&\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
+def spellings(secret: str) -> set[str]:
+    """The secret as each exit may write it: as is, JSON-escaped (ASCII or not), HTML-escaped,
+    inside a `repr` (either quote), as a Prometheus label value, percent-encoded."""
+    both_quotes = repr(secret + "'\"")[1:-4]  # repr escapes ' when the text has both quotes
+    label = secret.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        repr(secret)[1:-1],
+        both_quotes,
+        label,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
+
+
 class Redactor:
-    """A structlog processor that masks secrets by key and by value."""
+    """Masks secrets by value in anything an exit sends, and by key in log events."""
 
     def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: frozenset[str] = frozenset()
+        self._masked: tuple[str, ...] = ()  # every spelling of every secret, longest first
+        self._lock = threading.Lock()
 
     def register(self, secrets: Iterable[str]) -> None:
-        """Add secrets to mask; earlier ones stay masked (a rotated key can still be in flight)."""
-        known = set(self._secrets) | {s for s in secrets if len(s) >= 4}
-        # Longest first, so a secret that contains another is masked whole.
-        self._secrets = tuple(sorted(known, key=len, reverse=True))
+        """Add secrets to mask; earlier ones stay masked (a rotated key can still be in flight,
+        and a config that failed to load may still be quoted somewhere)."""
+        with self._lock:
+            known = self._secrets | {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+            if known == self._secrets:
+                return
+            masked = {spelled for s in known for spelled in spellings(s)}
+            self._secrets = known
+            # Longest first, so a secret that contains another is masked whole.
+            self._masked = tuple(sorted(masked, key=len, reverse=True))
 
     def mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
+        for spelled in self._masked:
+            if spelled in text:
+                text = text.replace(spelled, REDACTED)
         text = _SAS_SIG.sub(rf"\1{REDACTED}", text)
         text = _BEARER.sub(rf"\1{REDACTED}", text)
         return _JWT.sub(REDACTED, text)
+
+    def clip(self, text: str, limit: int) -> str:
+        """Mask, then cut to `limit` characters: a cut first could leave a fragment no longer
+        recognisable as the secret."""
+        return self.mask(text)[:limit]
+
+    def quote(self, value: Any, limit: int | None = None) -> str:
+        """`repr` of a value for a message, masked (and cut to `limit` characters) first."""
+        if isinstance(value, str):
+            return repr(self.mask(value)[:limit])
+        return self.mask(repr(value))[:limit]
+
+    def scrub(self, value: Any) -> Any:
+        """`value` masked throughout: strings and bytes, inside lists, tuples and dicts (keys
+        too); an exception becomes its masked repr. Anything else is returned as it is."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, bytes):
+            return self.mask(value.decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape"
+            )
+        if isinstance(value, list | tuple):
+            items = [self.scrub(item) for item in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, dict):
+            return {self.scrub(key): self.scrub(item) for key, item in value.items()}
+        if isinstance(value, BaseException):
+            return self.mask(repr(value))
+        return value
 
     def __call__(
         self, _logger: Any, _method: str, event: MutableMapping[str, Any]
@@ -55,10 +121,8 @@ class Redactor:
         for key, value in event.items():
             if key != "event" and _SECRET_KEY.search(key) and value is not None:
                 event[key] = REDACTED
-            elif isinstance(value, str):
-                event[key] = self.mask(value)
-            elif isinstance(value, BaseException):
-                event[key] = self.mask(repr(value))
+            else:
+                event[key] = self.scrub(value)
         return event
 
 

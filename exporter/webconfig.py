@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bcrypt
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretBytes,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exporter.config import ConfigError, read_yaml, validation_problems
 from exporter.providers.base import StrictModel
@@ -207,7 +214,7 @@ class BasicAuth:
         if credentials is None:
             return Verdict.DENIED
         user, password = credentials
-        key = hashlib.sha256(user + b"\0" + password).digest()
+        key = hashlib.sha256(user + b"\0" + password.get_secret_value()).digest()
         with self._lock:
             for cache, verdict in (
                 (self._verified, Verdict.ALLOWED),
@@ -220,7 +227,10 @@ class BasicAuth:
             return Verdict.BUSY
         try:
             hashed = self._users.get(user.decode("utf-8", "replace"))
-            ok = bcrypt.checkpw(password, hashed or self._DUMMY) and hashed is not None
+            ok = (
+                bcrypt.checkpw(password.get_secret_value(), hashed or self._DUMMY)
+                and hashed is not None
+            )
         finally:
             self._checks.release()
         cache, limit = (
@@ -233,7 +243,9 @@ class BasicAuth:
         return Verdict.ALLOWED if ok else Verdict.DENIED
 
 
-def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:
+def _decode_basic(header: str | None) -> tuple[bytes, SecretBytes] | None:
+    """(user, password) of a Basic header; the password a secret from here on, so that no
+    repr, log line or traceback can show it."""
     if not header or not header.lower().startswith("basic "):
         return None
     try:
@@ -241,7 +253,7 @@ def _decode_basic(header: str | None) -> tuple[bytes, bytes] | None:
     except (binascii.Error, ValueError):
         return None
     user, sep, password = decoded.partition(b":")
-    return (user, password) if sep else None
+    return (user, SecretBytes(password)) if sep else None
 
 
 class WebConfig:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 
 import urllib3
 
-from exporter.logging import redactor
+from exporter.logging import quoted, redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -67,11 +67,9 @@ def _window(query: dict[str, str]) -> tuple[int, int] | str:
     """(limit, offset) of a listing, or what is wrong with them."""
     limit, offset = query.get("limit", str(DEFAULT_LIMIT)), query.get("offset", "0")
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        return (
-            f"limit must be a whole number from 1 to {MAX_LIMIT}, not {redactor.quote(limit, 20)}"
-        )
+        return f"limit must be a whole number from 1 to {MAX_LIMIT}, not {quoted(limit, 20)}"
     if not offset.isdigit():
-        return f"offset must be a whole number, not {redactor.quote(offset, 20)}"
+        return f"offset must be a whole number, not {quoted(offset, 20)}"
     return int(limit), int(offset)
 
 
@@ -212,7 +210,8 @@ class JobsApi:
             return _forward(exporter, environ, removed, start_response)
         if removed is None:
             return _error(start_response, HTTPStatus.NOT_FOUND,
-                          f"no job {job_id!r} is tracked for source {source!r}")  # fmt: skip
+                          f"no job {quoted(job_id)} is tracked for source "
+                          f"{quoted(source)}")  # fmt: skip
         if isinstance(removed, str):
             return _error(start_response, HTTPStatus.CONFLICT, removed)
         return _answer(start_response, HTTPStatus.NO_CONTENT)
@@ -290,7 +289,7 @@ def _webhook_answer(
 ) -> list[bytes]:
     if result is None:
         return _error(start_response, HTTPStatus.NOT_FOUND,
-                      f"no source {source!r} takes {slug} webhooks")  # fmt: skip
+                      f"no source {quoted(source)} takes {slug} webhooks")  # fmt: skip
     status = _WEBHOOK_ANSWERS[result]
     if status is HTTPStatus.OK:
         return _answer(start_response, status, {"result": result})

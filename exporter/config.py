@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import Field, ValidationError
 
-from exporter.logging import redactor
+from exporter.logging import quoted, redactor
 from exporter.providers import PROVIDERS
 from exporter.providers.base import Retention, SourceBase, StrictModel
 from exporter.values import DURATION_PATTERN, Duration, format_duration, read_secret_file
@@ -36,7 +36,6 @@ Location = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEYS = frozenset({"subscription_key", "api_key", "client_secret", "webhook_token"})
-_quote = redactor.quote  # the one way a message here quotes a value
 
 
 class GlobalConfig(StrictModel):
@@ -161,7 +160,7 @@ def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> S
         message = (
             "required key is missing"
             if name is None
-            else f"unknown provider {_quote(name)}; expected one of {expected}"
+            else f"unknown provider {quoted(name)}; expected one of {expected}"
         )
         problems.append((format_location((*loc, "provider")), message))
         return None
@@ -191,7 +190,7 @@ def _duplicates(raw_sources: Sequence[Any], problems: list[tuple[str, str]]) -> 
             first = format_location(("sources", names[name]))
             where = format_location(("sources", index, "name"))
             problems.append(
-                (where, f"duplicate source name {_quote(name)} (first used at {first})")
+                (where, f"duplicate source name {quoted(name)} (first used at {first})")
             )
         names.setdefault(name, index)
         job_ids = raw.get("job_ids")
@@ -199,7 +198,7 @@ def _duplicates(raw_sources: Sequence[Any], problems: list[tuple[str, str]]) -> 
         for k, job_id in enumerate(job_ids if isinstance(job_ids, list) else []):
             if isinstance(job_id, str) and job_id in seen:
                 where = format_location(("sources", index, "job_ids", k))
-                problems.append((where, f"duplicate job ID {_quote(job_id)}"))
+                problems.append((where, f"duplicate job ID {quoted(job_id)}"))
             seen.add(job_id)
 
 

@@ -39,22 +39,35 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
-def spellings(secret: str) -> set[str]:
-    """The secret as each exit may write it: as is, JSON-escaped (ASCII or not), HTML-escaped,
-    inside a `repr` (either quote), as a Prometheus label value, percent-encoded."""
-    both_quotes = repr(secret + "'\"")[1:-4]  # repr escapes ' when the text has both quotes
-    label = secret.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+def _quoted(text: str) -> set[str]:
+    """`text` and how a `repr` writes it, whichever quote the repr around it chose."""
+    return {text, repr(text)[1:-1], repr(text + "'\"")[1:-4]}
+
+
+def _encoded(text: str) -> set[str]:
+    """`text` as an answer encodes it: JSON (ASCII or not), HTML, a label value, a URL."""
     return {
-        secret,
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        html.escape(secret),
-        html.escape(secret, quote=False),
-        repr(secret)[1:-1],
-        both_quotes,
-        label,
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
+        text,
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        html.escape(text),
+        html.escape(text, quote=False),
+        text.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n"),
+        quote(text, safe=""),
+        quote_plus(text, safe=""),
+    }
+
+
+def spellings(secret: str) -> set[str]:
+    """The secret as each exit may write it: as is or as WSGI hands over a request's path and
+    headers (UTF-8 read as Latin-1), quoted by a `repr` or not, and then encoded for JSON,
+    HTML, a label value or a URL."""
+    wsgi = secret.encode("utf-8").decode("latin-1")
+    return {
+        encoded
+        for plain in (secret, wsgi)
+        for quoted in _quoted(plain)
+        for encoded in _encoded(quoted)
     }
 
 
@@ -127,6 +140,12 @@ class Redactor:
 
 
 redactor = Redactor()
+
+
+def quoted(value: Any, limit: int | None = None) -> str:
+    """How a message quotes a value it was given (a config value, a request's field, what
+    upstream said): masked, cut to `limit`, then `repr`."""
+    return redactor.quote(value, limit)
 
 
 class _Stderr:

@@ -92,6 +92,37 @@ def test_redactor_masks_longest_secret_first() -> None:
     assert redactor.mask("x abcdefgh y abcd") == "x <redacted> y <redacted>"
 
 
+def test_redactor_masks_inside_containers_bytes_and_exceptions() -> None:
+    """Lists, tuples, dict keys and values, bytes and exceptions are masked all the way down."""
+    redactor = exporter_logging.Redactor()
+    redactor.register(["s3cr3t-value"])
+    value = {
+        "at s3cr3t-value": [("s3cr3t-value", b"x s3cr3t-value")],
+        "e": KeyError("s3cr3t-value"),
+    }
+    assert "s3cr3t" not in repr(redactor.scrub(value))
+
+
+def test_redactor_masks_before_it_cuts() -> None:
+    """A secret across the cut leaves no part of itself behind, in a clip or a quote."""
+    redactor = exporter_logging.Redactor()
+    redactor.register(["0123456789abcdef"])
+    text = "x" * 10 + "0123456789abcdef"
+    assert redactor.clip(text, 15) == "x" * 10 + "<reda"
+    assert redactor.quote(text, 15) == repr("x" * 10 + "<reda")
+
+
+def test_redactor_masks_a_secret_as_answers_spell_it() -> None:
+    """JSON, HTML, a repr inside JSON, a URL and a path as WSGI reads it are all masked."""
+    secret = "k\u00e9y'\"<&>"
+    redactor = exporter_logging.Redactor()
+    redactor.register([secret])
+    wsgi = secret.encode().decode("latin-1")
+    for spelled in (json.dumps(secret), html.escape(secret), json.dumps(repr(secret)),
+                    quote_plus(secret), repr(wsgi)):  # fmt: skip
+        assert redactor.mask(spelled).strip("'\"") == "<redacted>", spelled
+
+
 # -- the property: no secret leaves the process, by any exit -----------------------------------
 
 METACHARACTERS = ".^$*+?{}[]()|\\/'\"<>&%;=#:, aZ09"

@@ -303,8 +303,8 @@ def secret_values(tree: Any) -> list[str]:
         elif isinstance(value, list):
             for item in value:
                 walk(item, secret)
-        elif secret and value is not None:
-            found.append(str(value))
+        elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
+            found.append(str(value))  # a number is refused as a key, but may be one all the same
 
     walk(tree, secret=False)
     return found

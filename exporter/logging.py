@@ -66,8 +66,8 @@ def spellings(secret: str) -> set[str]:
     return {
         encoded
         for plain in (secret, wsgi)
-        for quoted in _quoted(plain)
-        for encoded in _encoded(quoted)
+        for in_repr in _quoted(plain)
+        for encoded in _encoded(in_repr)
     }
 
 

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, unquote, urlencode
 
 import urllib3
 
+from exporter.logging import quoted, redactor
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from datetime import datetime
@@ -66,9 +68,9 @@ def _window(query: dict[str, str]) -> tuple[int, int] | str:
     """(limit, offset) of a listing, or what is wrong with them."""
     limit, offset = query.get("limit", str(DEFAULT_LIMIT)), query.get("offset", "0")
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        return f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit[:20]!r}"
+        return f"limit must be a whole number from 1 to {MAX_LIMIT}, not {quoted(limit, 20)}"
     if not offset.isdigit():
-        return f"offset must be a whole number, not {offset[:20]!r}"
+        return f"offset must be a whole number, not {quoted(offset, 20)}"
     return int(limit), int(offset)
 
 
@@ -98,11 +100,11 @@ def _forward(
 ) -> list[bytes]:
     """Send the request, as it came, to the shard that owns its job, and pass its answer back.
     Basic auth and a webhook token travel with it; a request is forwarded once at most."""
-    if environ.get("HTTP_X_ASYNCJOB_FORWARDED_BY"):
+    sender = environ.get("HTTP_X_ASYNCJOB_FORWARDED_BY")
+    if sender:
         return _error(start_response, HTTPStatus.MISDIRECTED_REQUEST,
-                      f"shard {owner} owns this job, yet shard "
-                      f"{environ['HTTP_X_ASYNCJOB_FORWARDED_BY'][:8]} sent it here: do the shards "
-                      "agree on --total-shards?")  # fmt: skip
+                      f"shard {owner} owns this job, yet shard {redactor.clip(sender, 8)} sent "
+                      "it here: do the shards agree on --total-shards?")  # fmt: skip
     base = exporter.shard.peer(owner)
     if base is None:
         return _error(start_response, HTTPStatus.MISDIRECTED_REQUEST,
@@ -211,7 +213,8 @@ class JobsApi:
             return _forward(exporter, environ, removed, start_response)
         if removed is None:
             return _error(start_response, HTTPStatus.NOT_FOUND,
-                          f"no job {job_id!r} is tracked for source {source!r}")  # fmt: skip
+                          f"no job {quoted(job_id)} is tracked for source "
+                          f"{quoted(source)}")  # fmt: skip
         if isinstance(removed, str):
             return _error(start_response, HTTPStatus.CONFLICT, removed)
         return _answer(start_response, HTTPStatus.NO_CONTENT)

@@ -24,10 +24,10 @@ from prometheus_client import (
 )
 
 from exporter.collector import SourceCollector, StorageCollector
-from exporter.config import ConfigError, load_config, secrets
+from exporter.config import ConfigError, load_config
 from exporter.exposition import Exposition
 from exporter.http import TokenBucket
-from exporter.logging import redactor
+from exporter.logging import quoted
 from exporter.poller import SourcePoller, utcnow
 from exporter.sharding import Shard
 from exporter.store import CONFIG, SourceJobs, Store
@@ -63,12 +63,12 @@ class Registration:
 
 def _registration_problem(source: SourceBase, job_id: str, project: str | None) -> str | None:
     if not is_path_safe_id(job_id):
-        return f"{job_id!r} is not a valid job ID: use 1-128 letters, digits or -_.:"
+        return f"{quoted(job_id)} is not a valid job ID: use 1-128 letters, digits or -_.:"
     has_projects = "project" in type(source).model_fields
     if project is not None and not has_projects:
         return f"source {source.name!r} ({source.provider}) has no projects; leave project out"
     if project is not None and not is_path_safe_id(project):
-        return f"{project!r} is not a valid project name: use 1-128 letters, digits or -_.:"
+        return f"{quoted(project)} is not a valid project name: use 1-128 letters, digits or -_.:"
     if has_projects and project is None and _project(source) is None:
         return f"source {source.name!r} has no project of its own: give the job's project"
     return None
@@ -181,7 +181,6 @@ class Exporter:
                 for poller in self._pollers.values():
                     if not poller.started:
                         poller.start()
-            redactor.register(secrets(config))
             self._reload_ok.set(1)
             self._reload_time.set_to_current_time()
 
@@ -225,7 +224,7 @@ class Exporter:
             source = self._source(source_name)
             if source is None:
                 names = ", ".join(s.name for s in self.config.sources)
-                return Registration(problem=f"unknown source {source_name!r}; known: {names}")
+                return Registration(problem=f"unknown source {quoted(source_name)}; known: {names}")
             problem = _registration_problem(source, job_id, project)
             if problem is not None:
                 return Registration(problem=problem)
@@ -336,7 +335,7 @@ class Exporter:
             if record is None:
                 return None
             if record.origin == CONFIG:
-                return f"job {job_id!r} is listed in the config file; remove it there"
+                return f"job {quoted(job_id)} is listed in the config file; remove it there"
             self.store.remove(source_name, job_id)
             self._pollers[source_name].forget(job_id)
         log.info("job unregistered", source=source_name, job_id=job_id)

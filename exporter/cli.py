@@ -18,6 +18,7 @@ from exporter import logging as exporter_logging
 from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import ConfigError, json_schema, load_config, parse_config
+from exporter.logging import redactor
 from exporter.server import (
     MAX_CONNECTIONS,
     READ_TIMEOUT,
@@ -210,11 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str, out: TextIO | None = None) -> None:
+    """Print one line of --config.check (or start-up) output, masked like every exit."""
+    print(redactor.mask(line), file=out or sys.stdout)
+
+
 def _print_problems(error: ConfigError, path: str, out: TextIO) -> None:
     count = len(error.problems)
-    print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=out)
+    _say(f"{path}: {count} problem{'s' if count != 1 else ''}", out)
     for where, what in error.problems:
-        print(f"{where}: {what}", file=out)
+        _say(f"{where}: {what}", out)
 
 
 class Signals:
@@ -399,7 +405,7 @@ def _check(args: argparse.Namespace) -> int:
         found = sum(1 for s in config.sources if s.discovery is not None)
         counts = [_plural(len(config.sources), "source"), _plural(jobs, "job")]
         counts += [f"{found} discovering"] if found else []
-        print(f"{where}: OK ({', '.join(counts)})")  # noqa: T201
+        _say(f"{where}: OK ({', '.join(counts)})")
     if args.web_config_file:
         try:
             web = load_web_config(args.web_config_file)
@@ -408,7 +414,7 @@ def _check(args: argparse.Namespace) -> int:
             ok = False
         else:
             features = [f for f, on in (("TLS", web.tls), ("basic auth", web.auth)) if on]
-            print(f"{args.web_config_file}: OK ({', '.join(features) or 'no TLS, no auth'})")  # noqa: T201
+            _say(f"{args.web_config_file}: OK ({', '.join(features) or 'no TLS, no auth'})")
     return 0 if ok else 1
 
 

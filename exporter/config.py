@@ -4,11 +4,15 @@ Validation runs in three passes so that each error names where it is: `${VAR}` e
 the raw tree, then the `global` block and each source against its provider's own model (so
 `project` is required only for training jobs), then checks across sources (unique names).
 Problems are `location: message` pairs, like `sources[2].provider: unknown provider ...`.
-Secrets are `SecretStr`; no message here ever includes one.
+Secrets are `SecretStr` from the moment they are validated. Before that, the secrets of the raw
+tree (the values of secret keys, the contents of their `*_file` forms) are registered with the
+redactor, and every problem is masked through it: a config that fails still never shows a key,
+even one pasted into the wrong field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -16,11 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import Field, ValidationError
 
+from exporter.logging import quoted, redactor
 from exporter.providers import PROVIDERS
 from exporter.providers.base import Retention, SourceBase, StrictModel
-from exporter.values import DURATION_PATTERN, Duration, format_duration
+from exporter.values import DURATION_PATTERN, Duration, format_duration, read_secret_file
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 Location = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_KEYS = frozenset({"subscription_key", "api_key", "client_secret", "webhook_token"})
 
 
 class GlobalConfig(StrictModel):
@@ -72,7 +78,9 @@ class ConfigError(Exception):
     """The config is invalid; `problems` holds every (location, message) found."""
 
     def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        self.problems = list(problems)
+        # Masked here, so that no reader of a problem (a log line, the reload answer,
+        # --config.check) can show a secret, whatever the message or the location quotes.
+        self.problems: list[tuple[str, str]] = redactor.scrub(list(problems))
         super().__init__("\n".join(f"{where}: {what}" for where, what in self.problems))
 
 
@@ -152,7 +160,7 @@ def _validate_source(raw: Any, index: int, problems: list[tuple[str, str]]) -> S
         message = (
             "required key is missing"
             if name is None
-            else f"unknown provider {name!r}; expected one of {expected}"
+            else f"unknown provider {quoted(name)}; expected one of {expected}"
         )
         problems.append((format_location((*loc, "provider")), message))
         return None
@@ -181,14 +189,16 @@ def _duplicates(raw_sources: Sequence[Any], problems: list[tuple[str, str]]) -> 
         if isinstance(name, str) and name in names:
             first = format_location(("sources", names[name]))
             where = format_location(("sources", index, "name"))
-            problems.append((where, f"duplicate source name {name!r} (first used at {first})"))
+            problems.append(
+                (where, f"duplicate source name {quoted(name)} (first used at {first})")
+            )
         names.setdefault(name, index)
         job_ids = raw.get("job_ids")
         seen: set[Any] = set()
         for k, job_id in enumerate(job_ids if isinstance(job_ids, list) else []):
             if isinstance(job_id, str) and job_id in seen:
                 where = format_location(("sources", index, "job_ids", k))
-                problems.append((where, f"duplicate job ID {job_id!r}"))
+                problems.append((where, f"duplicate job ID {quoted(job_id)}"))
             seen.add(job_id)
 
 
@@ -198,6 +208,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError([("(top level)", "expected a mapping with 'sources' (and 'global')")])
     tree = _expand(raw, (), os.environ if env is None else env, problems)
+    redactor.register(secret_values(tree))  # before validation: its messages may quote them
     unknown = [key for key in tree if key not in {"global", "sources"}]
     problems.extend((format_location((str(key),)), "unknown key") for key in unknown)
     global_config = GlobalConfig()
@@ -274,17 +285,26 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def secrets(config: Config) -> list[str]:
-    """Every secret value in the config, for the log redactor."""
+def secret_values(tree: Any) -> list[str]:
+    """Every secret in a raw config tree, valid or not: whatever is written under a secret key
+    (in any shape), and the contents of the files their `*_file` forms name."""
     found: list[str] = []
 
-    def walk(value: Any) -> None:
-        if isinstance(value, SecretStr):
-            found.append(value.get_secret_value())
-        elif isinstance(value, BaseModel):
-            for name in type(value).model_fields:
-                walk(getattr(value, name))
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
+                    with contextlib.suppress(ValueError):  # unreadable: the problem says so
+                        found.append(read_secret_file(item).get_secret_value())
+                    continue
+                if secret:
+                    walk(key, secret)
+                walk(item, secret or key in SECRET_KEYS)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, secret)
+        elif secret and isinstance(value, str | int | float) and not isinstance(value, bool):
+            found.append(str(value))  # a number is refused as a key, but may be one all the same
 
-    for source in config.sources:
-        walk(source)
+    walk(tree, secret=False)
     return found

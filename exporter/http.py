@@ -39,6 +39,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
 from exporter import __version__
+from exporter.logging import redactor
 from exporter.model import Attempt, ErrorReason
 
 if TYPE_CHECKING:
@@ -313,7 +314,9 @@ class HttpClient:
         try:
             return Fetched(json.loads(body), retry_after)
         except (ValueError, UnicodeDecodeError):
-            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            # Masked before it is cut at ";", so no cut leaves part of a secret behind.
+            kind = redactor.mask(response.headers.get("Content-Type", "no content type"))
+            kind = kind.split(";")[0]
             raise FetchError(ErrorReason.BAD_RESPONSE, f"body is not JSON ({kind})") from None
         except RecursionError:
             raise FetchError(ErrorReason.BAD_RESPONSE, "body nested too deeply") from None

@@ -1,7 +1,8 @@
 """The one vocabulary every part speaks: canonical job states and the parsed job snapshot.
 
 Providers turn vendor payloads into a `JobSnapshot`; the store keeps them; the collector
-renders them. Nothing here knows about HTTP, config or Prometheus.
+renders them. Nothing here knows about HTTP, config or Prometheus; the redactor masks what
+upstream said before a snapshot holds it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from exporter.logging import redactor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -69,8 +72,10 @@ class JobSnapshot:
     `progress` maps a phase to a ratio in 0..1 and always holds "overall": the share of the work
     that finished (succeeded or failed; cancelled work is not done). `tasks` and `documents` are
     empty where the API has no such breakdown; optional numbers and times are None where the API
-    does not give them. `vendor_status` and `display_name` become labels, so they are cut to
-    MAX_LABEL_LENGTH here, the one place that happens.
+    does not give them. `vendor_status` and `display_name` come from upstream and become labels,
+    page fields and stored values, so they are masked (any secret in them) and then cut to
+    MAX_LABEL_LENGTH here, the one place that happens: masked first, so no cut leaves part of
+    a secret.
     """
 
     state: State
@@ -100,8 +105,10 @@ class JobSnapshot:
             if any(v < 0 for v in counts.values()):
                 msg = "counts must not be negative"
                 raise ValueError(msg)
-        object.__setattr__(self, "vendor_status", self.vendor_status[:MAX_LABEL_LENGTH])
-        object.__setattr__(self, "display_name", self.display_name[:MAX_LABEL_LENGTH])
+        object.__setattr__(
+            self, "vendor_status", redactor.clip(self.vendor_status, MAX_LABEL_LENGTH)
+        )
+        object.__setattr__(self, "display_name", redactor.clip(self.display_name, MAX_LABEL_LENGTH))
         object.__setattr__(self, "progress", _frozen(self.progress))
         object.__setattr__(self, "tasks", _frozen(self.tasks))
         object.__setattr__(self, "documents", _frozen(self.documents))

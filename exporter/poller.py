@@ -29,13 +29,15 @@ import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBucket
+from exporter.logging import redactor
 from exporter.model import Attempt, ErrorReason, ListOutcome, PollOutcome
 from exporter.providers.base import ListQuery, ParseError
 
@@ -55,6 +57,7 @@ STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving the
 LISTING = ""  # the scheduler's key for the source's listing (no job ID is empty)
 MAX_LIST_REQUESTS = 1000  # a listing that has not ended by then is read as a bad answer
 SETTLE_MARGIN = timedelta(minutes=5)  # clock skew and slow creation, between two listings
+OutcomeT = TypeVar("OutcomeT", PollOutcome, ListOutcome)
 
 
 def utcnow() -> datetime:
@@ -80,7 +83,8 @@ def poll_job(
     clock: Callable[[], datetime] = utcnow,
     project: str | None = None,
 ) -> PollOutcome:
-    """Fetch and parse one job's status. Never raises but for shutdown (`Stopped`)."""
+    """Fetch and parse one job's status, every secret masked in what upstream said. Never
+    raises but for shutdown (`Stopped`)."""
     attempts: list[Attempt] = []
     retry_after: float | None = None
     try:
@@ -88,18 +92,18 @@ def poll_job(
         retry_after = fetched.retry_after
         snapshot = provider.parse(fetched.payload, clock())
     except (FetchError, ParseError) as exc:
-        return PollOutcome(
+        return masked(PollOutcome(
             source.name, job_id, clock(), tuple(attempts), error=exc.reason, message=str(exc),
             retry_after=exc.retry_after if exc.retry_after is not None else retry_after,
-        )  # fmt: skip
+        ))  # fmt: skip
     except Stopped:
         raise
     except Exception as exc:  # a bug must cost one poll, not the poller thread
-        return PollOutcome(
+        return masked(PollOutcome(
             source.name, job_id, clock(), tuple(attempts), error=ErrorReason.BAD_RESPONSE,
             message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
-        )  # fmt: skip
-    return PollOutcome(
+        ))  # fmt: skip
+    return PollOutcome(  # its snapshot masked itself
         source.name, job_id, clock(), tuple(attempts), snapshot=snapshot, retry_after=retry_after
     )
 
@@ -140,31 +144,45 @@ def list_jobs(
     covers: frozenset[str],
     clock: Callable[[], datetime] = utcnow,
 ) -> ListOutcome:
-    """Walk one listing and return what it found; a listing fails whole (no partial listing
-    is applied). Never raises but for `Stopped`."""
+    """Walk one listing and return what it found, every secret masked in what upstream said;
+    a listing fails whole (no partial listing is applied). Never raises but for `Stopped`."""
     attempts: list[Attempt] = []
     try:
         found, retry_after = _walk(client, asks, attempts, clock)
     except (FetchError, ParseError) as exc:
-        return ListOutcome(
+        outcome = ListOutcome(
             source.name, clock(), tuple(attempts), covers=covers, error=exc.reason,
             message=str(exc), retry_after=exc.retry_after,
         )  # fmt: skip
     except Stopped:
         raise
     except Exception as exc:  # a bug must cost one listing, not the poller thread
-        return ListOutcome(
+        outcome = ListOutcome(
             source.name, clock(), tuple(attempts), covers=covers, error=ErrorReason.BAD_RESPONSE,
             message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
         )  # fmt: skip
-    return ListOutcome(
-        source.name,
-        clock(),
-        tuple(attempts),
-        tuple(found.values()),
-        covers,
-        retry_after=retry_after,
+    else:
+        outcome = ListOutcome(
+            source.name, clock(), tuple(attempts), tuple(found.values()), covers,
+            retry_after=retry_after,
+        )  # fmt: skip
+    return masked(outcome)
+
+
+def masked(outcome: OutcomeT) -> OutcomeT:
+    """The outcome with every secret masked in what upstream said and it does not mask itself
+    (a snapshot's strings are masked when it is made): error messages, tracebacks, and the IDs
+    and projects a listing named. This is the edge: the store, labels, pages, the jobs API and
+    SQLite only ever see what leaves here."""
+    mask = redactor.mask
+    bug = None if outcome.bug is None else mask(outcome.bug)
+    if isinstance(outcome, PollOutcome):
+        return replace(outcome, message=mask(outcome.message), bug=bug)
+    listed = tuple(
+        (mask(job_id), None if project is None else mask(project), snapshot)
+        for job_id, project, snapshot in outcome.listed
     )
+    return replace(outcome, message=mask(outcome.message), bug=bug, listed=listed)
 
 
 class Workers:

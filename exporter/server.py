@@ -52,6 +52,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from exporter import status_page
 from exporter.api import MAX_BODY, RAW_URI, Api
 from exporter.exposition import Exposition
+from exporter.logging import redactor
 from exporter.webconfig import BasicAuth, Credentials, Verdict
 
 if TYPE_CHECKING:
@@ -238,17 +239,47 @@ class ExporterApp:
                 "text/plain; charset=utf-8",
             )
         status_line = f"{status.value} {status.phrase}"
-        return Answer(status_line, [("Content-Type", kind), *headers, *self._headers], [body])
+        headers = (("Content-Type", kind), *headers, *self._headers)
+        return Answer(status_line, list(headers), [redactor.scrub(body)])
 
     def too_large(self, path: str) -> Answer:
         return self.refusal(path, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             f"the body is over {MAX_BODY} bytes")  # fmt: skip
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == self.telemetry_path:  # labels are masked where they are made; not re-read
+            return self._route(path, environ, self._with_headers(start_response))
+        return self._masked(path, environ, start_response)
+
+    def _with_headers(self, start_response: StartResponse) -> StartResponse:
         def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
             return start_response(status, headers + self._headers, *exc_info)
 
-        path = environ.get("PATH_INFO") or "/"
+        return respond
+
+    def _masked(self, path: str, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        """Every other answer carries text that may quote what a client or an upstream sent
+        (a reload's problems, a registration's refusal, a page field): the whole answer, body
+        and headers, goes through the redactor before it leaves."""
+        answer: list[Any] = []
+        chunks: list[bytes] = []
+
+        def hold(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            answer[:] = [status, headers, *exc_info]
+            return chunks.append  # the WSGI write() callable, held with the rest
+
+        chunks.extend(self._route(path, environ, hold))
+        body: bytes = redactor.scrub(b"".join(chunks))
+        status, headers, *exc_info = answer
+        headers = [
+            (name, str(len(body)) if name.lower() == "content-length" else redactor.mask(value))
+            for name, value in headers
+        ]
+        start_response(status, headers + self._headers, *exc_info)
+        return [body]
+
+    def _route(self, path: str, environ: Environ, respond: StartResponse) -> Iterable[bytes]:
         if Api.serves(path):
             return self._api(environ, respond)
         route = self._routes.get(path)

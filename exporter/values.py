@@ -1,4 +1,7 @@
-"""Validated value types shared by the config models: durations, names, job IDs, URLs, secrets."""
+"""Validated value types shared by the config models: durations, names, job IDs, URLs, secrets.
+
+A message about a bad value quotes it through the redactor: the value may be a key pasted into
+the wrong field, and the config's secrets are registered before it is validated."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, SecretStr, WithJsonSchema
+
+from exporter.logging import quoted
 
 _DURATION_RE = re.compile(
     r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
@@ -19,14 +24,16 @@ _UNIT_SECONDS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 6
 def parse_duration(value: Any) -> float:
     """Parse a Prometheus-style duration (`500ms`, `30s`, `1h30m`) into positive seconds."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a duration such as 500ms, 30s, 5m or 1h, got {value!r}")
+        raise ValueError(f"expected a duration such as 500ms, 30s, 5m or 1h, got {quoted(value)}")
     match = _DURATION_RE.match(value)
     if match is None:
-        raise ValueError(f"invalid duration {value!r}; use units ms, s, m, h, d, w, y (e.g. 30s)")
+        raise ValueError(
+            f"invalid duration {quoted(value)}; use units ms, s, m, h, d, w, y (e.g. 30s)"
+        )
     whole = sum(int(n) * _UNIT_SECONDS[u] for u, n in match.groupdict().items() if n and u != "ms")
     seconds = whole + int(match["ms"] or 0) / 1000
     if seconds <= 0:
-        raise ValueError(f"duration {value!r} must be greater than zero")
+        raise ValueError(f"duration {quoted(value)} must be greater than zero")
     return float(seconds)
 
 
@@ -45,9 +52,11 @@ def format_duration(seconds: float) -> str:
 def _check_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL with a host (e.g. https://x.example)")
+        raise ValueError(
+            f"{quoted(value)} is not an http(s) URL with a host (e.g. https://x.example)"
+        )
     if parts.query or parts.fragment:
-        raise ValueError(f"{value!r} must not carry a query or fragment")
+        raise ValueError(f"{quoted(value)} must not carry a query or fragment")
     return value.rstrip("/")
 
 
@@ -58,10 +67,10 @@ def read_secret_file(path: Any) -> SecretStr:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+        raise ValueError(f"cannot read {quoted(path)}: {exc.strerror or exc}") from None
     secret = text.rstrip("\r\n")
     if not secret:
-        raise ValueError(f"secret file {path!r} is empty")
+        raise ValueError(f"secret file {quoted(path)} is empty")
     return SecretStr(secret)
 
 
@@ -97,13 +106,13 @@ def is_path_safe_id(value: str) -> bool:
 
 def _check_id(value: str) -> str:
     if not is_path_safe_id(value):
-        raise ValueError(f"{value!r} is not a valid ID: use 1-128 letters, digits or -_.:")
+        raise ValueError(f"{quoted(value)} is not a valid ID: use 1-128 letters, digits or -_.:")
     return value
 
 
 def _check_name(value: str) -> str:
     if not _NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid name: use 1-64 letters, digits, - or _")
+        raise ValueError(f"{quoted(value)} is not a valid name: use 1-64 letters, digits, - or _")
     return value
 
 

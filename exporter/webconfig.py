@@ -23,7 +23,14 @@ from typing import Annotated, Any, Literal
 
 import bcrypt
 import structlog
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretBytes,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exporter.config import ConfigError, read_yaml, validation_problems
 from exporter.providers.base import StrictModel
@@ -188,7 +195,7 @@ class Credentials:
     nor str shows it, and only `BasicAuth.verify` reads it."""
 
     user: bytes
-    password: bytes = field(repr=False)
+    password: SecretBytes = field(repr=False)
     key: bytes = field(repr=False)  # SHA-256 of both: what the caches remember
 
     def __str__(self) -> str:
@@ -247,7 +254,8 @@ class BasicAuth:
     def verify(self, credentials: Credentials) -> Verdict:
         """Check credentials with bcrypt (slow: call it off the event loop) and remember."""
         hashed = self._users.get(credentials.user.decode("utf-8", "replace"))
-        ok = bcrypt.checkpw(credentials.password, hashed or self._dummy) and hashed is not None
+        password = credentials.password.get_secret_value()
+        ok = bcrypt.checkpw(password, hashed or self._dummy) and hashed is not None
         cache, limit = (
             (self._verified, self.MAX_VERIFIED) if ok else (self._failed, self.MAX_FAILED)
         )
@@ -280,7 +288,8 @@ def _decode_basic(header: str | None) -> Credentials | None:
     user, sep, password = decoded.partition(b":")
     if not sep:
         return None
-    return Credentials(user, password, hashlib.sha256(user + b"\0" + password).digest())
+    key = hashlib.sha256(user + b"\0" + password).digest()
+    return Credentials(user, SecretBytes(password), key)
 
 
 class TlsFiles:

@@ -189,6 +189,27 @@ def test_secrets_never_appear_in_repr_or_errors() -> None:
     assert secret not in str(config.sources[0])
 
 
+def test_a_config_that_fails_masks_its_own_secrets(tmp_path: Path) -> None:
+    """A key pasted into a wrong field is masked in the problem even though the config that
+    holds it fails; so is the content of a key file."""
+    key, from_file = "pasted-key-0123456789", "key-from-a-file-9876543210"
+    (tmp_path / "key").write_text(f"{from_file}\n", encoding="utf-8")
+    raw = {
+        "sources": [
+            {"name": "a", "provider": "azure_language_analyze_text", "endpoint": key,
+             "auth": {"subscription_key": key}, "job_ids": [f"{from_file}/"]},
+            {"name": "b", "provider": "azure_language_analyze_text", "endpoint": from_file,
+             "auth": {"subscription_key_file": str(tmp_path / "key")}},
+        ]
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, env={})
+    said = "\n".join(f"{where}: {what}" for where, what in caught.value.problems)
+    assert key not in said
+    assert from_file not in said
+    assert said.count("'<redacted>") == 3, said
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

@@ -15,7 +15,7 @@ import yaml
 
 from exporter.config import ConfigError
 from exporter.server import HttpServer, make_app
-from exporter.webconfig import BasicAuth, TlsFiles, Verdict, load_web_config
+from exporter.webconfig import BasicAuth, TlsFiles, Verdict, _decode_basic, load_web_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -212,6 +212,16 @@ def test_basic_auth_checks_bcrypt_once_per_credentials(monkeypatch: pytest.Monke
     assert [auth.check(good) for _ in range(5)] == [Verdict.ALLOWED] * 5
     assert [auth.check(bad) for _ in range(3)] == [Verdict.DENIED] * 3
     assert len(checks) == 2
+
+
+def test_basic_auth_password_is_a_secret_once_decoded() -> None:
+    """The password a client sends never shows in a str, repr or f-string of what holds it."""
+    header = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    decoded = _decode_basic(header)
+    assert decoded is not None
+    password = decoded.password
+    assert (decoded.user, password.get_secret_value()) == (b"prometheus", PASSWORD.encode())
+    assert PASSWORD not in f"{decoded} {decoded!r} {password} {password!r}"
 
 
 TLS = {"cert_file": "CERT", "key_file": "KEY"}  # replaced by real files from `pki`

@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from exporter import credentials
+from exporter.logging import quoted
 from exporter.model import ErrorReason, State
 from exporter.values import (
     Duration,
@@ -409,7 +410,7 @@ def percent(payload: Mapping[str, Any], key: str) -> float:
     """A 0..100 percentage as a 0..1 ratio."""
     value = payload.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ParseError(f"{key}: expected a number, got {value!r}")
+        raise ParseError(f"{key}: expected a number, got {quoted(value, 40)}")
     if not 0 <= value <= 100:
         raise ParseError(f"{key}: {value} is outside 0..100")
     return float(value) / 100
@@ -426,7 +427,7 @@ def parse_time(value: str, where: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ParseError(f"{where}: {value[:40]!r} is not an ISO 8601 date-time") from None
+        raise ParseError(f"{where}: {quoted(value, 40)} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)

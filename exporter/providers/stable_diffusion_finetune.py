@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from exporter.logging import redactor
 from exporter.model import ErrorReason, JobSnapshot, State
 from exporter.providers.base import (
     ApiKeyAuth,
@@ -138,10 +139,12 @@ def _failed_poll(message: str, answer: Mapping[str, Any]) -> ParseError:
     retry_after = None
     if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 <= wait < 1e6:
         retry_after = float(wait)
+    # Masked, then cut: a message cut first could end inside a key it quotes.
+    said = f"API error: {redactor.clip(message, 120)}"
     for pattern, reason in _FAILED_POLL:
         if pattern.search(message):
-            return ParseError(f"API error: {message[:120]}", reason, retry_after)
-    return ParseError(f"API error: {message[:120]}", retry_after=retry_after)
+            return ParseError(said, reason, retry_after)
+    return ParseError(said, retry_after=retry_after)
 
 
 def parse_step(line: str) -> tuple[int, int, float | None] | None:

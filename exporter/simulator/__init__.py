@@ -110,6 +110,7 @@ class ManualClock:
 class Simulator:
     jobs: Iterable[SimJob] = (*DEMO_JOBS, API_DEMO_JOB, WEBHOOK_DEMO_JOB)
     key: str = DEMO_KEY
+    keys: frozenset[str] = frozenset()  # more keys accepted like `key` (sources keyed apart)
     bearer_tokens: frozenset[str] = frozenset()  # Entra ID tokens accepted like the key
     clock: Callable[[], float] | None = None
     host: str = "127.0.0.1"
@@ -263,16 +264,17 @@ class Simulator:
         return 200, {}, _json(render(job, elapsed, self.started_at, variant))
 
     def _check_key(self, api: str, headers: dict[str, str], body: bytes) -> Answer | None:
+        accepted = {self.key, *self.keys}
         if api != "stable_diffusion":
             bearer = headers.get("authorization", "").removeprefix("Bearer ")
-            if headers.get("ocp-apim-subscription-key") == self.key or bearer in self.bearer_tokens:
+            if headers.get("ocp-apim-subscription-key") in accepted or bearer in self.bearer_tokens:
                 return None
             return _error(401, "Unauthorized", "User is not authorized")
         try:
             key = json.loads(body or b"{}").get("key")
         except (ValueError, AttributeError):
             key = None
-        if key == self.key:
+        if key in accepted:
             return None
         # The Stable Diffusion API reports a bad key with HTTP 200.
         return 200, {}, _json({"status": "error", "message": "Invalid Api Key"})

@@ -12,9 +12,9 @@ that a connection waiting for its request costs a little memory and no thread:
 - a body is read only after `guard` has let the request in (credentials, token, method, size);
 - a response the client does not read is cut off after `write_timeout`;
 - at most `max_connections` connections are open. When a new one arrives at the limit, the
-  connection that has waited longest for its request is closed to make room; one whose request
-  has arrived is never closed for that. When every connection is busy serving, new ones wait
-  in the kernel's listen backlog;
+  connection that has waited longest for its request is closed to make room; one whose
+  request has arrived (head and body) is never closed for that. When every connection is busy
+  serving, new ones wait in the kernel's listen backlog;
 - the app runs on small fixed pools of threads ("lanes"): /metrics and /-/ready on their own,
   so that clients looping on the status page or the jobs API cannot delay a scrape; bcrypt on
   its own, MAX_CHECKS at a time; /-/healthy on the event loop itself;
@@ -466,14 +466,13 @@ class _Front:
         self._arm(connection)
 
     def arrived(self, connection: _Connection) -> None:
-        """A request's head is in: the connection is serving, and may not be evicted."""
-        connection.idle = False
-        self.waiting.pop(connection, None)
-
-    def body_read(self, connection: _Connection) -> None:
+        """The whole request is in (head and body, or a refusal from its head alone): its
+        deadline ends, and the connection is serving, so it may not be evicted."""
         if connection.deadline is not None:
             connection.deadline.cancel()
             connection.deadline = None
+        connection.idle = False
+        self.waiting.pop(connection, None)
 
     def served(self, connection: _Connection) -> None:
         """The response is sent: the connection waits for its next request."""
@@ -483,9 +482,8 @@ class _Front:
             self.room.set()
 
     def closed(self, connection: _Connection) -> None:
-        self.body_read(connection)
+        self.arrived(connection)
         self.open.discard(connection)
-        self.waiting.pop(connection, None)
         self.room.set()
 
     def full(self) -> bool:
@@ -501,7 +499,8 @@ class _Front:
         return True
 
     def _arm(self, connection: _Connection) -> None:
-        self.body_read(connection)
+        if connection.deadline is not None:
+            connection.deadline.cancel()
         connection.deadline = self.loop.call_later(self.read_timeout, self._expire, connection)
 
     def _expire(self, connection: _Connection) -> None:
@@ -636,6 +635,9 @@ class HttpServer:
                 while front.full():
                     front.room.clear()
                     await front.room.wait()
+            # sock_accept returns at once while the backlog holds connections: without this,
+            # a burst would be accepted (and would evict) before any head already sent is read.
+            await asyncio.sleep(0)
             connection = _Connection(sock.close)
             front.accepted(connection)
             opening = self._loop.create_task(self._open(sock, connection))
@@ -668,7 +670,6 @@ class HttpServer:
         protocol = request.protocol
         assert isinstance(protocol, _Protocol)
         connection = protocol.connection
-        self._front.arrived(connection)
         self._busy += 1
         self._idle.clear()
         try:
@@ -701,7 +702,7 @@ class HttpServer:
                 return body
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
-        self._front.body_read(connection)
+        self._front.arrived(connection)
         if check is not None:
             return check
         path = environ["PATH_INFO"]

@@ -357,3 +357,26 @@ def test_a_tls_connection_that_never_handshakes_is_cut_at_the_deadline(tmp_path:
         assert server.connections == (0, 0)
     finally:
         server.stop()
+
+
+def test_connections_trickling_bodies_make_room_for_a_scrape() -> None:
+    """Limit 3, and three connections whose heads are in but whose bodies trickle: their
+    requests have not arrived, so a scrape still gets served, the oldest making room."""
+    server = _serve(max_connections=3, read_timeout=30.0)
+    tricklers = []
+    try:
+        for _ in range(3):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            conn.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{")
+            tricklers.append(conn)
+        for _ in range(50):  # until all three are taken in
+            if server.connections[0] == 3:
+                break
+            time.sleep(0.05)
+        scrape = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
+        assert scrape.status_code == 200
+        assert _closed(tricklers[0], 1.0)  # the longest waiting made room
+    finally:
+        for conn in tricklers:
+            conn.close()
+        server.stop()

@@ -25,7 +25,7 @@ from exporter.server import (
     HttpServer,
     make_app,
     parse_listen_address,
-    tune_process,
+    raise_open_files_limit,
 )
 from exporter.sharding import Shard, ordinal
 from exporter.storage import Storage, StorageError
@@ -314,7 +314,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
             web=web,
             api=Api(exporter, jobs=args.enable_jobs_api or args.demo),
         )
-        open_files = tune_process()
+        open_files = raise_open_files_limit()
         try:
             server = HttpServer(
                 app, args.listen_address, web.tls, args.max_connections, args.read_timeout

@@ -58,7 +58,7 @@ from exporter.webconfig import BasicAuth, Credentials, Verdict
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from prometheus_client.registry import CollectorRegistry
 
@@ -92,22 +92,40 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
+SWITCH_INTERVAL = 0.0005  # seconds, while the app works beside the loop; Python's is 0.005
 
 
-def tune_process() -> int:
-    """What the process needs to serve many clients; returns the open-files limit in force.
+class _ShortSwitches:
+    """The GIL's switch interval, cut to SWITCH_INTERVAL while any lane runs app code.
 
-    - The soft limit on open files is raised to the hard limit, as Go programs do at start
-      (each connection is a file).
-    - The GIL's switch interval is cut from 5 ms to 0.5 ms. The event loop releases the GIL at
-      every system call (accept, recv, send, epoll); a thread rendering the status page keeps
-      it until the interval forces a switch, so each call could cost the loop 5 ms, and with
-      400 clients looping on the status page a probe waited 3 s. At 0.5 ms it waits 0.1 s
-      (`make attack`, the looping-clients row), for some 10% fewer pages a second.
+    The event loop gives up the GIL at every system call (accept, recv, send, epoll); a lane
+    thread rendering the status page keeps it until the interval forces a switch, so with
+    Python's 5 ms each call could cost the loop 5 ms: with 400 clients looping on the status
+    page a probe waited 3 s (`make attack`, the looping-clients row); at 0.5 ms, 0.1 s. The
+    short interval costs the pollers about 15% more CPU per poll (`make bench`), so it is in
+    force only while app code runs beside the loop, and Python's own interval otherwise.
     """
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    return raise_open_files_limit()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._usual = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._usual = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL)
+            self._running += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                sys.setswitchinterval(self._usual)
+
+
+_short_switches = _ShortSwitches()
 
 
 def raise_open_files_limit() -> int:
@@ -383,7 +401,9 @@ class _Lane(Executor):
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(fn(*args))
+                with _short_switches:
+                    result = fn(*args)
+                future.set_result(result)
             except BaseException as exc:  # handed to whoever awaits the future
                 future.set_exception(exc)
 
@@ -538,6 +558,33 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         )
     sock.setblocking(False)  # noqa: FBT003 - the stdlib's signature
     return sock
+
+
+WRITE_CHUNK = 256 * 1024
+
+
+def _chunks(parts: Iterable[bytes]) -> Iterator[bytes | memoryview]:
+    """The body in pieces of about WRITE_CHUNK: small parts (gzip members) joined, so that a
+    scrape is not hundreds of sends, and large ones (a family's lines, megabytes) sliced without
+    a copy, so that a slow reader holds at most a piece in the transport's buffer."""
+    pending: list[bytes] = []
+    size = 0
+    for part in parts:
+        if len(part) >= WRITE_CHUNK:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            view = memoryview(part)
+            for start in range(0, len(part), WRITE_CHUNK):
+                yield view[start : start + WRITE_CHUNK]
+            continue
+        pending.append(part)
+        size += len(part)
+        if size >= WRITE_CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _environ(request: web.BaseRequest) -> Environ:
@@ -767,8 +814,8 @@ class HttpServer:
             async with asyncio.timeout(self._write_timeout):
                 await response.prepare(request)
                 if request.method != "HEAD":
-                    for part in answer.body:
-                        await response.write(part)
+                    for chunk in _chunks(answer.body):
+                        await response.write(chunk)
                 await response.write_eof()
         except TimeoutError:
             log.debug("response not read by its deadline; connection closed")

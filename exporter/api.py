@@ -1,7 +1,8 @@
 """The jobs API, `/api/v1/jobs`: register, list and stop tracking jobs without editing config.
 
 Off unless `--web.enable-jobs-api` is given (like `--web.enable-lifecycle`); behind the same TLS
-and basic auth as /metrics. Every answer is JSON; every refusal is a 4xx with `{"error": ...}`.
+and basic auth as /metrics. Every answer is JSON; a refusal is a 4xx with `{"error": ...}`
+(a 503 when the storage cannot commit, a 502 when the shard owning the job does not answer).
 
     POST   /api/v1/jobs                     {"source": "...", "job_id": "...", "project": "..."}
                                             or {"operation_location": "<Operation-Location>"}

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from exporter.config import Config
-    from exporter.providers.base import Located, Retention, SourceBase
+    from exporter.providers.base import Located, Retention, SourceBase, Webhook
     from exporter.storage import Storage
     from exporter.store import JobRecord
 
@@ -138,6 +138,7 @@ class Exporter:
         self._started = False
         self._stopping = threading.Event()
         self._refusing: dict[str, int] = {}  # registrations refused in a row, by source
+        self._wrong_tokens: dict[str, int] = {}  # webhook calls with a wrong token in a row
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -262,31 +263,42 @@ class Exporter:
             log.warning("job limit reached; refusing jobs until there is room",
                         source=source.name, max_jobs=source.max_jobs, origin=origin)  # fmt: skip
 
+    def _webhook_source(
+        self, slug: str, source_name: str, token: str
+    ) -> tuple[SourceBase, Webhook] | None:
+        """The source a webhook call is for and its webhook, if the token is right. One read
+        of the running config, without the lock (a reload swaps it whole): this runs on the
+        HTTP server's event loop, from the request's head alone."""
+        config = self.config
+        source = next((s for s in config.sources if s.name == source_name), None)
+        hook = None if source is None else config.provider(source).webhook
+        secret = None if source is None else source.webhook_secret()
+        if source is None or hook is None or hook.slug != slug or secret is None:
+            return None
+        if hmac.compare_digest(token.encode(), secret.encode()):
+            self._wrong_tokens.pop(source.name, None)
+            return source, hook
+        self.store.count_webhook(source.name, "unauthorized")
+        streak = self._wrong_tokens[source.name] = self._wrong_tokens.get(source.name, 0) + 1
+        if streak == 1:  # one line per streak: a flood of guesses is counted, not logged
+            log.warning("webhook with a wrong token; further ones counted until a right one",
+                        source=source.name)  # fmt: skip
+        return None
+
     def admits_webhook(self, slug: str, source_name: str, token: str) -> bool:
         """Whether a webhook call may go on, from its path and token alone (before its body is
         read). A wrong token for a source that takes this webhook counts as unauthorized."""
-        source = self._source(source_name)  # a read of the running config: no lock
-        hook = None if source is None else self.config.provider(source).webhook
-        secret = None if source is None else source.webhook_secret()
-        if source is None or hook is None or hook.slug != slug or secret is None:
-            return False
-        if hmac.compare_digest(token.encode(), secret.encode()):
-            return True
-        self.store.count_webhook(source.name, "unauthorized")
-        log.info("webhook", source=source.name, result="unauthorized")
-        return False
+        return self._webhook_source(slug, source_name, token) is not None
 
     def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | int:
         """A provider's call-back: the result (see store.WEBHOOK_RESULTS), or the shard that
         owns the job named (an int: the call goes there, and is counted there). An unknown
         source, one without this webhook and a wrong token all come to "unauthorized". The
         payload only names the job: it is polled at once for its state, never believed."""
-        if not self.admits_webhook(slug, source_name, token):
+        found = self._webhook_source(slug, source_name, token)
+        if found is None:
             return "unauthorized"
-        source = self._source(source_name)
-        assert source is not None  # admitted
-        hook = self.config.provider(source).webhook
-        assert hook is not None
+        source, hook = found
         job_id = hook.job_id(payload)
         if job_id is not None and not self.shard.owns(source.name, job_id):
             return self.shard.owner(source.name, job_id)

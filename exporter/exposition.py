@@ -29,6 +29,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
+from exporter.logging import redactor
 from exporter.model import DOCUMENT_STATES, TASK_STATES, State
 
 if TYPE_CHECKING:
@@ -104,8 +105,10 @@ class _Lines:
     """The sample lines of one job, family by family (labels sorted, as client_python does)."""
 
     def __init__(self, record: JobRecord) -> None:
+        # A job ID or project comes from the config, the jobs API or a webhook: masked like
+        # every label, in case a secret was pasted there (the record keeps the real one).
         self._base = {"provider": record.provider, "source": record.source,
-                      "job_id": record.job_id}  # fmt: skip
+                      "job_id": redactor.mask(record.job_id)}  # fmt: skip
         self.out: list[list[str]] = [[] for _ in FAMILIES]
 
     def add(self, family: str, value: float, **labels: str) -> None:
@@ -131,8 +134,9 @@ def render_job(record: JobRecord) -> Chunks:
     snap = record.snapshot
     if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
         return lines.chunks()
+    project = redactor.mask(record.project or "")
     lines.add("asyncjob_info", 1.0, vendor_status=snap.vendor_status,
-              display_name=snap.display_name, project=record.project or "")  # fmt: skip
+              display_name=snap.display_name, project=project)  # fmt: skip
     for state in State:
         lines.add("asyncjob_state", 1.0 if state is snap.state else 0.0, state=state.value)
     for phase, ratio in snap.progress.items():

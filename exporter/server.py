@@ -77,6 +77,7 @@ IDLE_TIMEOUT = 300.0  # an idle keep-alive connection, between requests
 MAX_CONNECTIONS = 512  # as Prometheus's --web.max-connections
 SHUTDOWN_GRACE = 1.0  # in-flight responses on stop, before every connection is closed
 BACKLOG = 1024
+SERVER = "asyncjob-exporter"  # the Server header: no library or version to fingerprint
 MAX_LINE = 8190  # a request line or header, as aiohttp's and Go's defaults
 SCRAPE_THREADS = 2  # /metrics and /-/ready
 WORK_THREADS = 2  # the status page, the jobs API, webhooks, /-/reload
@@ -186,14 +187,6 @@ class Answer:
     status: str
     headers: list[tuple[str, str]]
     body: list[bytes]
-
-
-def _plain(status: HTTPStatus, text: str, *headers: tuple[str, str]) -> Answer:
-    return Answer(
-        f"{status.value} {status.phrase}",
-        [("Content-Type", "text/plain; charset=utf-8"), *headers],
-        [text.encode()],
-    )
 
 
 class ExporterApp:
@@ -416,8 +409,8 @@ class _Lane(Executor):
 
 
 class _Connection:
-    """One connection's place in the limit: since when it has waited for its request, its
-    deadline, and how to close it. Lives on the event loop thread only."""
+    """One connection's place in the limit (its order in `_Front.waiting` says how long it has
+    waited for its request), its deadline, and how to close it. Event loop thread only."""
 
     __slots__ = ("abort", "deadline", "idle")
 
@@ -457,6 +450,27 @@ class _Protocol(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._front.closed(self.connection)
         super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,  # noqa: ARG002 - aiohttp's; it may quote the input
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse: one debug line, no traceback, and an answer that
+        quotes nothing (aiohttp's own would echo the bad line or header, a token with it)."""
+        log.debug("bad request", status=status, error=type(exc).__name__ if exc else None)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was under way")
+        answer = web.Response(status=status, text=f"{HTTPStatus(status).phrase}\n")
+        answer.headers["Server"] = SERVER
+        answer.force_close()
+        return answer
+
+    def log_exception(self, *_: Any, **kwargs: Any) -> None:
+        """aiohttp's other error reports, as one masked line, without the traceback."""
+        log.error("HTTP protocol error", error=repr(kwargs.get("exc_info")))
 
     def data_received(self, data: bytes) -> None:
         if data and self.connection.idle:
@@ -667,6 +681,7 @@ class HttpServer:
 
     async def _accept(self) -> None:
         front = self._front
+        failing = False  # accept() failing (out of file descriptors): logged once per streak
         while True:
             while front.full() and not front.waiting:
                 front.room.clear()
@@ -674,9 +689,15 @@ class HttpServer:
             try:
                 sock, _ = await self._loop.sock_accept(self._sock)
             except OSError as exc:  # out of file descriptors, say: wait, do not spin
-                log.warning("cannot accept a connection", error=exc.strerror or str(exc))
+                if not failing:
+                    log.warning("cannot accept connections; retrying every 0.1 s",
+                                error=exc.strerror or str(exc))  # fmt: skip
+                failing = True
                 await asyncio.sleep(0.1)
                 continue
+            if failing:
+                log.warning("accepting connections again")
+                failing = False
             if front.full() and not front.evict():
                 # Every connection's request arrived meanwhile: this one waits its turn.
                 while front.full():
@@ -726,10 +747,12 @@ class HttpServer:
                 # The body did not come whole: cut off at its deadline, or broken.
                 log.debug("request body not read", error=type(exc).__name__)
                 connection.abort()
-                answer = _plain(HTTPStatus.BAD_REQUEST, "the body did not arrive\n")
+                answer = self._app.refusal(request.path, HTTPStatus.BAD_REQUEST,
+                                           "the body did not arrive")  # fmt: skip
             except Exception:
                 log.exception("bug in the exporter's HTTP front end", path=request.path)
-                answer = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+                answer = self._app.refusal(request.path, HTTPStatus.INTERNAL_SERVER_ERROR,
+                                           "internal server error")  # fmt: skip
             return await self._send(request, answer, connection)
         finally:
             self._busy -= 1
@@ -738,18 +761,26 @@ class HttpServer:
             self._front.served(connection)
 
     async def _answer(self, request: web.BaseRequest, connection: _Connection) -> Answer:
+        front = self._front
+        if not request.can_read_body:
+            front.arrived(connection)  # nothing more to come: checking it may take its time
+        elif connection.deadline is None:
+            front.request_started(connection)  # pipelined behind the last: its own deadline
         environ = _environ(request)
         check = self._app.guard(environ)
         if isinstance(check, Credentials):
             check = self._app.guard(environ, await self._verify(check))
             assert not isinstance(check, Credentials)  # given a verdict, it decides
         if check is None:
-            body = await self._body(request)
+            try:
+                body = await self._body(request)
+            finally:
+                front.arrived(connection)
             if isinstance(body, Answer):
                 return body
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
-        self._front.arrived(connection)
+        front.arrived(connection)
         if check is not None:
             return check
         path = environ["PATH_INFO"]
@@ -794,7 +825,10 @@ class HttpServer:
             body = list(self._app(environ, start_response))
         except Exception:
             log.exception("bug in the exporter's HTTP handler", path=environ.get("PATH_INFO"))
-            return _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            path = environ.get("PATH_INFO") or "/"
+            return self._app.refusal(
+                path, HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error"
+            )
         status, headers = started[-1]
         return Answer(status, headers, body)
 
@@ -806,7 +840,7 @@ class HttpServer:
         for name, value in answer.headers:
             if name.lower() != "content-length":  # counted here, from the parts
                 response.headers.add(name, value)
-        response.headers["Server"] = "asyncjob-exporter"
+        response.headers["Server"] = SERVER
         length = sum(len(part) for part in answer.body)
         if int(code) not in {204, 304}:
             response.content_length = length
@@ -826,7 +860,7 @@ class HttpServer:
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting; let in-flight responses run for `grace`; then close every
-        connection. Returns within about grace + 1 s whatever the clients do."""
+        connection. Returns within about grace + 2 s whatever the clients do."""
         if self._thread.is_alive():
             done = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop)
             with contextlib.suppress(Exception):

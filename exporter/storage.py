@@ -490,7 +490,9 @@ class Storage:
             if first:
                 self._failing_since = time.monotonic()
             self._problem = problem
-            self._retry_at = time.monotonic() + min(RETRY_MAX, RETRY_FIRST * 2**self._retries)
+            # The exponent is capped: 2**1024 (some 85 minutes of 5 s tries) overflows a float.
+            wait = min(RETRY_MAX, RETRY_FIRST * 2 ** min(self._retries, 32))
+            self._retry_at = time.monotonic() + wait
             self._retries += 1
             rows = len(self._pending)
             self._cond.notify_all()

@@ -234,7 +234,6 @@ class BasicAuth:
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._failed: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._checks = threading.BoundedSemaphore(self.MAX_CHECKS)
 
     def cached(self, authorization: str | None) -> Verdict | Credentials:
         """The verdict the caches hold for these credentials, or the credentials to verify."""
@@ -264,18 +263,6 @@ class BasicAuth:
             if len(cache) > limit:
                 cache.popitem(last=False)
         return Verdict.ALLOWED if ok else Verdict.DENIED
-
-    def check(self, authorization: str | None) -> Verdict:
-        """`cached()`, then `verify()` when a check slot is free within CHECK_WAIT (blocking)."""
-        found = self.cached(authorization)
-        if isinstance(found, Verdict):
-            return found
-        if not self._checks.acquire(timeout=self.CHECK_WAIT):
-            return Verdict.BUSY
-        try:
-            return self.verify(found)
-        finally:
-            self._checks.release()
 
 
 def _decode_basic(header: str | None) -> Credentials | None:

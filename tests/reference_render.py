@@ -17,6 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.logging import redactor
 from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, State
 from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
 from exporter.values import format_duration
@@ -157,14 +158,16 @@ class _Families:
         )  # fmt: skip
 
     def add_job(self, record: JobRecord) -> None:
-        key = [record.provider, record.source, record.job_id]
+        # The exposition masks the labels that come from config or clients, as the redactor
+        # does for every exit; the oracle says the same of the same record.
+        key = [record.provider, record.source, redactor.mask(record.job_id)]
         self.up.add_metric(key, 1.0 if record.up else 0.0)
         if record.last_error is not None:
             self.poll_error.add_metric([*key, record.last_error.value], 1.0)
         snap = record.snapshot
         if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
             return
-        info = [snap.vendor_status, snap.display_name, record.project or ""]
+        info = [snap.vendor_status, snap.display_name, redactor.mask(record.project or "")]
         self.info.add_metric([*key, *info], 1.0)
         for state in State:
             self.state.add_metric([*key, state.value], 1.0 if state is snap.state else 0.0)

@@ -380,3 +380,88 @@ def test_connections_trickling_bodies_make_room_for_a_scrape() -> None:
         for conn in tricklers:
             conn.close()
         server.stop()
+
+
+def test_a_request_being_checked_is_not_evicted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Limit 2, basic auth: a scrape whose credentials are still being checked (bcrypt held
+    back here) has arrived whole, so the connections that come meanwhile do not evict it."""
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(f"basic_auth_users: {{prometheus: '{hashed}'}}\n")
+    release = threading.Event()
+    real = bcrypt.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        release.wait(5)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", held)
+    app = make_app(CollectorRegistry(), "/metrics", lambda: None, web=load_web_config(str(web)))
+    server = _serve(app, max_connections=2, read_timeout=5.0)
+    try:
+        answer: list[requests.Response] = []
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        scrape = threading.Thread(
+            target=lambda: answer.append(requests.get(url, auth=("prometheus", "pw"), timeout=10))
+        )
+        scrape.start()
+        for _ in range(50):  # until the scrape is in and being checked
+            if server.connections == (1, 0):
+                break
+            time.sleep(0.05)
+        others = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
+        time.sleep(0.3)
+        release.set()
+        scrape.join(10)
+        assert answer
+        assert answer[0].status_code == 200
+        for conn in others:
+            conn.close()
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_a_pipelined_request_has_its_own_deadline() -> None:
+    """A request sent right behind another on the same connection, whose body never comes, is
+    cut at the read deadline too."""
+    server = _serve(read_timeout=1.0)
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.sendall(
+            b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        )
+        started = time.monotonic()
+        assert _closed(conn, 4.0)
+        assert time.monotonic() - started < 3.0
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_request_the_parser_refuses_is_answered_without_quoting_it(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A malformed header (here a control character in a token) gets a bare 400: aiohttp's own
+    answer and log would quote the line, and with it the token."""
+    server = _serve()
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn.sendall(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: tok-123456789\x01\r\n\r\n"
+        )
+        conn.settimeout(5)
+        answer = conn.recv(4096)
+        conn.close()
+        assert answer.split(b" ")[1] == b"400"
+        assert b"tok-123456789" not in answer
+        assert b"aiohttp" not in answer
+        assert answer.endswith(b"\r\n\r\nBad Request\n")
+    finally:
+        server.stop()
+    captured = capfd.readouterr()
+    assert "tok-123456789" not in captured.err + captured.out
+    assert "Traceback" not in captured.err

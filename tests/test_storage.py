@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -608,3 +609,16 @@ def test_a_disk_filled_by_registrations_loses_no_acknowledged_job(
         # A third start would poll each job a third time and expire it (the simulator has no
         # such batches: 404), so the file is read as it was left.
         assert set(stored_states(small_disk / DATABASE)) == set(ids)
+
+
+def test_a_long_failure_streak_keeps_its_backoff(tmp_path: Path) -> None:
+    """After thousands of failed tries (some 85 minutes of a full disk at 5 s) the backoff is
+    still 5 s: it does not overflow and stop the writer."""
+    storage = Storage.open(tmp_path)
+    try:
+        storage._retries = 2000
+        storage._failed({}, "write", sqlite3.OperationalError("disk I/O error"))
+        assert storage._retry_at - time.monotonic() <= 5.0
+        assert storage._retries == 2001
+    finally:
+        storage.close()

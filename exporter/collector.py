@@ -84,7 +84,7 @@ class _Families:
         self.job_duration = HistogramMetricFamily(
             "asyncjob_job_duration_seconds",
             "Time from creation to finish of the jobs counted in asyncjob_jobs_finished_total, "
-            "from the API's timestamps.",
+            "to the time of asyncjob_finished_timestamp_seconds; jobs without either are left out.",
             labels=[*SOURCE_LABELS, "state"],
         )
         self.dropped = CounterMetricFamily(

@@ -106,6 +106,11 @@ def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+SNAPSHOT_TIMES = (
+    "created", "last_update", "started", "estimated_completion", "expiration", "finished"
+)  # fmt: skip
+
+
 def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
     return {
         "state": snap.state.value,
@@ -117,15 +122,11 @@ def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
         "characters_charged": snap.characters_charged,
         "errors": snap.errors,
         "warnings": snap.warnings,
-        **{
-            key: _time(getattr(snap, key))
-            for key in ("created", "last_update", "started", "estimated_completion", "expiration")
-        },
+        **{key: _time(getattr(snap, key)) for key in SNAPSHOT_TIMES},
     }
 
 
 def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
-    times = ("created", "last_update", "started", "estimated_completion", "expiration")
     return JobSnapshot(
         state=State(data["state"]),
         vendor_status=data["vendor_status"],
@@ -136,7 +137,7 @@ def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
         characters_charged=data["characters_charged"],
         errors=data["errors"],
         warnings=data["warnings"],
-        **{key: _parse_time(data[key]) for key in times},
+        **{key: _parse_time(data.get(key)) for key in SNAPSHOT_TIMES},  # older rows lack some
     )
 
 

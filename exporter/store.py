@@ -56,7 +56,7 @@ class JobRecord:
     last_error: ErrorReason | None = None
     last_poll_success: datetime | None = None
     last_progress_change: datetime | None = None
-    finished_at: datetime | None = None  # when the job reached a terminal state (API time if given)
+    finished_at: datetime | None = None  # when the job finished, where known: see _finished_at
     not_found_streak: int = 0  # polls in a row answered 404
 
     @property
@@ -86,8 +86,8 @@ class SourceStats:
 @dataclass(slots=True)
 class Tally:
     """What outlives the jobs of a source, and a restart too (it is stored): how many jobs the
-    exporter saw finish, by terminal state, and how long they took (created to finished, from
-    the API's times), as histogram buckets (not cumulative, then +Inf) and a sum."""
+    exporter saw finish, by terminal state, and how long they took (created to finished, the
+    record's finish time), as histogram buckets (not cumulative, then +Inf) and a sum."""
 
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0))
     buckets: dict[str, list[int]] = field(
@@ -149,17 +149,29 @@ class _Counters:
             self.errors[outcome.error] += 1
 
 
+def _finished_at(old: JobRecord, snapshot: JobSnapshot, at: datetime) -> datetime | None:
+    """When a job finished, by the poll at `at` that answered `snapshot`: None while it runs.
+    Once known it is kept. The API's time where it gives one, never later than the poll that
+    saw the job finished (an upstream clock ahead of ours must not stretch a retention). Else
+    the poll that saw a job it had seen unfinished finish. A job first seen finished with no
+    API time (a first listing names every fine-tune ever made) has none: that it just finished
+    is not known, so nothing must take it for a fresh event."""
+    if not snapshot.state.terminal:
+        return None
+    if old.finished_at is not None:
+        return old.finished_at
+    if snapshot.finished is not None:
+        return min(snapshot.finished, at)
+    seen_unfinished = old.snapshot is not None and not old.snapshot.state.terminal
+    return at if seen_unfinished else None
+
+
 def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     snapshot = outcome.snapshot
     if snapshot is None:  # a failed poll keeps the last good values
         streak = old.not_found_streak + 1 if outcome.error is ErrorReason.NOT_FOUND else 0
         return replace(old, up=False, last_error=outcome.error, not_found_streak=streak)
     changed = not snapshot.same_progress(old.snapshot)
-    finished_at = old.finished_at
-    if snapshot.state.terminal and finished_at is None:
-        # The API's time when it gives one; never later than the poll that saw it finished
-        # (an upstream clock ahead of ours must not stretch a retention).
-        finished_at = min(snapshot.last_update or outcome.at, outcome.at)
     return replace(
         old,
         snapshot=snapshot,
@@ -167,7 +179,7 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
         last_error=None,
         last_poll_success=outcome.at,
         last_progress_change=outcome.at if changed else old.last_progress_change,
-        finished_at=finished_at,
+        finished_at=_finished_at(old, snapshot, outcome.at),
         not_found_streak=0,
     )
 
@@ -497,15 +509,17 @@ class Store:
         return record
 
     def sweep(self, now: datetime) -> list[JobRecord]:
-        """Drop the finished jobs whose retention has ended (not those the config lists)."""
+        """Drop the finished jobs whose retention has ended (not those the config lists),
+        counted from the finish, or where that is not known from the poll that found the job
+        finished (a finished job is polled no more, so that poll is its last success)."""
         with self._lock:
             expired = [
                 key
                 for key, record in self._jobs.items()
                 if record.origin != CONFIG
                 and record.finished
-                and record.finished_at is not None
-                and now - record.finished_at > self._retention_of(record)
+                and (since := record.finished_at or record.last_poll_success) is not None
+                and now - since > self._retention_of(record)
             ]
             self._forget_retired(now)
             return [r for key in expired if (r := self._drop(key, "retention")) is not None]

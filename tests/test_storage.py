@@ -39,6 +39,7 @@ FINISHED = JobRecord(
         characters_charged=12000, errors=0,
         created=datetime(2026, 3, 1, 8, 0, 1, tzinfo=UTC),
         last_update=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
+        finished=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
     ),
     up=True, last_poll_success=datetime(2026, 3, 1, 8, 6, tzinfo=UTC),
     last_progress_change=datetime(2026, 3, 1, 8, 5, 30, tzinfo=UTC),
@@ -77,6 +78,18 @@ def test_records_survive_a_reopen_field_for_field(tmp_path: Path) -> None:
     assert restored == FINISHED
     assert (stored["job-2"].project, stored["job-2"].first_seen) == ("Loans", SEEN)
     assert record_fields(stored["job-2"].record)["last_error"] is ErrorReason.THROTTLED
+
+
+def test_a_row_from_before_the_finish_time_loads_without_one() -> None:
+    """A snapshot stored before JobSnapshot.finished existed loads, with none."""
+    from exporter.storage import record_fields, record_to_json  # noqa: PLC0415
+
+    old = record_to_json(FINISHED)
+    assert old["snapshot"] is not None
+    del old["snapshot"]["finished"]
+    fields = record_fields(old)
+    assert fields["snapshot"].finished is None
+    assert fields["finished_at"] == FINISHED.finished_at
 
 
 def test_delete_removes_the_row(storage: Storage) -> None:

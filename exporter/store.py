@@ -58,6 +58,7 @@ class JobRecord:
     last_progress_change: datetime | None = None
     finished_at: datetime | None = None  # when the job finished, where known: see _finished_at
     not_found_streak: int = 0  # polls in a row answered 404
+    characters_counted: int = 0  # of its characters charged, those in its source's tally
 
     @property
     def finished(self) -> bool:
@@ -87,13 +88,26 @@ class SourceStats:
 class Tally:
     """What outlives the jobs of a source, and a restart too (it is stored): how many jobs the
     exporter saw finish, by terminal state, and how long they took (created to finished, the
-    record's finish time), as histogram buckets (not cumulative, then +Inf) and a sum."""
+    record's finish time), as histogram buckets (not cumulative, then +Inf) and a sum; and the
+    characters charged, each job's increase counted once (its record keeps how many were)."""
 
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0))
     buckets: dict[str, list[int]] = field(
         default_factory=lambda: {s: [0] * (len(DURATION_BUCKETS) + 1) for s in FINISHED_STATES}
     )
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0.0))
+    characters: int = 0
+
+    def add(self, old: JobRecord, new: JobRecord) -> bool:
+        """Count what one poll changed of a job: its finish, once, and the characters charged
+        since the poll before. Whether anything was counted (then the tally must be saved with
+        the new record)."""
+        finished = new.finished and not old.finished
+        if finished:
+            self.finish(new)
+        charged = new.characters_counted - old.characters_counted
+        self.characters += charged
+        return finished or charged > 0
 
     def finish(self, record: JobRecord) -> None:
         snap = record.snapshot
@@ -106,11 +120,12 @@ class Tally:
             self.seconds[state] += took
 
     def to_json(self) -> dict[str, Any]:
-        return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds}
+        return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds,
+                "characters": self.characters}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        tally = cls()
+        tally = cls(characters=int(data.get("characters", 0)))  # older tallies lack it
         for state in FINISHED_STATES:  # a state the file lacks starts at zero
             tally.finished[state] = int(data["finished"].get(state, 0))
             tally.seconds[state] = float(data["seconds"].get(state, 0.0))
@@ -181,6 +196,8 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
         last_progress_change=outcome.at if changed else old.last_progress_change,
         finished_at=_finished_at(old, snapshot, outcome.at),
         not_found_streak=0,
+        # A total that goes down (it should not) is not counted again when it comes back up.
+        characters_counted=max(old.characters_counted, snapshot.characters_charged or 0),
     )
 
 
@@ -392,7 +409,7 @@ class Store:
 
     def apply(self, outcome: PollOutcome) -> tuple[JobRecord, JobRecord | None] | None:
         """Apply one poll's outcome, in one step: the job's record, its source's request
-        statistics, and the tally when the job is first seen finished. Returns the record
+        statistics, and its source's tally (a finish, characters charged). Returns the record
         before and after (after is None when the job expired: EXPIRE_AFTER polls in a row
         answered 404 and the config does not list it), or None if the job is no longer tracked
         (removed while the poll was in flight)."""
@@ -413,15 +430,13 @@ class Store:
             return None
         new = self._jobs[key] = _updated(old, outcome)
         self._generation += 1
-        if new.finished and not old.finished:
-            counters.tally.finish(new)
-            if self._storage is not None:
-                self._storage.save_tally(outcome.source, counters.tally.to_json())
-        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
-            self._drop(key, "expired")
-            return old, None
+        tallied = counters.tally.add(old, new)
         if self._storage is not None:
-            self._storage.save((new,))
+            tally = (outcome.source, counters.tally.to_json()) if tallied else None
+            self._storage.save((new,), tally)  # together: see Storage.save
+        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
+            self._drop(key, "expired")  # its row's deletion supersedes the save
+            return old, None
         return old, new
 
     def apply_listing(self, outcome: ListOutcome) -> ListingApplied:

@@ -1,8 +1,9 @@
 """The oracle of the pre-rendered exposition: /metrics as it was built before it (exporter
 version 0.x, `exporter/collector.py` before issue 9), every family afresh from client_python's
 metric families on each scrape. Kept verbatim but for this docstring and the families added
-since, each added here as the old collector would have had it (issue 15: the finish time), so
-that tests can compare the fast path, sample for sample, with the old one.
+since, each added here as the old collector would have had it (issue 15: the finish time, the
+characters counter), so that tests can compare the fast path, sample for sample, with the old
+one.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ class _Families:
             "to the time of asyncjob_finished_timestamp_seconds; jobs without either are left out.",
             labels=[*SOURCE_LABELS, "state"],
         )
+        self.characters_charged = CounterMetricFamily(
+            "asyncjob_characters_charged",
+            "Characters the API charged for the source's jobs (Translator batches): each job's "
+            "increase counted once, as polls report it; across restarts too, and after the job is "
+            "dropped.",
+            labels=SOURCE_LABELS,
+        )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
             "Jobs no longer tracked, by reason (retention, expired, deleted).",
@@ -210,6 +218,7 @@ class _Families:
                 [*key, state], _cumulative(DURATION_BUCKETS, tally.buckets[state]),
                 tally.seconds[state],
             )  # fmt: skip
+        self.characters_charged.add_metric(key, tally.characters)
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -244,6 +253,7 @@ class _Families:
         yield self.delayed
         yield self.finished
         yield self.job_duration
+        yield self.characters_charged
         yield self.dropped
         yield self.discovered
         yield self.webhooks

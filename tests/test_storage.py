@@ -43,7 +43,7 @@ FINISHED = JobRecord(
     ),
     up=True, last_poll_success=datetime(2026, 3, 1, 8, 6, tzinfo=UTC),
     last_progress_change=datetime(2026, 3, 1, 8, 5, 30, tzinfo=UTC),
-    finished_at=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
+    finished_at=datetime(2026, 3, 1, 8, 5, tzinfo=UTC), characters_counted=11000,
 )  # fmt: skip
 FAILING = JobRecord(
     "azure_language_training", "training", "job-2", SEEN, project="Loans", origin="config",
@@ -80,14 +80,17 @@ def test_records_survive_a_reopen_field_for_field(tmp_path: Path) -> None:
     assert record_fields(stored["job-2"].record)["last_error"] is ErrorReason.THROTTLED
 
 
-def test_a_row_from_before_the_finish_time_loads_without_one() -> None:
-    """A snapshot stored before JobSnapshot.finished existed loads, with none."""
+def test_a_row_from_before_the_characters_counter_takes_its_charges_as_counted() -> None:
+    """Upgrading must not add every stored batch's whole total to the new counter at once, nor
+    stumble on the snapshot's finish time, which such a row lacks."""
     from exporter.storage import record_fields, record_to_json  # noqa: PLC0415
 
     old = record_to_json(FINISHED)
+    del old["characters_counted"]
     assert old["snapshot"] is not None
     del old["snapshot"]["finished"]
     fields = record_fields(old)
+    assert fields["characters_counted"] == 12000
     assert fields["snapshot"].finished is None
     assert fields["finished_at"] == FINISHED.finished_at
 

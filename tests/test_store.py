@@ -290,3 +290,50 @@ def test_a_finish_time_ahead_of_the_poll_is_the_poll() -> None:
                         finished=T0 + timedelta(hours=1))  # fmt: skip
     poll(store, "listed", T0, ahead)
     assert finished_time(store, SOURCE, "listed") == T0.timestamp()
+
+
+def charged(state: State, characters: int | None) -> JobSnapshot:
+    return JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 0.5},
+                       characters_charged=characters,
+                       finished=T0 if state.terminal else None)  # fmt: skip
+
+
+def test_characters_charged_count_each_increase_once_across_restarts_and_retirement(
+    tmp_path: Path,
+) -> None:
+    """The source's counter grows by each batch's increase as polls and listings report it,
+    never twice (a repeated total, a restart on the same storage, a total that dips and comes
+    back), and keeps what a batch charged after the batch is dropped."""
+    now = [T0]
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert sample(store, "asyncjob_characters_charged_total") == 0  # there before any charge
+    store.apply_listing(listing(T0, ("b1", charged(State.RUNNING, 100)), ("b2", None)))
+    poll(store, "b2", T0, charged(State.RUNNING, None))  # nothing charged yet
+    poll(store, "b1", T0, charged(State.RUNNING, 250))
+    poll(store, "b1", T0, charged(State.RUNNING, 250))  # the same total: nothing new
+    assert sample(store, "asyncjob_characters_charged_total") == 250
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert sample(store, "asyncjob_characters_charged_total") == 250
+    store.apply_listing(listing(T0, ("b1", charged(State.RUNNING, 250)), ("b2", None)))
+    poll(store, "b1", T0, charged(State.RUNNING, 200))  # a dip is not a refund...
+    poll(store, "b1", T0, charged(State.SUCCEEDED, 300))  # ...nor is its recovery charged twice
+    poll(store, "b2", T0, charged(State.FAILED, 40))
+    assert sample(store, "asyncjob_characters_charged_total") == 340
+    now[0] = T0 + timedelta(hours=2)
+    assert {r.job_id for r in store.sweep(now[0])} == {"b1", "b2"}  # retired
+    assert sample(store, "asyncjob_characters_charged_total") == 340
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    try:
+        store = discovering_store(storage, now)
+        assert store.jobs() == ()
+        assert sample(store, "asyncjob_characters_charged_total") == 340
+    finally:
+        storage.close()

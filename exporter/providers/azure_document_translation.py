@@ -29,7 +29,8 @@ Yields, for a finished batch with one failed document::
     asyncjob_errors{...} 0
     asyncjob_finished_timestamp_seconds{...} 1.5851844e+09
 
-`lastActionDateTimeUtc` of a finished batch is when it finished.
+`lastActionDateTimeUtc` of a finished batch is when it finished. Each poll's increase of
+`summary.totalCharacterCharged` also adds to the source's asyncjob_characters_charged_total.
 """
 
 from __future__ import annotations

@@ -84,8 +84,15 @@ class _Families:
         self.job_duration = HistogramMetricFamily(
             "asyncjob_job_duration_seconds",
             "Time from creation to finish of the jobs counted in asyncjob_jobs_finished_total, "
-            "from the API's timestamps.",
+            "to the time of asyncjob_finished_timestamp_seconds; jobs without either are left out.",
             labels=[*SOURCE_LABELS, "state"],
+        )
+        self.characters = CounterMetricFamily(
+            "asyncjob_characters_charged",
+            "Characters the API charged for the source's jobs (Translator batches): each job's "
+            "increase counted once, as polls report it; across restarts too, and after the job is "
+            "dropped.",
+            labels=SOURCE_LABELS,
         )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
@@ -121,6 +128,7 @@ class _Families:
                 [*key, state], _cumulative(DURATION_BUCKETS, tally.buckets[state]),
                 tally.seconds[state],
             )  # fmt: skip
+        self.characters.add_metric(key, tally.characters)
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -141,6 +149,7 @@ class _Families:
         yield self.delayed
         yield self.finished
         yield self.job_duration
+        yield self.characters
         yield self.dropped
         yield self.discovered
         yield self.webhooks

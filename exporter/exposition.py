@@ -50,6 +50,11 @@ TIMESTAMPS = {
     "expiration": "when the API will discard the job and its results",
 }
 
+FINISHED_HELP = (
+    "Unix time the job finished: the API's, or when the exporter saw it finish; absent while it "
+    "runs, and for a job first seen finished whose API gives no time."
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Family:
@@ -84,6 +89,7 @@ FAMILIES = (
     Family("asyncjob_warnings", "gauge", "Warnings the API reports for the job."),
     *(Family(f"asyncjob_{key}_timestamp_seconds", "gauge", f"Unix time {doc}.")
       for key, doc in TIMESTAMPS.items()),
+    Family("asyncjob_finished_timestamp_seconds", "gauge", FINISHED_HELP),
     Family("asyncjob_up", "gauge", "1 if the latest poll of the job succeeded, else 0."),
     Family("asyncjob_last_poll_error_info", "gauge",
            "Why the latest poll of the job failed; present only while it is failing."),
@@ -155,6 +161,7 @@ def render_job(record: JobRecord) -> Chunks:
             (f"asyncjob_{key}_timestamp_seconds", _seconds(getattr(snap, key)))
             for key in TIMESTAMPS
         ),
+        ("asyncjob_finished_timestamp_seconds", _seconds(record.finished_at)),
         ("asyncjob_last_poll_success_timestamp_seconds", _seconds(record.last_poll_success)),
         ("asyncjob_last_progress_change_timestamp_seconds", _seconds(record.last_progress_change)),
     )

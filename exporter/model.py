@@ -72,10 +72,11 @@ class JobSnapshot:
     `progress` maps a phase to a ratio in 0..1 and always holds "overall": the share of the work
     that finished (succeeded or failed; cancelled work is not done). `tasks` and `documents` are
     empty where the API has no such breakdown; optional numbers and times are None where the API
-    does not give them. `vendor_status` and `display_name` come from upstream and become labels,
-    page fields and stored values, so they are masked (any secret in them) and then cut to
-    MAX_LABEL_LENGTH here, the one place that happens: masked first, so no cut leaves part of
-    a secret.
+    does not give them. `finished` is when the API says the job finished, only ever set for a
+    terminal state (an unfinished answer's end time is a placeholder, not a finish).
+    `vendor_status` and `display_name` come from upstream and become labels, page fields and
+    stored values, so they are masked (any secret in them) and then cut to MAX_LABEL_LENGTH
+    here, the one place that happens: masked first, so no cut leaves part of a secret.
     """
 
     state: State
@@ -92,8 +93,12 @@ class JobSnapshot:
     started: datetime | None = None
     estimated_completion: datetime | None = None
     expiration: datetime | None = None
+    finished: datetime | None = None
 
     def __post_init__(self) -> None:
+        if self.finished is not None and not self.state.terminal:
+            msg = f"a {self.state.value} job has no finish time"
+            raise ValueError(msg)
         if "overall" not in self.progress:
             msg = "progress must include the 'overall' phase"
             raise ValueError(msg)

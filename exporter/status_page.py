@@ -142,7 +142,9 @@ def _row(record: JobRecord, now: datetime) -> str:
     )
     failures = any(kind == "failures" for kind, _ in notes)
     fill = STATE_COLOURS[State.PARTIALLY_SUCCEEDED] if failures else colour  # not plain green
-    if snap is not None and snap.state.terminal:
+    if snap is not None and snap.state.terminal and record.finished_at is None:
+        updated = 'finished <span class="muted">before it was first seen</span>'
+    elif snap is not None and snap.state.terminal:
         updated = f"finished {_ago(record.finished_at, now)}"
     else:
         updated = f"polled {_ago(record.last_poll_success, now)}"

@@ -3,9 +3,10 @@
 One file, `DIR/asyncjob.db`, in WAL mode, with a `schema_version` table so that upgrades
 migrate it forward and a file from a newer exporter is refused rather than misread. Every
 tracked job's record is kept: its identity (source, job ID, project), how it arrived (origin),
-its last snapshot, when it was first seen, when it finished and when its progress last changed,
-so a restarted exporter exports finished jobs without polling them again and stall detection
-keeps its clock.
+its last snapshot, when it was first seen, when it finished, when its progress last changed and
+how many of its characters charged the source's counter holds, so a restarted exporter exports
+finished jobs without polling them again, stall detection keeps its clock and no count is
+repeated. Each source's tally (store.Tally) is kept beside them.
 
 Writes never block a scrape or a poll: `save()` and `delete()` queue the change and return; one
 writer thread commits what has queued at least every FLUSH_EVERY seconds, so a crash loses at
@@ -106,6 +107,11 @@ def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+SNAPSHOT_TIMES = (
+    "created", "last_update", "started", "estimated_completion", "expiration", "finished"
+)  # fmt: skip
+
+
 def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
     return {
         "state": snap.state.value,
@@ -117,15 +123,11 @@ def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
         "characters_charged": snap.characters_charged,
         "errors": snap.errors,
         "warnings": snap.warnings,
-        **{
-            key: _time(getattr(snap, key))
-            for key in ("created", "last_update", "started", "estimated_completion", "expiration")
-        },
+        **{key: _time(getattr(snap, key)) for key in SNAPSHOT_TIMES},
     }
 
 
 def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
-    times = ("created", "last_update", "started", "estimated_completion", "expiration")
     return JobSnapshot(
         state=State(data["state"]),
         vendor_status=data["vendor_status"],
@@ -136,7 +138,7 @@ def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
         characters_charged=data["characters_charged"],
         errors=data["errors"],
         warnings=data["warnings"],
-        **{key: _parse_time(data[key]) for key in times},
+        **{key: _parse_time(data.get(key)) for key in SNAPSHOT_TIMES},  # older rows lack some
     )
 
 
@@ -149,20 +151,25 @@ def record_to_json(record: JobRecord) -> dict[str, Any]:
         "last_progress_change": _time(record.last_progress_change),
         "finished_at": _time(record.finished_at),
         "not_found_streak": record.not_found_streak,
+        "characters_counted": record.characters_counted,
     }
 
 
 def record_fields(data: dict[str, Any]) -> dict[str, Any]:
     """The JobRecord fields a stored record restores (identity comes from the row)."""
-    snapshot = data["snapshot"]
+    snapshot = None if data["snapshot"] is None else snapshot_from_json(data["snapshot"])
+    # A row stored before the characters counter existed: what its job had charged by then is
+    # taken as counted, so that the new counter starts at the upgrade instead of jumping.
+    counted = data.get("characters_counted", snapshot and snapshot.characters_charged)
     return {
-        "snapshot": None if snapshot is None else snapshot_from_json(snapshot),
+        "snapshot": snapshot,
         "up": bool(data["up"]),
         "last_error": None if data["last_error"] is None else ErrorReason(data["last_error"]),
         "last_poll_success": _parse_time(data["last_poll_success"]),
         "last_progress_change": _parse_time(data["last_progress_change"]),
         "finished_at": _parse_time(data["finished_at"]),
         "not_found_streak": int(data.get("not_found_streak", 0)),
+        "characters_counted": int(counted or 0),
     }
 
 
@@ -316,23 +323,28 @@ class Storage:
                 self._unsaved[key] = self._seq
             self._cond.notify_all()
 
-    def save(self, records: Iterable[JobRecord]) -> None:
-        """Queue upserts of these records; returns at once."""
-        self._queue(
+    def save(
+        self, records: Iterable[JobRecord], tally: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Queue upserts of these records and of a (source, tally); returns at once. Changes
+        queued in one call are committed in one transaction: a tally and the record that says
+        what it counted are never written one without the other, so a crash can neither lose
+        a count nor, after the restart, repeat it."""
+        changes: list[tuple[_Key, _Change]] = [
             (("jobs", r.source, r.job_id),
              (_UPSERT, (r.source, r.job_id, r.provider, r.project, r.origin,
                         r.first_seen.isoformat(), json.dumps(record_to_json(r)))))
             for r in records
-        )  # fmt: skip
+        ]  # fmt: skip
+        if tally is not None:
+            source, data = tally
+            changes.append((("tallies", source), (_SAVE_TALLY, (source, json.dumps(data)))))
+        self._queue(changes)
 
     def load_tallies(self) -> dict[str, dict[str, Any]]:
         """Every source's stored tally, by source (read once, at start)."""
         rows = self._read("SELECT source, tally FROM tallies")
         return {source: json.loads(tally) for source, tally in rows}
-
-    def save_tally(self, source: str, tally: dict[str, Any]) -> None:
-        """Queue the upsert of a source's tally; returns at once."""
-        self._queue(((("tallies", source), (_SAVE_TALLY, (source, json.dumps(tally)))),))
 
     def load_retired(self) -> dict[str, dict[str, datetime]]:
         """When each retired job was let go, by source and job ID (read once, at start)."""

@@ -56,8 +56,9 @@ class JobRecord:
     last_error: ErrorReason | None = None
     last_poll_success: datetime | None = None
     last_progress_change: datetime | None = None
-    finished_at: datetime | None = None  # when the job reached a terminal state (API time if given)
+    finished_at: datetime | None = None  # when the job finished, where known: see _finished_at
     not_found_streak: int = 0  # polls in a row answered 404
+    characters_counted: int = 0  # of its characters charged, those in its source's tally
 
     @property
     def finished(self) -> bool:
@@ -86,14 +87,27 @@ class SourceStats:
 @dataclass(slots=True)
 class Tally:
     """What outlives the jobs of a source, and a restart too (it is stored): how many jobs the
-    exporter saw finish, by terminal state, and how long they took (created to finished, from
-    the API's times), as histogram buckets (not cumulative, then +Inf) and a sum."""
+    exporter saw finish, by terminal state, and how long they took (created to finished, the
+    record's finish time), as histogram buckets (not cumulative, then +Inf) and a sum; and the
+    characters charged, each job's increase counted once (its record keeps how many were)."""
 
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0))
     buckets: dict[str, list[int]] = field(
         default_factory=lambda: {s: [0] * (len(DURATION_BUCKETS) + 1) for s in FINISHED_STATES}
     )
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0.0))
+    characters: int = 0
+
+    def add(self, old: JobRecord, new: JobRecord) -> bool:
+        """Count what one poll changed of a job: its finish, once, and the characters charged
+        since the poll before. Whether anything was counted (then the tally must be saved with
+        the new record)."""
+        finished = new.finished and not old.finished
+        if finished:
+            self.finish(new)
+        charged = new.characters_counted - old.characters_counted
+        self.characters += charged
+        return finished or charged > 0
 
     def finish(self, record: JobRecord) -> None:
         snap = record.snapshot
@@ -106,11 +120,12 @@ class Tally:
             self.seconds[state] += took
 
     def to_json(self) -> dict[str, Any]:
-        return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds}
+        return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds,
+                "characters": self.characters}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
-        tally = cls()
+        tally = cls(characters=int(data.get("characters", 0)))  # older tallies lack it
         for state in FINISHED_STATES:  # a state the file lacks starts at zero
             tally.finished[state] = int(data["finished"].get(state, 0))
             tally.seconds[state] = float(data["seconds"].get(state, 0.0))
@@ -149,17 +164,29 @@ class _Counters:
             self.errors[outcome.error] += 1
 
 
+def _finished_at(old: JobRecord, snapshot: JobSnapshot, at: datetime) -> datetime | None:
+    """When a job finished, by the poll at `at` that answered `snapshot`: None while it runs.
+    Once known it is kept. The API's time where it gives one, never later than the poll that
+    saw the job finished (an upstream clock ahead of ours must not stretch a retention). Else
+    the poll that saw a job it had seen unfinished finish. A job first seen finished with no
+    API time (a first listing names every fine-tune ever made) has none: that it just finished
+    is not known, so nothing must take it for a fresh event."""
+    if not snapshot.state.terminal:
+        return None
+    if old.finished_at is not None:
+        return old.finished_at
+    if snapshot.finished is not None:
+        return min(snapshot.finished, at)
+    seen_unfinished = old.snapshot is not None and not old.snapshot.state.terminal
+    return at if seen_unfinished else None
+
+
 def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
     snapshot = outcome.snapshot
     if snapshot is None:  # a failed poll keeps the last good values
         streak = old.not_found_streak + 1 if outcome.error is ErrorReason.NOT_FOUND else 0
         return replace(old, up=False, last_error=outcome.error, not_found_streak=streak)
     changed = not snapshot.same_progress(old.snapshot)
-    finished_at = old.finished_at
-    if snapshot.state.terminal and finished_at is None:
-        # The API's time when it gives one; never later than the poll that saw it finished
-        # (an upstream clock ahead of ours must not stretch a retention).
-        finished_at = min(snapshot.last_update or outcome.at, outcome.at)
     return replace(
         old,
         snapshot=snapshot,
@@ -167,8 +194,10 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
         last_error=None,
         last_poll_success=outcome.at,
         last_progress_change=outcome.at if changed else old.last_progress_change,
-        finished_at=finished_at,
+        finished_at=_finished_at(old, snapshot, outcome.at),
         not_found_streak=0,
+        # A total that goes down (it should not) is not counted again when it comes back up.
+        characters_counted=max(old.characters_counted, snapshot.characters_charged or 0),
     )
 
 
@@ -380,7 +409,7 @@ class Store:
 
     def apply(self, outcome: PollOutcome) -> tuple[JobRecord, JobRecord | None] | None:
         """Apply one poll's outcome, in one step: the job's record, its source's request
-        statistics, and the tally when the job is first seen finished. Returns the record
+        statistics, and its source's tally (a finish, characters charged). Returns the record
         before and after (after is None when the job expired: EXPIRE_AFTER polls in a row
         answered 404 and the config does not list it), or None if the job is no longer tracked
         (removed while the poll was in flight)."""
@@ -401,15 +430,13 @@ class Store:
             return None
         new = self._jobs[key] = _updated(old, outcome)
         self._generation += 1
-        if new.finished and not old.finished:
-            counters.tally.finish(new)
-            if self._storage is not None:
-                self._storage.save_tally(outcome.source, counters.tally.to_json())
-        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
-            self._drop(key, "expired")
-            return old, None
+        tallied = counters.tally.add(old, new)
         if self._storage is not None:
-            self._storage.save((new,))
+            tally = (outcome.source, counters.tally.to_json()) if tallied else None
+            self._storage.save((new,), tally)  # together: see Storage.save
+        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
+            self._drop(key, "expired")  # its row's deletion supersedes the save
+            return old, None
         return old, new
 
     def apply_listing(self, outcome: ListOutcome) -> ListingApplied:
@@ -497,15 +524,17 @@ class Store:
         return record
 
     def sweep(self, now: datetime) -> list[JobRecord]:
-        """Drop the finished jobs whose retention has ended (not those the config lists)."""
+        """Drop the finished jobs whose retention has ended (not those the config lists),
+        counted from the finish, or where that is not known from the poll that found the job
+        finished (a finished job is polled no more, so that poll is its last success)."""
         with self._lock:
             expired = [
                 key
                 for key, record in self._jobs.items()
                 if record.origin != CONFIG
                 and record.finished
-                and record.finished_at is not None
-                and now - record.finished_at > self._retention_of(record)
+                and (since := record.finished_at or record.last_poll_success) is not None
+                and now - since > self._retention_of(record)
             ]
             self._forget_retired(now)
             return [r for key in expired if (r := self._drop(key, "retention")) is not None]

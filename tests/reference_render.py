@@ -1,7 +1,9 @@
 """The oracle of the pre-rendered exposition: /metrics as it was built before it (exporter
 version 0.x, `exporter/collector.py` before issue 9), every family afresh from client_python's
-metric families on each scrape. Kept verbatim but for this docstring,
-so that tests can compare the fast path, sample for sample, with the old one.
+metric families on each scrape. Kept verbatim but for this docstring and the families added
+since, each added here as the old collector would have had it (issue 15: the finish time, the
+characters counter), so that tests can compare the fast path, sample for sample, with the old
+one.
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ class _Families:
             key: gauge(f"asyncjob_{key}_timestamp_seconds", f"Unix time {doc}.")
             for key, doc in TIMESTAMPS.items()
         }
+        self.finished_time = gauge(
+            "asyncjob_finished_timestamp_seconds",
+            "Unix time the job finished: the API's, or when the exporter saw it finish; absent "
+            "while it runs, and for a job first seen finished whose API gives no time.",
+        )
         self.up = gauge("asyncjob_up", "1 if the latest poll of the job succeeded, else 0.")
         self.poll_error = gauge(
             "asyncjob_last_poll_error_info",
@@ -134,8 +141,15 @@ class _Families:
         self.job_duration = HistogramMetricFamily(
             "asyncjob_job_duration_seconds",
             "Time from creation to finish of the jobs counted in asyncjob_jobs_finished_total, "
-            "from the API's timestamps.",
+            "to the time of asyncjob_finished_timestamp_seconds; jobs without either are left out.",
             labels=[*SOURCE_LABELS, "state"],
+        )
+        self.characters_charged = CounterMetricFamily(
+            "asyncjob_characters_charged",
+            "Characters the API charged for the source's jobs (Translator batches): each job's "
+            "increase counted once, as polls report it; across restarts too, and after the job is "
+            "dropped.",
+            labels=SOURCE_LABELS,
         )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
@@ -185,6 +199,7 @@ class _Families:
             (self.errors, snap.errors),
             (self.warnings, snap.warnings),
             *((family, _seconds(getattr(snap, name))) for name, family in self.times.items()),
+            (self.finished_time, _seconds(record.finished_at)),
             (self.last_success, _seconds(record.last_poll_success)),
             (self.last_change, _seconds(record.last_progress_change)),
         ]
@@ -206,6 +221,7 @@ class _Families:
                 [*key, state], _cumulative(DURATION_BUCKETS, tally.buckets[state]),
                 tally.seconds[state],
             )  # fmt: skip
+        self.characters_charged.add_metric(key, tally.characters)
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -227,6 +243,7 @@ class _Families:
         yield self.errors
         yield self.warnings
         yield from self.times.values()
+        yield self.finished_time
         yield self.up
         yield self.poll_error
         yield self.last_success
@@ -239,6 +256,7 @@ class _Families:
         yield self.delayed
         yield self.finished
         yield self.job_duration
+        yield self.characters_charged
         yield self.dropped
         yield self.discovered
         yield self.webhooks

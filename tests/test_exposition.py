@@ -70,8 +70,9 @@ counts = st.integers(min_value=0, max_value=2**53)
 def snapshots(draw: Any) -> JobSnapshot:
     phases = draw(st.dictionaries(st.sampled_from(["training", "evaluation", "data_generation"]),
                                   ratios, max_size=3))  # fmt: skip
+    state = draw(st.sampled_from(list(State)))
     return JobSnapshot(
-        state=draw(st.sampled_from(list(State))),
+        state=state,
         vendor_status=draw(label_text),
         display_name=draw(label_text),
         progress={**phases, "overall": draw(ratios)},
@@ -82,6 +83,7 @@ def snapshots(draw: Any) -> JobSnapshot:
         warnings=draw(st.none() | counts),
         created=draw(times), last_update=draw(times), started=draw(times),
         estimated_completion=draw(times), expiration=draw(times),
+        finished=draw(times) if state.terminal else None,
     )  # fmt: skip
 
 
@@ -98,6 +100,7 @@ def records(draw: Any, index: int) -> JobRecord:
         last_error=draw(st.none() | st.sampled_from(list(ErrorReason))),
         last_poll_success=draw(times),
         last_progress_change=draw(times),
+        finished_at=draw(times),
     )
 
 

@@ -40,10 +40,11 @@ FINISHED = JobRecord(
         characters_charged=12000, errors=0,
         created=datetime(2026, 3, 1, 8, 0, 1, tzinfo=UTC),
         last_update=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
+        finished=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
     ),
     up=True, last_poll_success=datetime(2026, 3, 1, 8, 6, tzinfo=UTC),
     last_progress_change=datetime(2026, 3, 1, 8, 5, 30, tzinfo=UTC),
-    finished_at=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
+    finished_at=datetime(2026, 3, 1, 8, 5, tzinfo=UTC), characters_counted=11000,
 )  # fmt: skip
 FAILING = JobRecord(
     "azure_language_training", "training", "job-2", SEEN, project="Loans", origin="config",
@@ -78,6 +79,21 @@ def test_records_survive_a_reopen_field_for_field(tmp_path: Path) -> None:
     assert restored == FINISHED
     assert (stored["job-2"].project, stored["job-2"].first_seen) == ("Loans", SEEN)
     assert record_fields(stored["job-2"].record)["last_error"] is ErrorReason.THROTTLED
+
+
+def test_a_row_from_before_the_characters_counter_takes_its_charges_as_counted() -> None:
+    """Upgrading must not add every stored batch's whole total to the new counter at once, nor
+    stumble on the snapshot's finish time, which such a row lacks."""
+    from exporter.storage import record_fields, record_to_json  # noqa: PLC0415
+
+    old = record_to_json(FINISHED)
+    del old["characters_counted"]
+    assert old["snapshot"] is not None
+    del old["snapshot"]["finished"]
+    fields = record_fields(old)
+    assert fields["characters_counted"] == 12000
+    assert fields["snapshot"].finished is None
+    assert fields["finished_at"] == FINISHED.finished_at
 
 
 def test_delete_removes_the_row(storage: Storage) -> None:

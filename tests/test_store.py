@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from conftest import Metrics
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import SourceCollector
+from exporter.exposition import Exposition
 from exporter.model import Attempt, ErrorReason, JobSnapshot, ListOutcome, PollOutcome, State
 from exporter.storage import Storage
 from exporter.store import SourceJobs, Store
@@ -32,7 +34,8 @@ def store_with(retention: tuple[float, float] = (HOUR, 4 * HOUR), storage: Stora
 
 def snapshot(state: State, created_minutes_ago: float, at: datetime) -> JobSnapshot:
     return JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 1.0},
-                       created=at - timedelta(minutes=created_minutes_ago), last_update=at)  # fmt: skip
+                       created=at - timedelta(minutes=created_minutes_ago), last_update=at,
+                       finished=at if state.terminal else None)  # fmt: skip
 
 
 def poll(store: Store, job_id: str, at: datetime, snap: JobSnapshot | None = None,
@@ -45,6 +48,15 @@ def sample(store: Store, name: str, **labels: str) -> float | None:
     registry = CollectorRegistry()
     registry.register(SourceCollector(store))
     return registry.get_sample_value(name, {**LABELS, **labels})
+
+
+def finished_time(store: Store, source: str, job_id: str) -> float | None:
+    """asyncjob_finished_timestamp_seconds of one job, as /metrics renders it."""
+    body = b"".join(Exposition(CollectorRegistry(), store).render(openmetrics=False, gzipped=False))
+    record = store.get(source, job_id)
+    assert record is not None
+    labels = {"provider": record.provider, "source": source, "job_id": job_id}
+    return Metrics(body.decode()).get("asyncjob_finished_timestamp_seconds", **labels)
 
 
 def test_a_job_is_counted_once_when_first_seen_finished() -> None:
@@ -200,3 +212,128 @@ def test_tracked_counts_follow_every_route_in_and_out() -> None:
     store.configure([SourceJobs("azure_document_translation", SOURCE, ("listed",), None, 100,
                                 retention=(HOUR, HOUR), discovery=True)])  # fmt: skip
     assert sample(store, "asyncjob_tracked_jobs") == len(store.jobs_of(SOURCE)) == 3
+
+
+SD = "sd"
+SD_PROVIDER = "stable_diffusion_finetune"
+
+
+def sd_store(storage: Storage | None, now: list[datetime]) -> Store:
+    store = Store(storage, clock=lambda: now[0])
+    store.configure([SourceJobs(SD_PROVIDER, SD, (), None, 100, retention=(HOUR, HOUR),
+                                discovery=True)])  # fmt: skip
+    return store
+
+
+def sd_poll(store: Store, job_id: str, at: datetime, state: State) -> None:
+    """A fine-tune's status as the API answers it: a stage, no times at all."""
+    snap = JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 0.5})
+    store.apply(PollOutcome(SD, job_id, at, (Attempt(0.1),), snapshot=snap))
+
+
+def test_a_fine_tune_seen_finishing_finishes_then_and_one_first_seen_finished_has_no_time(
+    tmp_path: Path,
+) -> None:
+    """The API gives no finish time. A fine-tune the exporter saw unfinished (running, or not
+    started) finishes at the poll that saw it finished, across a restart too; one first seen
+    finished (a first listing names every fine-tune ever made) has no finish time at all, in
+    this process and the next, and still leaves when its retention ends."""
+    now = [T0]
+    storage = Storage.open(tmp_path / "data")
+    store = sd_store(storage, now)
+    names = tuple((job_id, None, None) for job_id in ("old", "new", "queued"))
+    store.apply_listing(ListOutcome(SD, T0, (Attempt(0.1),), names))
+    sd_poll(store, "old", T0, State.SUCCEEDED)
+    sd_poll(store, "new", T0, State.RUNNING)
+    sd_poll(store, "queued", T0, State.NOT_STARTED)
+    done_at = T0 + timedelta(minutes=20)
+    sd_poll(store, "new", done_at, State.FAILED)
+    assert finished_time(store, SD, "new") == done_at.timestamp()
+    assert finished_time(store, SD, "old") is None
+    assert finished_time(store, SD, "queued") is None  # not finished yet
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    try:
+        store = sd_store(storage, now)
+        assert finished_time(store, SD, "new") == done_at.timestamp()
+        assert finished_time(store, SD, "old") is None
+        ready_at = T0 + timedelta(minutes=40)
+        sd_poll(store, "queued", ready_at, State.SUCCEEDED)  # seen not started before the restart
+        assert finished_time(store, SD, "queued") == ready_at.timestamp()
+        assert sample(store, "asyncjob_jobs_finished_total", provider=SD_PROVIDER, source=SD,
+                      state="succeeded") == 2  # fmt: skip
+        # Retention (an hour) runs from the poll that found "old" finished, having no finish time.
+        assert {r.job_id for r in store.sweep(T0 + timedelta(minutes=61))} == {"old"}
+    finally:
+        storage.close()
+
+
+def test_the_duration_ends_at_the_finish_time_not_the_last_update() -> None:
+    """asyncjob_job_duration_seconds and asyncjob_finished_timestamp_seconds use one time: the
+    API's finish time where it differs from its last update (a training job's last phase end)."""
+    store = store_with()
+    ended = T0 - timedelta(minutes=10)
+    snap = JobSnapshot(state=State.SUCCEEDED, vendor_status="succeeded", progress={"overall": 1.0},
+                       created=T0 - timedelta(minutes=40), last_update=T0,
+                       finished=ended)  # fmt: skip
+    poll(store, "listed", T0, snap)
+    assert finished_time(store, SOURCE, "listed") == ended.timestamp()
+    assert sample(store, "asyncjob_job_duration_seconds_sum", state="succeeded") == 30 * 60
+
+
+def test_a_finish_time_ahead_of_the_poll_is_the_poll() -> None:
+    """An upstream clock ahead of ours must not put a finish in the future."""
+    store = store_with()
+    ahead = JobSnapshot(state=State.FAILED, vendor_status="failed", progress={"overall": 1.0},
+                        finished=T0 + timedelta(hours=1))  # fmt: skip
+    poll(store, "listed", T0, ahead)
+    assert finished_time(store, SOURCE, "listed") == T0.timestamp()
+
+
+def charged(state: State, characters: int | None) -> JobSnapshot:
+    return JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 0.5},
+                       characters_charged=characters,
+                       finished=T0 if state.terminal else None)  # fmt: skip
+
+
+def test_characters_charged_count_each_increase_once_across_restarts_and_retirement(
+    tmp_path: Path,
+) -> None:
+    """The source's counter grows by each batch's increase as polls and listings report it,
+    never twice (a repeated total, a restart on the same storage, a total that dips and comes
+    back), and keeps what a batch charged after the batch is dropped."""
+    now = [T0]
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert sample(store, "asyncjob_characters_charged_total") == 0  # there before any charge
+    store.apply_listing(listing(T0, ("b1", charged(State.RUNNING, 100)), ("b2", None)))
+    poll(store, "b2", T0, charged(State.RUNNING, None))  # nothing charged yet
+    poll(store, "b1", T0, charged(State.RUNNING, 250))
+    poll(store, "b1", T0, charged(State.RUNNING, 250))  # the same total: nothing new
+    assert sample(store, "asyncjob_characters_charged_total") == 250
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert sample(store, "asyncjob_characters_charged_total") == 250
+    store.apply_listing(listing(T0, ("b1", charged(State.RUNNING, 250)), ("b2", None)))
+    poll(store, "b1", T0, charged(State.RUNNING, 200))  # a dip is not a refund...
+    poll(store, "b1", T0, charged(State.SUCCEEDED, 300))  # ...nor is its recovery charged twice
+    poll(store, "b2", T0, charged(State.FAILED, 40))
+    assert sample(store, "asyncjob_characters_charged_total") == 340
+    now[0] = T0 + timedelta(hours=2)
+    assert {r.job_id for r in store.sweep(now[0])} == {"b1", "b2"}  # retired
+    assert sample(store, "asyncjob_characters_charged_total") == 340
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    try:
+        store = discovering_store(storage, now)
+        assert store.jobs() == ()
+        assert sample(store, "asyncjob_characters_charged_total") == 340
+    finally:
+        storage.close()

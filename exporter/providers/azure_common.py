@@ -9,7 +9,8 @@ cancelling) job that are in none of the counts were cancelled: `tasks{state="can
 task entries (`tasks.items` here, `tasks.<kind>Tasks` lists in v3.x) say `state` in the real
 services and `status` in the examples; a failed job's only error details may be inside its
 failed tasks, so `errors` is the larger of the job's own error list and the failed tasks' errors
-(at least one per failed task). A display name of "NA" (v3.x previews) means none.
+(at least one per failed task). A display name of "NA" (v3.x previews) means none. A finished
+job finished at its last update: nothing changes a job after it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from exporter.model import JobSnapshot, State
 from exporter.providers.base import (
     count,
     error_count,
+    finish_time,
     finished_progress,
     map_status,
     obj,
@@ -81,6 +83,8 @@ def parse_task_job(payload: Any, statuses: Mapping[str, State]) -> JobSnapshot:
         cancelled = max(0, total - completed - failed - in_progress)
     overall = finished_progress(state, ratio(completed + failed, total))
     name = text(job, "displayName")
+    created = timestamp(job, "createdDateTime")
+    last_update = timestamp(job, *LAST_UPDATE_KEYS)
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
@@ -94,7 +98,8 @@ def parse_task_job(payload: Any, statuses: Mapping[str, State]) -> JobSnapshot:
         },
         errors=max(error_count(job, "errors"), failed_task_errors(tasks, statuses)),
         warnings=error_count(job, "warnings"),
-        created=timestamp(job, "createdDateTime"),
-        last_update=timestamp(job, *LAST_UPDATE_KEYS),
+        created=created,
+        last_update=last_update,
         expiration=timestamp(job, "expirationDateTime"),
+        finished=finish_time(state, created, last_update),
     )

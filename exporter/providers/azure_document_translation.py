@@ -27,6 +27,10 @@ Yields, for a finished batch with one failed document::
     asyncjob_documents{...,state="cancelled"} 0
     asyncjob_translation_characters_charged_total{...} 1000
     asyncjob_errors{...} 0
+    asyncjob_finished_timestamp_seconds{...} 1.5851844e+09
+
+`lastActionDateTimeUtc` of a finished batch is when it finished. Each poll's increase of
+`summary.totalCharacterCharged` also adds to the source's asyncjob_characters_charged_total.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from exporter.providers.base import (
     Provider,
     UpstreamRequest,
     count,
+    finish_time,
     finished_progress,
     items,
     listed,
@@ -121,6 +126,8 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     # Progress is the work that finished, succeeded or failed; cancelled documents were not done.
     finished = documents["succeeded"] + documents["failed"]
     total = count(summary, "total") or sum(documents.values())
+    created = timestamp(batch, "createdDateTimeUtc")
+    last_action = timestamp(batch, "lastActionDateTimeUtc")
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
@@ -128,8 +135,9 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
         documents=documents,
         characters_charged=count(summary, "totalCharacterCharged", default=None),
         errors=0 if batch.get("error") is None else 1,
-        created=timestamp(batch, "createdDateTimeUtc"),
-        last_update=timestamp(batch, "lastActionDateTimeUtc"),
+        created=created,
+        last_update=last_action,
+        finished=finish_time(state, created, last_action),  # a finished batch's last action
     )
 
 

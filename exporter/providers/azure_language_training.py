@@ -23,6 +23,8 @@ Yields, for a job half-way through training::
 of the phases the job reports (training and evaluation always, data generation when present).
 `result.estimatedEndDateTime` estimates the end of the *training* phase only: once training has
 ended it is not exported, since evaluation can run long after it and nothing estimates that.
+A finished job finished at the latest `endDateTime` among its phases, or at its
+`lastUpdatedDateTime` when no phase has one.
 
 Discovery lists `GET .../projects/{project}/train/jobs` (100 a page, `maxpagesize`, following
 `nextLink`); each entry is a whole job status, so the listing is the poll of every job on it.
@@ -49,6 +51,7 @@ from exporter.providers.base import (
     Provider,
     UpstreamRequest,
     error_count,
+    finish_time,
     finished_progress,
     items,
     listed,
@@ -125,13 +128,17 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     state = map_status(vendor_status, LANGUAGE_STATUSES)
     result = opt_obj(job, "result") or {}
     phases: dict[str, float] = {}
+    ends: list[datetime | None] = []
     for phase, key, always in PHASES:
         status = opt_obj(result, key)
         if status is not None or always:
             phases[phase] = percent(status or {}, "percentComplete")
+            ends.append(timestamp(status or {}, "endDateTime"))
     training = opt_obj(result, "trainingStatus") or {}
     overall = finished_progress(state, sum(phases.values()) / len(phases))
     training_ended = state.terminal or _ended(training, phases["training"])
+    created = timestamp(job, "createdDateTime")
+    last_update = timestamp(job, *LAST_UPDATE_KEYS)
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
@@ -139,13 +146,15 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
         progress={**phases, "overall": overall},
         errors=error_count(job, "errors"),
         warnings=error_count(job, "warnings"),
-        created=timestamp(job, "createdDateTime"),
-        last_update=timestamp(job, *LAST_UPDATE_KEYS),
+        created=created,
+        last_update=last_update,
         started=timestamp(training, "startDateTime"),
         estimated_completion=(
             None if training_ended else timestamp(result, "estimatedEndDateTime")
         ),
         expiration=timestamp(job, "expirationDateTime"),
+        # The last phase's end; the job's own last update where no phase says when it ended.
+        finished=finish_time(state, created, *ends) or finish_time(state, created, last_update),
     )
 
 

@@ -11,6 +11,7 @@ Yields the same series as analyze-text jobs::
     asyncjob_state{...,state="succeeded"} 1
     asyncjob_progress_ratio{...,phase="overall"} 1
     asyncjob_tasks{...,state="completed"} 1
+    asyncjob_finished_timestamp_seconds{...} 1.601564463e+09
 
 The v3.2 previews spell success `completed`; a task-level `rejected` means failed.
 """

@@ -433,6 +433,20 @@ def parse_time(value: str, where: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def finish_time(state: State, created: datetime | None, *times: datetime | None) -> datetime | None:
+    """When a job in `state` finished: the latest of `times`, for a terminal state only. An
+    unfinished job has none, whatever end time its answer carries; and a time before the job was
+    created, or before 1970, is a placeholder (.NET fills an unset time with 0001-01-01), not a
+    finish. None when no time is left."""
+    if not state.terminal:
+        return None
+    real = (t for t in times if t is not None and t > EPOCH and (created is None or t >= created))
+    return max(real, default=None)
+
+
 def ratio(done: int, total: int) -> float:
     """done/total in 0..1; an API that reports more done than total is clamped, not trusted."""
     if total <= 0:

@@ -21,6 +21,10 @@ Lines are separated by newlines or by a literal " /n ". Yields, for a job at ste
     asyncjob_progress_ratio{...,phase="overall"} 0.3333333333333333
     asyncjob_estimated_completion_timestamp_seconds{...} 1.7e+09
 
+The answer has no times, so no finish time either: the store takes the poll that saw a
+fine-tune it had seen unfinished finish as its finish time, and gives one first seen finished
+(a first listing names every fine-tune ever made) none.
+
 The API answers errors with HTTP 200 and `"status": "error"`: that is a failed poll (reason
 auth, throttled, not_found or bad_response by its message), not a failed job.
 

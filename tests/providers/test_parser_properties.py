@@ -29,6 +29,7 @@ scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=30)
     | st.sampled_from(["running", "Succeeded", "model_ready", "2022-04-18T15:45:06.8190649Z", ""])
+    | st.just("0001-01-01T00:00:00Z")  # how .NET sends a time it has not set
 )
 json_values = st.recursive(
     scalars,
@@ -42,6 +43,7 @@ KEYS = [
     "evaluationStatus", "percentComplete", "total", "completed", "failed", "inProgress", "success",
     "totalCharacterCharged", "createdDateTime", "lastUpdatedDateTime", "id", "errors", "warnings",
     "dataGenerationStatus", "items", "state", "results", "cancelled", "displayName", "logs",
+    "endDateTime", "lastActionDateTimeUtc", "lastUpdateDateTime", "createdDateTimeUtc",
 ]  # fmt: skip
 job_like = st.recursive(
     scalars,
@@ -56,6 +58,7 @@ def assert_in_range(snap: JobSnapshot) -> None:
     assert all(v >= 0 for v in (*snap.tasks.values(), *snap.documents.values()))
     for value in (snap.characters_charged, snap.errors, snap.warnings):
         assert value is None or value >= 0
+    assert snap.finished is None or snap.state.terminal  # never a placeholder's time
 
 
 def check(provider: str, payload: Any) -> None:

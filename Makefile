@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 PORT   ?= 9879
 
-.PHONY: demo test lint typecheck unit bench attack tools clean
+.PHONY: demo test lint typecheck unit bench attack tools monitoring clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,8 @@ demo: $(STAMP)
 	$(BIN)/asyncjob-exporter --demo --web.listen-address=:$(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests benchmarks grafana deploy
-	$(BIN)/ruff format --check exporter tests benchmarks grafana deploy
+	$(BIN)/ruff check exporter tests benchmarks grafana deploy alerting
+	$(BIN)/ruff format --check exporter tests benchmarks grafana deploy alerting
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -46,6 +46,12 @@ bench: $(STAMP)
 # did not hold. ATTACK_ARGS=--quick is the short form the test suite runs. Needs root (tmpfs).
 attack: $(STAMP)
 	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
+
+# Regenerate what monitoring.yaml feeds: the alert rules, then the Kubernetes component (which
+# embeds them). Tests fail while a generated file differs from its generator's output.
+monitoring: $(STAMP)
+	$(BIN)/python alerting/generate_rules.py
+	$(BIN)/python deploy/kubernetes/generate_monitoring.py
 
 # Everything the build and the tests leave behind.
 clean:

@@ -8,14 +8,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3.response import GzipDecoder, GzipDecoderState
 
@@ -184,6 +187,78 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     running = Processes(tmp_path)
     yield running
     running.stop_all()
+
+
+class Webhook:
+    """Alertmanager's webhook receiver: keeps every notification (and alert) it is sent."""
+
+    def __init__(self) -> None:
+        self.notifications: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        notifications, alerts = self.notifications, self.alerts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                notifications.append(body)
+                alerts.extend(body["alerts"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in list(self.alerts)
+            if a["status"] == "firing"
+            and a["labels"]["alertname"] == alertname
+            and all(a["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    receiver = Webhook()
+    yield receiver
+    receiver.close()
+
+
+def alertmanager_config(tmp_path: Path, webhook_url: str, **route: str) -> Path:
+    """The example config with every receiver pointed at the test's webhook, and short waits
+    (or `route`'s); its grouping and inhibitions as shipped."""
+    config = yaml.safe_load((REPO / "alerting" / "alertmanager.example.yaml").read_text())
+    for receiver in config["receivers"]:
+        receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+    config["route"].update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h",
+                            **route})  # fmt: skip
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_alertmanager(processes: Processes, tmp_path: Path, webhook_url: str, **route: str) -> str:
+    """A real Alertmanager with `alertmanager_config`, on loopback, ready; its URL."""
+    port = free_port()
+    processes.start(
+        "alertmanager",
+        f"--config.file={alertmanager_config(tmp_path, webhook_url, **route)}",
+        f"--storage.path={tmp_path / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/-/ready", "Alertmanager")
+    return url
 
 
 def with_source(index: int, **keys: Any) -> Callable[[Simulator], dict[str, Any]]:

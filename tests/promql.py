@@ -107,3 +107,14 @@ def names(expr: str) -> tuple[set[str], set[str]]:
         labels.update(_labels(node))
         pending.extend(_children(node))
     return metrics, labels
+
+
+def nodes(expr: str) -> list[Any]:
+    """Every node of an expression, the root first."""
+    found: list[Any] = []
+    pending = [promql_parser.parse(expr)]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        pending.extend(_children(node))
+    return found

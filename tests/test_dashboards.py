@@ -134,7 +134,7 @@ def test_every_metric_and_label_used_exists(make_harness: Callable[..., Harness]
         if query.label:
             assert query.label in exposed_labels | prometheus_own[1], query.where
         checked += 1
-    assert checked == len(dashboard_queries()) + 11  # the queries and the 11 alert rules
+    assert checked == len(dashboard_queries()) + 16  # the queries and the 16 alert rules
 
 
 def test_promtool_accepts_every_dashboard_query(tmp_path: Path) -> None:

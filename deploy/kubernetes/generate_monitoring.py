@@ -5,13 +5,16 @@
 - `components/monitoring/prometheusrule.yaml`: the groups of `alerting/rules/*.yaml`, as a
   PrometheusRule;
 - `components/monitoring/dashboards.yaml`: each `grafana/dashboards/*.json` as a ConfigMap
-  labelled `grafana_dashboard: "1"`, for Grafana's dashboard sidecar.
+  labelled `grafana_dashboard: "1"`, for Grafana's dashboard sidecar;
+- `components/monitoring/servicemonitor.yaml`: the ServiceMonitor, whose targets get the `job`
+  label of the `selector` in monitoring.yaml, the one the rules and dashboards select.
 
 `tests/test_kubernetes.py` fails when the committed files differ from what this writes.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -67,7 +70,50 @@ def dashboards() -> str:
     )
 
 
-GENERATED = {"prometheusrule.yaml": prometheus_rule, "dashboards.yaml": dashboards}
+def scrape_job() -> str:
+    """The `job` value of monitoring.yaml's selector: the ServiceMonitor gives it to its targets."""
+    selector = yaml.safe_load((REPO / "monitoring.yaml").read_text())["selector"]
+    match = re.search(r'(?:^|[{,\s])job\s*=\s*"([^"]+)"', selector)
+    if match is None:
+        raise SystemExit(f'monitoring.yaml: the selector {selector!r} needs a job="..." matcher')
+    return match[1]
+
+
+def service_monitor() -> str:
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "asyncjob-exporter"},
+        "spec": {
+            # The Service, not the sharded variant's headless one (it lacks this label): each
+            # pod is scraped once.
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "asyncjob-exporter",
+                    "asyncjob-exporter/job": "asyncjob",
+                }
+            },
+            "endpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "interval": "30s",
+                    "scrapeTimeout": "25s",
+                    "relabelings": [
+                        {"action": "replace", "targetLabel": "job", "replacement": scrape_job()}
+                    ],
+                }
+            ],
+        },
+    }
+    return HEADER.format(source="monitoring.yaml") + yaml.safe_dump(monitor, sort_keys=False)
+
+
+GENERATED = {
+    "prometheusrule.yaml": prometheus_rule,
+    "dashboards.yaml": dashboards,
+    "servicemonitor.yaml": service_monitor,
+}
 
 
 def main() -> int:

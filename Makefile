@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .tools/.installed
 PORT   ?= 9879
 
-.PHONY: demo test lint typecheck unit bench attack tools clean
+.PHONY: demo test lint typecheck unit bench attack tools monitoring clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ unit: $(STAMP) $(TOOLS)
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest
 
 test: lint typecheck unit
+
+# Regenerate what monitoring.yaml (the scrape-job selector, the links) feeds: the dashboards and
+# the Overview's recording rules, then the Kubernetes component made from them.
+monitoring: $(STAMP)
+	$(BIN)/python grafana/generate.py
+	$(BIN)/python deploy/kubernetes/generate_monitoring.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 from conftest import REPO, Harness, Processes, demo_raw_config, free_port, wait_ready, wait_until
-from promql import dashboard_queries
+from promql import PENDING, RECORDING_RULES, dashboard_queries, metrics_read
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -134,7 +134,7 @@ def test_alerts_and_dashboards_end_to_end(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(fast_rules(tmp_path))],
+                "rule_files": [str(fast_rules(tmp_path)), str(RECORDING_RULES)],
                 "alerting": {
                     "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
                 },
@@ -173,8 +173,13 @@ def test_alerts_and_dashboards_end_to_end(
     }
     assert failed["annotations"]["runbook_url"] == "alerting/runbook.md#asyncjobfailed"
 
-    # Every dashboard query and variable returns data while the jobs move.
+    # Every dashboard query and variable returns data while the jobs move (but those that need
+    # a metric of issue 15's exporter side before it is merged).
+    exposed = requests.get(f"{h.url}/metrics", timeout=5).text
+    missing = {name for name in PENDING if f"# TYPE {name}" not in exposed}
     for q in dashboard_queries():
+        if metrics_read(q.expr) & missing:
+            continue
         result = wait_until(partial(query, prom, q.expr), 40, f"data for {q.where}: {q.expr}")
         if q.label:
             assert any(q.label in r["metric"] for r in result), q.where

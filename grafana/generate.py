@@ -149,6 +149,23 @@ def up_mappings(bad: str, good: str) -> list[dict[str, Any]]:
     ]
 
 
+def up_timeline(
+    lay: Layout,
+    title: str,
+    description: str,
+    expr: str,
+    legend: str,
+    size: tuple[int, int],
+    words: tuple[str, str],
+) -> dict[str, Any]:
+    """A state timeline of a 0/1 series (up, a reload, a poll), in red and green words."""
+    return lay.panel(
+        "state-timeline", title, description, "none", [target(expr, legend)], size,
+        defaults={"mappings": up_mappings(*words), "color": {"mode": "thresholds"}},
+        options={"showValue": "never", "mergeValues": True},
+    )  # fmt: skip
+
+
 def state_code(by: str) -> str:
     weighted = "\n  or ".join(
         f'{code} * asyncjob_state{{state="{state.value}", {SEL}}}'
@@ -192,6 +209,40 @@ def columns(rename: dict[str, str], *, hide: tuple[str, ...] = ()) -> list[dict[
         {"id": "merge", "options": {}},
         {"id": "organize", "options": {"excludeByName": hidden, "renameByName": rename}},
     ]
+
+
+STATE_COLUMN: list[dict[str, Any]] = [
+    {"id": "mappings", "value": STATE_LABEL_MAPPINGS},
+    {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+]
+
+
+def job_list(
+    lay: Layout,
+    title: str,
+    description: str,
+    queries: list[str],
+    size: tuple[int, int],
+    shown: dict[str, tuple[str, list[dict[str, Any]]]],
+    *,
+    sort: str,
+) -> dict[str, Any]:
+    """A table of a few jobs, one row each, whose job ID opens the Job dashboard: provider,
+    source and job ID, then `shown` (a label, or "Value"/"Value #A".. for the queries' values,
+    -> its column's name and field properties), sorted by the column `sort`, descending."""
+    rename = {"provider": "Provider", "source": "Source", "job_id": "Job ID"}
+    rename |= {field: name for field, (name, _) in shown.items()}
+    overrides = [job_link("Job ID")] + [
+        {"matcher": {"id": "byName", "options": name}, "properties": properties}
+        for name, properties in shown.values()
+        if properties
+    ]
+    targets = [target(q, ref=chr(ord("A") + i), table=True) for i, q in enumerate(queries)]
+    return lay.panel(
+        "table", title, description, "none", targets, size,
+        transformations=columns(rename), overrides=overrides,
+        options={"showHeader": True, "sortBy": [{"displayName": sort, "desc": True}]},
+    )  # fmt: skip
 
 
 class Layout:
@@ -356,6 +407,20 @@ def duration_quantiles(window: str, by: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+# The Exporter row's time series: one line per exporter process, of what any target has.
+PER_PROCESS = [
+    ("Scrape duration", "How long Prometheus took to scrape each exporter process's /metrics.",
+     "s", f"max by (instance) (scrape_duration_seconds{{{OWN}}})"),
+    ("Samples per scrape",
+     "Samples in each exporter process's /metrics: it grows with the tracked jobs (about 20 each).",
+     "short", f"max by (instance) (scrape_samples_scraped{{{OWN}}})"),
+    ("CPU", "CPU time each exporter process uses per second (100% is one core).",
+     "percentunit", f"sum by (instance) (rate(process_cpu_seconds_total{{{OWN}}}[$__rate_interval]))"),
+    ("Memory", "Resident memory of each exporter process.",
+     "bytes", f"max by (instance) (process_resident_memory_bytes{{{OWN}}})"),
+]  # fmt: skip
+
+
 def overview() -> dict[str, Any]:
     lay = Layout()
     source_state = f"{STATE_COUNT}{{{SOURCE_SEL}}}"
@@ -403,54 +468,30 @@ def overview() -> dict[str, Any]:
             (8, 8), defaults={"min": 0, "max": 1, "decimals": 0}, options=STAT_OPTIONS,
         ),
         lay.row("Jobs that need attention"),
-        lay.panel(
-            "table", "Longest-running jobs",
+        job_list(
+            lay, "Longest-running jobs",
             f"The {LIST_LENGTH} unfinished jobs (queued, running, cancelling or in a state the exporter does not know) created longest ago: state, age since creation and overall progress. Click a job ID for its dashboard.",
-            "none",
-            [
-                target(longest, ref="A", table=True),
-                target(f'max by ({JOB_KEY}) (\n  asyncjob_progress_ratio{{phase="overall", {SOURCE_SEL}}}\n  and on ({JOB_KEY}) {longest}\n)', ref="B", table=True),
-            ],
+            [longest, f'max by ({JOB_KEY}) (\n  asyncjob_progress_ratio{{phase="overall", {SOURCE_SEL}}}\n  and on ({JOB_KEY}) {longest}\n)'],
             (12, 9),
-            transformations=columns({"provider": "Provider", "source": "Source", "job_id": "Job ID", "state": "State", "Value #A": "Age", "Value #B": "Progress"}),
-            overrides=[
-                job_link("Job ID"),
-                {"matcher": {"id": "byName", "options": "State"}, "properties": [
-                    {"id": "mappings", "value": STATE_LABEL_MAPPINGS},
-                    {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
-                {"matcher": {"id": "byName", "options": "Age"}, "properties": [{"id": "unit", "value": "s"}]},
-                {"matcher": {"id": "byName", "options": "Progress"}, "properties": [
-                    {"id": "unit", "value": "percentunit"}, {"id": "min", "value": 0}, {"id": "max", "value": 1},
-                    {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}]},
-            ],
-            options={"showHeader": True, "sortBy": [{"displayName": "Age", "desc": True}]},
+            {"state": ("State", STATE_COLUMN), "Value #A": ("Age", [{"id": "unit", "value": "s"}]),
+             "Value #B": ("Progress", [{"id": "unit", "value": "percentunit"}, {"id": "min", "value": 0}, {"id": "max", "value": 1},
+                                       {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}}])},
+            sort="Age",
         ),
-        lay.panel(
-            "table", "Latest unsuccessful jobs",
+        job_list(
+            lay, "Latest unsuccessful jobs",
             f"The {LIST_LENGTH} jobs that most recently finished failed, partially succeeded or cancelled, with when they finished (asyncjob_finished_timestamp_seconds). Click a job ID for its dashboard.",
-            "none", [target(f"topk({LIST_LENGTH}, {UNSUCCESSFUL_FINISHED}{{{SOURCE_SEL}}}) * 1000", table=True)], (12, 9),
-            transformations=columns({"provider": "Provider", "source": "Source", "job_id": "Job ID", "state": "State", "Value": "Finished"}),
-            overrides=[
-                job_link("Job ID"),
-                {"matcher": {"id": "byName", "options": "State"}, "properties": [
-                    {"id": "mappings", "value": STATE_LABEL_MAPPINGS},
-                    {"id": "custom.cellOptions", "value": {"type": "color-text"}}]},
-                {"matcher": {"id": "byName", "options": "Finished"}, "properties": [{"id": "unit", "value": "dateTimeAsIso"}]},
-            ],
-            options={"showHeader": True, "sortBy": [{"displayName": "Finished", "desc": True}]},
+            [f"topk({LIST_LENGTH}, {UNSUCCESSFUL_FINISHED}{{{SOURCE_SEL}}}) * 1000"], (12, 9),
+            {"state": ("State", STATE_COLUMN), "Value": ("Finished", [{"id": "unit", "value": "dateTimeAsIso"}])},
+            sort="Finished",
         ),
-        lay.panel(
-            "table", "Jobs whose polls fail",
+        job_list(
+            lay, "Jobs whose polls fail",
             f"The {LIST_LENGTH} jobs whose polls have failed longest, with the latest reason and the time since their last successful poll (never: not once). Click a job ID for its dashboard.",
-            "none", [target(f"topk({LIST_LENGTH},\n  {failing_since}\n)", table=True)], (24, 7),
-            transformations=columns({"provider": "Provider", "source": "Source", "job_id": "Job ID", "reason": "Reason", "Value": "Since last success"}),
-            overrides=[
-                job_link("Job ID"),
-                {"matcher": {"id": "byName", "options": "Since last success"}, "properties": [
-                    {"id": "unit", "value": "s"},
-                    {"id": "mappings", "value": [{"type": "special", "options": {"match": "nan", "result": {"text": "never", "index": 0}}}]}]},
-            ],
-            options={"showHeader": True, "sortBy": [{"displayName": "Since last success", "desc": True}]},
+            [f"topk({LIST_LENGTH},\n  {failing_since}\n)"], (24, 7),
+            {"reason": ("Reason", []),
+             "Value": ("Since last success", [{"id": "unit", "value": "s"}, {"id": "mappings", "value": [{"type": "special", "options": {"match": "nan", "result": {"text": "never", "index": 0}}}]}])},
+            sort="Since last success",
         ),
         lay.row("Durations"),
         lay.panel(
@@ -519,39 +560,19 @@ def overview() -> dict[str, Any]:
             (12, 8),
         ),
         lay.row("Exporter"),
-        lay.panel(
-            "state-timeline", "Exporter up",
+        up_timeline(
+            lay, "Exporter up",
             "Whether Prometheus could scrape each exporter process (each shard, when sharded).",
-            "none", [target(f"min by (instance) (up{{{OWN}}})", "{{instance}}")], (6, 6),
-            defaults={"mappings": up_mappings("down", "up"), "color": {"mode": "thresholds"}},
-            options={"showValue": "never", "mergeValues": True},
+            f"min by (instance) (up{{{OWN}}})", "{{instance}}", (6, 6), ("down", "up"),
         ),
-        lay.panel(
-            "state-timeline", "Config reloads",
+        up_timeline(
+            lay, "Config reloads",
             "Whether each exporter process's latest configuration reload succeeded; after a failed one the previous configuration keeps running.",
-            "none", [target(f"min by (instance) (asyncjob_config_last_reload_successful{{{SCRAPE}}})", "{{instance}}")], (6, 6),
-            defaults={"mappings": up_mappings("failed", "ok"), "color": {"mode": "thresholds"}},
-            options={"showValue": "never", "mergeValues": True},
+            f"min by (instance) (asyncjob_config_last_reload_successful{{{SCRAPE}}})", "{{instance}}", (6, 6), ("failed", "ok"),
         ),
-        lay.panel(
-            "timeseries", "Scrape duration",
-            "How long Prometheus took to scrape each exporter process's /metrics.",
-            "s", [target(f"max by (instance) (scrape_duration_seconds{{{OWN}}})", "{{instance}}")], (6, 6),
-        ),
-        lay.panel(
-            "timeseries", "Samples per scrape",
-            "Samples in each exporter process's /metrics: it grows with the tracked jobs (about 20 each).",
-            "short", [target(f"max by (instance) (scrape_samples_scraped{{{OWN}}})", "{{instance}}")], (6, 6),
-        ),
-        lay.panel(
-            "timeseries", "CPU",
-            "CPU time each exporter process uses per second (100% is one core).",
-            "percentunit", [target(f"sum by (instance) (rate(process_cpu_seconds_total{{{OWN}}}[$__rate_interval]))", "{{instance}}")], (6, 6),
-        ),
-        lay.panel(
-            "timeseries", "Memory",
-            "Resident memory of each exporter process.",
-            "bytes", [target(f"max by (instance) (process_resident_memory_bytes{{{OWN}}})", "{{instance}}")], (6, 6),
+        *(
+            lay.panel("timeseries", title, description, unit, [target(expr, "{{instance}}")], (6, 6))
+            for title, description, unit, expr in PER_PROCESS
         ),
         lay.panel(
             "timeseries", "Tracked jobs",
@@ -603,21 +624,20 @@ def job_detail() -> dict[str, Any]:
             [target(f"max by (job_id) (\n  (asyncjob_finished_timestamp_seconds{{{SEL}}} - asyncjob_created_timestamp_seconds{{{SEL}}})\n  or\n  ((time() - asyncjob_created_timestamp_seconds{{{SEL}}}) unless on ({JOB_KEY}) {finished})\n)", "{{job_id}}", instant=True)],
             (4, 5), options=STAT_OPTIONS,
         ),
-        lay.panel(
-            "stat", "Created", "When the API created the job.",
-            "dateTimeAsIso", [target(f"max by (job_id) (asyncjob_created_timestamp_seconds{{{SEL}}}) * 1000", "{{job_id}}", instant=True)],
-            (4, 5), options=STAT_OPTIONS,
-        ),
-        lay.panel(
-            "stat", "Finished", "When the job finished (asyncjob_finished_timestamp_seconds); empty while it runs.",
-            "dateTimeAsIso", [target(f"max by (job_id) (asyncjob_finished_timestamp_seconds{{{SEL}}}) * 1000", "{{job_id}}", instant=True)],
-            (4, 5), options=STAT_OPTIONS,
-        ),
-        lay.panel(
-            "stat", "Projected completion (API estimate)",
-            "When the API expects the job to finish (training jobs, Stable Diffusion fine-tunes).",
-            "dateTimeAsIso", [target(f"max by (job_id) (asyncjob_estimated_completion_timestamp_seconds{{{SEL}}}) * 1000", "{{job_id}}", instant=True)],
-            (4, 5), options=STAT_OPTIONS,
+        *(
+            lay.panel(
+                "stat", title, description, "dateTimeAsIso",
+                [target(f"max by (job_id) ({metric}{{{SEL}}}) * 1000", "{{job_id}}", instant=True)],
+                (4, 5), options=STAT_OPTIONS,
+            )
+            for title, description, metric in (
+                ("Created", "When the API created the job.", "asyncjob_created_timestamp_seconds"),
+                ("Finished", "When the job finished (asyncjob_finished_timestamp_seconds); empty while it runs.",
+                 "asyncjob_finished_timestamp_seconds"),
+                ("Projected completion (API estimate)",
+                 "When the API expects the job to finish (training jobs, Stable Diffusion fine-tunes).",
+                 "asyncjob_estimated_completion_timestamp_seconds"),
+            )
         ),
         lay.panel(
             "stat", "Projected completion (observed rate)",
@@ -660,12 +680,10 @@ def job_detail() -> dict[str, Any]:
             (12, 8),
         ),
         lay.row("Polling"),
-        lay.panel(
-            "state-timeline", "Poll health",
+        up_timeline(
+            lay, "Poll health",
             "Whether the exporter's latest poll of the job succeeded, over time.",
-            "none", [target(f"max by (job_id) (asyncjob_up{{{SEL}}})", "{{job_id}}")], (12, 6),
-            defaults={"mappings": up_mappings("failing", "ok"), "color": {"mode": "thresholds"}},
-            options={"showValue": "never", "mergeValues": True},
+            f"max by (job_id) (asyncjob_up{{{SEL}}})", "{{job_id}}", (12, 6), ("failing", "ok"),
         ),
         lay.panel(
             "timeseries", "Time since last successful poll",

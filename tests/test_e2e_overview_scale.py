@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-import yaml
-from conftest import REPO, Processes, free_port, wait_ready, wait_until
+from conftest import REPO, Processes, start_prometheus, wait_until
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from promql import (
@@ -217,22 +216,15 @@ def timed(url: str, path: str, params: dict[str, Any]) -> tuple[float, int]:
     return statistics.median(times), count
 
 
-def start_prometheus(processes: Processes, tmp_path: Path, port: int) -> str:
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
+def prometheus(processes: Processes, tmp_path: Path, port: int) -> str:
+    """Prometheus scraping the exporter on `port` as job "asyncjob", with the recording rules."""
+    return start_prometheus(processes, tmp_path, {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "scrape_timeout": f"{SCRAPE_SECONDS}s",
                    "evaluation_interval": f"{SCRAPE_SECONDS}s"},
         "rule_files": [str(RECORDING_RULES)],
         "scrape_configs": [{"job_name": "asyncjob",
                             "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-    }))  # fmt: skip
-    prom_port = free_port()
-    processes.start("prometheus", f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}")  # fmt: skip
-    url = f"http://127.0.0.1:{prom_port}"
-    wait_ready(f"{url}/-/ready", "Prometheus")
-    return url
+    })  # fmt: skip
 
 
 Measured = list[tuple[float, int, str]]  # (seconds, series, what)
@@ -284,7 +276,7 @@ def test_every_overview_query_is_fast_and_small_at_10000_jobs(
         exposed = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=60).text
         missing = {name for name in PENDING if f"# TYPE {name}" not in exposed}
         exporter.registry.register(StandIn(exporter, missing))
-        url = start_prometheus(processes, tmp_path, server.port)
+        url = prometheus(processes, tmp_path, server.port)
         moving.start()
 
         def stored() -> float | None:

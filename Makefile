@@ -47,10 +47,12 @@ bench: $(STAMP)
 attack: $(STAMP)
 	$(BIN)/python -m benchmarks.attack $(ATTACK_ARGS)
 
-# Regenerate what monitoring.yaml feeds: the alert rules, then the Kubernetes component (which
-# embeds them). Tests fail while a generated file differs from its generator's output.
+# Regenerate what monitoring.yaml (the scrape-job selector, the links) feeds: the alert rules,
+# the dashboards and the Overview's recording rules, then the Kubernetes component made from
+# them. Tests fail while a generated file differs from its generator's output.
 monitoring: $(STAMP)
 	$(BIN)/python alerting/generate_rules.py
+	$(BIN)/python grafana/generate.py
 	$(BIN)/python deploy/kubernetes/generate_monitoring.py
 
 # Everything the build and the tests leave behind.

@@ -182,6 +182,18 @@ def wait_ready(url: str, what: str) -> None:
     wait_until(ready, timeout=30, what=what)
 
 
+def start_prometheus(processes: Processes, directory: Path, config: dict[str, Any]) -> str:
+    """A Prometheus with `config` (its data in `directory`), on a free port once ready; its URL."""
+    path = directory / "prometheus.yml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    processes.start("prometheus", f"--config.file={path}", f"--storage.tsdb.path={directory / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}")  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/-/ready", "Prometheus")
+    return url
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     running = Processes(tmp_path)

@@ -5,21 +5,29 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import promql_parser
 import yaml
 from conftest import REPO
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+OVERVIEW = REPO / "grafana" / "dashboards" / "asyncjob-overview.json"
 RULES = REPO / "alerting" / "rules" / "asyncjob-alerts.yaml"
+RECORDING_RULES = REPO / "alerting" / "rules" / "asyncjob-recording.yaml"
 # What Grafana puts in place of its variables: every job ("All" = allValue .+), and windows long
 # enough for a 1 s scrape interval.
 GRAFANA_VALUES = {
     "$__rate_interval": "1m",
+    "$__interval": "1h",
     "$__range": "1h",
-    "$job_id": ".+",
+    "$job_id": ".+",  # before $job, which it starts with
     "$job": ".+",
+    "$instance": ".+",
     "$provider": ".+",
     "$source": ".+",
     "$price_per_million_characters": "15",
@@ -34,8 +42,56 @@ class Query:
     label: str | None = None  # for label_values(): the label whose values the variable lists
 
 
-def substitute(expr: str) -> str:
-    for name, value in GRAFANA_VALUES.items():  # longest names first where they share a prefix
+@dataclass(frozen=True)
+class Target:
+    """One panel query as the dashboard JSON has it, with what Grafana needs to run it."""
+
+    board: dict[str, Any]
+    panel: dict[str, Any]
+    index: int  # its position in the panel's targets (dashboard-linter's targetIdx)
+    expr: str  # as written, variables and all
+
+    @property
+    def where(self) -> str:
+        return f"{self.board['uid']}: panel {self.panel['title']!r} target {self.panel['targets'][self.index]['refId']}"
+
+    @property
+    def instant(self) -> bool:
+        return bool(self.panel["targets"][self.index]["instant"])
+
+
+def board(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def panels(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels that query (rows only group them)."""
+    return [p for p in data["panels"] if p["type"] != "row"]
+
+
+def targets(data: dict[str, Any]) -> list[Target]:
+    return [
+        Target(data, panel, i, t["expr"])
+        for panel in panels(data)
+        for i, t in enumerate(panel["targets"])
+    ]
+
+
+def variable_queries(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(variable name, selector expression, label) of every label_values() variable."""
+    found = []
+    for variable in data["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        match = _LABEL_VALUES.match(variable["definition"])
+        assert match, variable["definition"]
+        found.append((variable["name"], match[1], match[2]))
+    return found
+
+
+def substitute(expr: str, values: dict[str, str] | None = None) -> str:
+    for name, value in (values or GRAFANA_VALUES).items():
         expr = expr.replace(name, value)
     assert "$" not in expr, f"unsubstituted variable in {expr!r}"
     return expr
@@ -44,22 +100,12 @@ def substitute(expr: str) -> str:
 def dashboard_queries() -> list[Query]:
     queries = []
     for path in DASHBOARDS:
-        board = json.loads(path.read_text())
-        for variable in board["templating"]["list"]:
-            if variable["type"] != "query":
-                continue
-            match = _LABEL_VALUES.match(variable["definition"])
-            assert match, variable["definition"]
-            queries.append(
-                Query(f"{path.name}: variable {variable['name']}", substitute(match[1]), match[2])
-            )
-        queries.extend(
-            Query(
-                f"{path.name}: panel {panel['title']!r} target {t['refId']}", substitute(t["expr"])
-            )
-            for panel in board["panels"]
-            for t in panel["targets"]
-        )
+        data = board(path)
+        queries += [
+            Query(f"{path.name}: variable {name}", substitute(selector), label)
+            for name, selector, label in variable_queries(data)
+        ]
+        queries += [Query(f"{path.name}: {t.where}", substitute(t.expr)) for t in targets(data)]
     return queries
 
 
@@ -68,6 +114,12 @@ def rule_expressions() -> list[Query]:
     return [
         Query(f"rule {rule['alert']}", rule["expr"]) for group in groups for rule in group["rules"]
     ]
+
+
+def recording_rules() -> dict[str, str]:
+    """The recording rules the dashboards read: name -> expression."""
+    groups = yaml.safe_load(RECORDING_RULES.read_text())["groups"]
+    return {rule["record"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
 def _children(node: Any) -> list[Any]:
@@ -81,6 +133,15 @@ def _children(node: Any) -> list[Any]:
     if isinstance(node, promql_parser.Call):
         return list(node.args)
     return [node.expr] if hasattr(node, "expr") else []  # ParenExpr, UnaryExpr, SubqueryExpr
+
+
+def walk(expr: str) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """Every node of an expression with its ancestors, the nearest last (as the linter walks)."""
+    pending: list[tuple[Any, tuple[Any, ...]]] = [(promql_parser.parse(expr), ())]
+    while pending:
+        node, parents = pending.pop()
+        yield node, parents
+        pending.extend((child, (*parents, node)) for child in _children(node))
 
 
 def _labels(node: Any) -> list[str]:
@@ -99,13 +160,10 @@ def names(expr: str) -> tuple[set[str], set[str]]:
     """The metric names and label names an expression refers to."""
     metrics: set[str] = set()
     labels: set[str] = set()
-    pending = [promql_parser.parse(expr)]
-    while pending:
-        node = pending.pop()
+    for node, _ in walk(expr):
         if isinstance(node, promql_parser.VectorSelector) and node.name:
             metrics.add(node.name)
         labels.update(_labels(node))
-        pending.extend(_children(node))
     return metrics, labels
 
 

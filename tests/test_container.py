@@ -86,10 +86,9 @@ def test_compose_wiring_agrees_with_the_configs() -> None:
     )
     (scrape,) = prometheus_config["scrape_configs"]
     assert scrape["static_configs"][0]["targets"] == [f"asyncjob-exporter:{EXPORTER_PORT}"]
-    (rule_file,) = prometheus_config["rule_files"]
-    assert (
-        REPO / mounted("prometheus", "/etc/prometheus/rules") / rule_file.removeprefix("rules/")
-    ).is_file()
+    rules = REPO / mounted("prometheus", "/etc/prometheus/rules")
+    rule_files = [rules / name.removeprefix("rules/") for name in prometheus_config["rule_files"]]
+    assert sorted(rule_files) == sorted(rules.glob("*.yaml"))  # alerts and recording rules
     am_target = prometheus_config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
     am_host, am_port = am_target.split(":")
     assert am_host in services

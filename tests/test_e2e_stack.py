@@ -27,7 +27,7 @@ from conftest import (
     wait_ready,
     wait_until,
 )
-from promql import dashboard_queries
+from promql import RECORDING_RULES, dashboard_queries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,7 +81,7 @@ def test_alerts_and_dashboards_end_to_end(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(fast_rules(tmp_path))],
+                "rule_files": [str(fast_rules(tmp_path)), str(RECORDING_RULES)],
                 "alerting": {
                     "alertmanagers": [
                         {"static_configs": [{"targets": [am.removeprefix("http://")]}]}

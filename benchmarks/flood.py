@@ -155,13 +155,8 @@ def loop(port: int, clients: int, seconds: float, path: str) -> tuple[int, int]:
     def client() -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
         while time.monotonic() < deadline:
-            try:
-                conn.request("GET", path)
-                answer = conn.getresponse()
-                answer.read()
-                ok = answer.status == 200
-            except (OSError, http.client.HTTPException):
-                ok = False
+            ok = _got(conn, path)
+            if not ok:
                 conn.close()
                 conn = http.client.HTTPConnection(HOST, port, timeout=10)
             with lock:
@@ -176,17 +171,23 @@ def loop(port: int, clients: int, seconds: float, path: str) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def _got(conn: http.client.HTTPConnection, path: str) -> bool:
+    """Whether a GET of `path` on `conn` was answered 200 (the whole answer read)."""
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        answer.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    return answer.status == 200
+
+
 def timed_get(port: int, path: str, timeout: float = PROBE_TIMEOUT) -> tuple[float, bool]:
     """(seconds, answered 200) of one GET on a new connection, as a kubelet probes."""
     started = time.perf_counter()
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
-        answer = conn.getresponse()
-        answer.read()
-        ok = answer.status == 200
-    except (OSError, http.client.HTTPException):
-        ok = False
+        ok = _got(conn, path)
     finally:
         conn.close()
     took = time.perf_counter() - started

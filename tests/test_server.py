@@ -107,6 +107,21 @@ def _http_threads(server: HttpServer) -> int:
     return sum(t.name.startswith(f"http-{server.port}") for t in threading.enumerate())
 
 
+def _in_flight(
+    server: HttpServer, get: Callable[[], requests.Response]
+) -> tuple[threading.Thread, list[requests.Response]]:
+    """Send one request from a thread, and wait until the server holds it: one connection
+    open, not waiting for its request. The answer is appended to the list."""
+    answer: list[requests.Response] = []
+    thread = threading.Thread(target=lambda: answer.append(get()))
+    thread.start()
+    for _ in range(50):
+        if server.connections == (1, 0):
+            break
+        time.sleep(0.05)
+    return thread, answer
+
+
 def _closed(conn: socket.socket, within: float) -> bool:
     """Whether the server closes this connection within `within` seconds (reads what it sent)."""
     conn.settimeout(within)
@@ -212,17 +227,8 @@ def test_a_connection_whose_request_arrived_is_never_evicted() -> None:
     app = make_app(CollectorRegistry(), "/metrics", lambda: None, slow_jobs)
     server = _serve(app, max_connections=2, read_timeout=5.0)
     try:
-        answer: list[requests.Response] = []
-        busy = threading.Thread(
-            target=lambda: answer.append(
-                requests.get(f"http://127.0.0.1:{server.port}/", timeout=10)
-            )
-        )
-        busy.start()
-        for _ in range(50):  # wait until the status page request is in
-            if server.connections == (1, 0):
-                break
-            time.sleep(0.05)
+        page = f"http://127.0.0.1:{server.port}/"
+        busy, answer = _in_flight(server, lambda: requests.get(page, timeout=10))
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
         scrape = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5)
         assert scrape.status_code == 200
@@ -354,6 +360,11 @@ def test_a_tls_connection_that_never_handshakes_is_cut_at_the_deadline(tmp_path:
         silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         assert _closed(silent, 3.0)
         silent.close()
+        # The client sees the close a moment before the server's books do: wait for them.
+        for _ in range(40):
+            if server.connections == (0, 0):
+                break
+            time.sleep(0.05)
         assert server.connections == (0, 0)
     finally:
         server.stop()
@@ -401,16 +412,10 @@ def test_a_request_being_checked_is_not_evicted(
     app = make_app(CollectorRegistry(), "/metrics", lambda: None, web=load_web_config(str(web)))
     server = _serve(app, max_connections=2, read_timeout=5.0)
     try:
-        answer: list[requests.Response] = []
         url = f"http://127.0.0.1:{server.port}/metrics"
-        scrape = threading.Thread(
-            target=lambda: answer.append(requests.get(url, auth=("prometheus", "pw"), timeout=10))
+        scrape, answer = _in_flight(
+            server, lambda: requests.get(url, auth=("prometheus", "pw"), timeout=10)
         )
-        scrape.start()
-        for _ in range(50):  # until the scrape is in and being checked
-            if server.connections == (1, 0):
-                break
-            time.sleep(0.05)
         others = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
         time.sleep(0.3)
         release.set()

@@ -8,6 +8,7 @@ upstream said before a snapshot holds it.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -55,10 +56,12 @@ class ErrorReason(enum.StrEnum):
     BAD_RESPONSE = "bad_response"
 
 
-TASK_STATES = ("completed", "failed", "in_progress", "cancelled")
+TASK_STATES = ("completed", "failed", "in_progress", "cancelled", "expired")
 MAX_LABEL_LENGTH = 200
 """Label values from upstream are cut to this many characters; parsers always see whole strings."""
 DOCUMENT_STATES = ("succeeded", "failed", "in_progress", "not_started", "cancelled")
+TOKEN_KINDS = ("input", "output", "trained")
+LOSS_SPLITS = ("train", "valid")
 
 
 def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyType[str, float]:
@@ -94,6 +97,9 @@ class JobSnapshot:
     estimated_completion: datetime | None = None
     expiration: datetime | None = None
     finished: datetime | None = None
+    tokens: Mapping[str, int] = field(default_factory=dict)  # by TOKEN_KINDS
+    training_step: int | None = None
+    training_loss: Mapping[str, float] = field(default_factory=dict)  # by LOSS_SPLITS
 
     def __post_init__(self) -> None:
         if self.finished is not None and not self.state.terminal:
@@ -106,10 +112,25 @@ class JobSnapshot:
             if not 0.0 <= ratio <= 1.0:
                 msg = f"progress ratio {ratio!r} is outside 0..1"
                 raise ValueError(msg)
-        for counts in (self.tasks, self.documents):
+        for counts, names in (
+            (self.tasks, TASK_STATES),
+            (self.documents, DOCUMENT_STATES),
+            (self.tokens, TOKEN_KINDS),
+        ):
             if any(v < 0 for v in counts.values()):
                 msg = "counts must not be negative"
                 raise ValueError(msg)
+            if not names or not set(counts) <= set(names):
+                msg = f"counts of {sorted(set(counts) - set(names))} are not in {names}"
+                raise ValueError(msg)
+        if not set(self.training_loss) <= set(LOSS_SPLITS) or not all(
+            math.isfinite(v) for v in self.training_loss.values()
+        ):
+            msg = f"training loss must be finite, by {LOSS_SPLITS}"
+            raise ValueError(msg)
+        if self.training_step is not None and self.training_step < 0:
+            msg = "a training step is not negative"
+            raise ValueError(msg)
         object.__setattr__(
             self, "vendor_status", redactor.clip(self.vendor_status, MAX_LABEL_LENGTH)
         )
@@ -117,6 +138,8 @@ class JobSnapshot:
         object.__setattr__(self, "progress", _frozen(self.progress))
         object.__setattr__(self, "tasks", _frozen(self.tasks))
         object.__setattr__(self, "documents", _frozen(self.documents))
+        object.__setattr__(self, "tokens", _frozen(self.tokens))
+        object.__setattr__(self, "training_loss", _frozen(self.training_loss))
 
     def same_progress(self, other: JobSnapshot | None) -> bool:
         """Whether `other` shows the same state and progress (drives last_progress_change)."""
@@ -126,6 +149,7 @@ class JobSnapshot:
             and other.progress == self.progress
             and other.tasks == self.tasks
             and other.documents == self.documents
+            and other.training_step == self.training_step
         )
 
 

@@ -26,6 +26,7 @@ import urllib3
 
 from exporter.logging import quoted, redactor
 from exporter.model import Origin, state_of
+from exporter.webhooks import SIGNATURE_HEADERS, WebhookCall
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -112,7 +113,8 @@ def _forward(
     url = f"{base}{environ[RAW_URI]}"
     passed = {"Content-Type": environ.get("CONTENT_TYPE"),
               "Authorization": environ.get("HTTP_AUTHORIZATION"),
-              "X-Webhook-Token": environ.get("HTTP_X_WEBHOOK_TOKEN")}  # fmt: skip
+              "X-Webhook-Token": environ.get("HTTP_X_WEBHOOK_TOKEN"),
+              **{name: environ.get(_wsgi_name(name)) for name in SIGNATURE_HEADERS}}  # fmt: skip
     headers = {name: value for name, value in passed.items() if value}
     headers[FORWARDED_BY] = str(exporter.shard.index)
     try:
@@ -269,14 +271,19 @@ _WEBHOOK_ANSWERS = {
 WEBHOOK_REFUSED = (HTTPStatus.UNAUTHORIZED, "no such webhook, or a wrong token")
 
 
-def _webhook_parts(environ: Environ) -> tuple[str, str, str] | None:
-    """(slug, source, token) of a webhook call, or None when the path is not one."""
+def _webhook_call(environ: Environ) -> WebhookCall | None:
+    """What a webhook call says of itself in its head, or None when the path is not one."""
     parts = (environ.get("PATH_INFO") or "")[len(WEBHOOKS) + 1 :].split("/")
     if len(parts) != 2:
         return None
     query = parse_qs(environ.get("QUERY_STRING", ""))
     token = environ.get("HTTP_X_WEBHOOK_TOKEN") or (query.get("token") or [""])[0]
-    return parts[0], parts[1], token
+    signature = {name: environ.get(_wsgi_name(name), "") for name in SIGNATURE_HEADERS}
+    return WebhookCall(parts[0], parts[1], token, signature)
+
+
+def _wsgi_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 def _unsaved(problem: str | None) -> str:
@@ -291,8 +298,10 @@ def _unsaved(problem: str | None) -> str:
 class WebhooksApi:
     """`POST /api/v1/webhooks/{provider's slug}/{source}`: a provider's call-back names a job.
 
-    The source's own token authenticates the call (`?token=` or `X-Webhook-Token`), so these
-    paths are not behind basic auth: the provider cannot send it. The job named is registered
+    The source's own token authenticates the call (`?token=` or `X-Webhook-Token`), or, for a
+    provider that signs its calls, a Standard Webhooks signature made with the source's secret
+    (exporter/webhooks.py); so these paths are not behind basic auth: the provider cannot send
+    it. The job named is registered
     if new and polled at once; what the payload says of its state is not believed."""
 
     def __init__(self, exporter: Exporter | None) -> None:
@@ -300,22 +309,20 @@ class WebhooksApi:
 
     def refuse(self, environ: Environ) -> tuple[HTTPStatus, str] | None:
         """Why a call is refused from its head alone (before its body is read), or None."""
-        parts = _webhook_parts(environ)
-        if self._exporter is None or parts is None:
+        call = _webhook_call(environ)
+        if self._exporter is None or call is None:
             return WEBHOOK_REFUSED
-        slug, source, token = parts
-        return None if self._exporter.admits_webhook(slug, source, token) else WEBHOOK_REFUSED
+        return None if self._exporter.admits_webhook(call) else WEBHOOK_REFUSED
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        parts = _webhook_parts(environ)
-        if self._exporter is None or parts is None:
+        call = _webhook_call(environ)
+        if self._exporter is None or call is None:
             return _error(start_response, *WEBHOOK_REFUSED)
         body = _read_json(environ)
         payload = None if isinstance(body, tuple) else body
         if isinstance(body, tuple) and body[0] is HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             return _error(start_response, *body)
-        slug, source, token = parts
-        result = self._exporter.webhook(slug, source, token, payload)
+        result = self._exporter.webhook(call, environ.get(RAW_BODY, b""), payload)
         if isinstance(result, int):
             return _forward(self._exporter, environ, result, start_response)
         if result == "unsaved":

@@ -8,8 +8,8 @@ stays. A supervisor restarts any source's scheduler thread that died.
 
 from __future__ import annotations
 
-import hmac
 import threading
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from exporter import webhooks
 from exporter.collector import SourceCollector, StorageCollector
 from exporter.config import ConfigError, load_config
 from exporter.exposition import Exposition
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from exporter.providers.base import Located, Retention, SourceBase, Webhook
     from exporter.storage import Storage
     from exporter.store import JobRecord
+    from exporter.webhooks import WebhookCall
 
 log = structlog.get_logger(__name__)
 
@@ -263,38 +265,44 @@ class Exporter:
                         source=source.name, max_jobs=source.max_jobs, origin=origin)  # fmt: skip
 
     def _webhook_source(
-        self, slug: str, source_name: str, token: str
+        self, call: WebhookCall, body: bytes | None = None
     ) -> tuple[SourceBase, Webhook] | None:
-        """The source a webhook call is for and its webhook, if the token is right. One read
-        of the running config, without the lock (a reload swaps it whole): this runs on the
-        HTTP server's event loop, from the request's head alone."""
+        """The source a webhook call is for and its webhook, if the call proves itself (from its
+        head alone while `body` is None). One read of the running config, without the lock (a
+        reload swaps it whole): this runs on the HTTP server's event loop."""
         config = self.config
-        source = next((s for s in config.sources if s.name == source_name), None)
+        source = next((s for s in config.sources if s.name == call.source), None)
         hook = None if source is None else config.provider(source).webhook
         secret = None if source is None else source.webhook_secret()
-        if source is None or hook is None or hook.slug != slug or secret is None:
+        if source is None or hook is None or hook.slug != call.slug or secret is None:
             return None
-        if hmac.compare_digest(token.encode(), secret.encode()):
+        now = time.time()
+        if (
+            webhooks.admits(hook, secret, call, now)
+            if body is None
+            else webhooks.proven(hook, secret, call, body, now)
+        ):
             self._wrong_tokens.pop(source.name, None)
             return source, hook
         self.store.count_webhook(source.name, "unauthorized")
         streak = self._wrong_tokens[source.name] = self._wrong_tokens.get(source.name, 0) + 1
         if streak == 1:  # one line per streak: a flood of guesses is counted, not logged
-            log.warning("webhook with a wrong token; further ones counted until a right one",
-                        source=source.name)  # fmt: skip
+            log.warning("webhook with a wrong token or signature; further ones counted until a "
+                        "right one", source=source.name)  # fmt: skip
         return None
 
-    def admits_webhook(self, slug: str, source_name: str, token: str) -> bool:
-        """Whether a webhook call may go on, from its path and token alone (before its body is
-        read). A wrong token for a source that takes this webhook counts as unauthorized."""
-        return self._webhook_source(slug, source_name, token) is not None
+    def admits_webhook(self, call: WebhookCall) -> bool:
+        """Whether a webhook call may go on, from its head alone (before its body is read). A
+        wrong token or signature for a source that takes this webhook counts as unauthorized."""
+        return self._webhook_source(call) is not None
 
-    def webhook(self, slug: str, source_name: str, token: str, payload: Any) -> str | int:
+    def webhook(self, call: WebhookCall, body: bytes, payload: Any) -> str | int:
         """A provider's call-back: the result (see store.WEBHOOK_RESULTS), or the shard that
         owns the job named (an int: the call goes there, and is counted there). An unknown
-        source, one without this webhook and a wrong token all come to "unauthorized". The
-        payload only names the job: it is polled at once for its state, never believed."""
-        found = self._webhook_source(slug, source_name, token)
+        source, one without this webhook and a wrong token or signature all come to
+        "unauthorized". The payload (`body` decoded) only names the job: it is polled at once
+        for its state, never believed."""
+        found = self._webhook_source(call, body)
         if found is None:
             return "unauthorized"
         source, hook = found

@@ -151,8 +151,9 @@ def render_job(record: JobRecord) -> Chunks:
         ("asyncjob_tasks", TASK_STATES, snap.tasks),
         ("asyncjob_documents", DOCUMENT_STATES, snap.documents),
     ):
-        for state_name in states if counts else ():
-            lines.add(family, counts.get(state_name, 0), state=state_name)
+        for state_name in states:  # those the API reports (zeros too), in the vocabulary's order
+            if state_name in counts:
+                lines.add(family, counts[state_name], state=state_name)
     optional = (
         ("asyncjob_translation_characters_charged", snap.characters_charged),
         ("asyncjob_errors", snap.errors),

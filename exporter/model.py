@@ -14,6 +14,7 @@ a state that is not here.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
@@ -122,12 +123,16 @@ class ErrorReason(enum.StrEnum):
     BAD_RESPONSE = "bad_response"
 
 
-TASK_STATES = ("completed", "failed", "in_progress", "cancelled")
-"""The `state` label of asyncjob_tasks: a job's tasks (analyze jobs)."""
+TASK_STATES = ("completed", "failed", "in_progress", "cancelled", "expired")
+"""The `state` label of asyncjob_tasks: a job's tasks (analyze jobs) or requests (LLM batches)."""
 MAX_LABEL_LENGTH = 200
 """Label values from upstream are cut to this many characters; parsers always see whole strings."""
 DOCUMENT_STATES = ("succeeded", "failed", "in_progress", "not_started", "cancelled")
 """The `state` label of asyncjob_documents: a translation batch's documents."""
+TOKEN_KINDS = ("input", "output", "trained")
+"""The `kind` label of asyncjob_tokens_total: tokens read, written, or trained on."""
+LOSS_SPLITS = ("train", "valid")
+"""The `split` label of asyncjob_training_loss: the training data, or the validation data."""
 
 
 def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyType[str, float]:
@@ -163,6 +168,9 @@ class JobSnapshot:
     estimated_completion: datetime | None = None
     expiration: datetime | None = None
     finished: datetime | None = None
+    tokens: Mapping[str, int] = field(default_factory=dict)  # by TOKEN_KINDS
+    training_step: int | None = None
+    training_loss: Mapping[str, float] = field(default_factory=dict)  # by LOSS_SPLITS
 
     def __post_init__(self) -> None:
         if self.finished is not None and not self.state.terminal:
@@ -175,10 +183,25 @@ class JobSnapshot:
             if not 0.0 <= ratio <= 1.0:
                 msg = f"progress ratio {ratio!r} is outside 0..1"
                 raise ValueError(msg)
-        for counts in (self.tasks, self.documents):
+        for counts, names in (
+            (self.tasks, TASK_STATES),
+            (self.documents, DOCUMENT_STATES),
+            (self.tokens, TOKEN_KINDS),
+        ):
             if any(v < 0 for v in counts.values()):
                 msg = "counts must not be negative"
                 raise ValueError(msg)
+            if not names or not set(counts) <= set(names):
+                msg = f"counts of {sorted(set(counts) - set(names))} are not in {names}"
+                raise ValueError(msg)
+        if not set(self.training_loss) <= set(LOSS_SPLITS) or not all(
+            math.isfinite(v) for v in self.training_loss.values()
+        ):
+            msg = f"training loss must be finite, by {LOSS_SPLITS}"
+            raise ValueError(msg)
+        if self.training_step is not None and self.training_step < 0:
+            msg = "a training step is not negative"
+            raise ValueError(msg)
         object.__setattr__(
             self, "vendor_status", redactor.clip(self.vendor_status, MAX_LABEL_LENGTH)
         )
@@ -186,6 +209,8 @@ class JobSnapshot:
         object.__setattr__(self, "progress", _frozen(self.progress))
         object.__setattr__(self, "tasks", _frozen(self.tasks))
         object.__setattr__(self, "documents", _frozen(self.documents))
+        object.__setattr__(self, "tokens", _frozen(self.tokens))
+        object.__setattr__(self, "training_loss", _frozen(self.training_loss))
 
     def same_progress(self, other: JobSnapshot | None) -> bool:
         """Whether `other` shows the same state and progress (drives last_progress_change)."""
@@ -195,6 +220,7 @@ class JobSnapshot:
             and other.progress == self.progress
             and other.tasks == self.tasks
             and other.documents == self.documents
+            and other.training_step == self.training_step
         )
 
 

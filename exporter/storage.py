@@ -123,6 +123,9 @@ def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
         "characters_charged": snap.characters_charged,
         "errors": snap.errors,
         "warnings": snap.warnings,
+        "tokens": dict(snap.tokens),
+        "training_step": snap.training_step,
+        "training_loss": dict(snap.training_loss),
         **{key: _time(getattr(snap, key)) for key in SNAPSHOT_TIMES},
     }
 
@@ -138,6 +141,9 @@ def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
         characters_charged=data["characters_charged"],
         errors=data["errors"],
         warnings=data["warnings"],
+        tokens=data.get("tokens", {}),  # older rows lack these
+        training_step=data.get("training_step"),
+        training_loss=data.get("training_loss", {}),
         **{key: _parse_time(data.get(key)) for key in SNAPSHOT_TIMES},  # older rows lack some
     )
 

@@ -191,9 +191,9 @@ class _Families:
             (self.tasks, TASK_STATES, snap.tasks),
             (self.documents, DOCUMENT_STATES, snap.documents),
         )
-        for family, states, counts in breakdowns:
-            for state_name in states if counts else ():
-                family.add_metric([*key, state_name], counts.get(state_name, 0))
+        for family, states, counts in breakdowns:  # the states the API reported, in order
+            for state_name, n in sorted(counts.items(), key=lambda kv: states.index(kv[0])):
+                family.add_metric([*key, state_name], n)
         optional: list[tuple[GaugeMetricFamily | CounterMetricFamily, float | None]] = [
             (self.characters, snap.characters_charged),
             (self.errors, snap.errors),

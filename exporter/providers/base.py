@@ -207,10 +207,13 @@ class UpstreamRequest:
 @dataclass(frozen=True, slots=True)
 class Webhook:
     """A provider that calls back: its path under /api/v1/webhooks/, and how to read the job's
-    ID from what it posts (a hint only: the job is polled for its state)."""
+    ID from what it posts (a hint only: the job is polled for its state). `signed`: the call
+    proves itself with a Standard Webhooks signature made with the source's `webhook_secret()`
+    rather than with it as a token (see exporter/webhooks.py)."""
 
     slug: str
     job_id: Callable[[Any], str | None]
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,7 @@ def test_any_json_is_a_snapshot_or_a_parse_error(provider: str, payload: Any) ->
 def _status_bodies() -> list[tuple[str, Any]]:
     bodies: list[tuple[str, Any]] = []
     for provider in PROVIDERS:
-        for path in sorted((FIXTURES / provider).glob("*.json")):
+        for path in sorted(FIXTURES[provider].glob("*.json")):
             data = fixture(provider, path.name)
             candidates = [r.get("body") for r in data.get("responses", {}).values()] or [data]
             bodies.extend((provider, body) for body in candidates if isinstance(body, dict))

@@ -1,4 +1,5 @@
-"""What the live services send where it differs from their documents (tests/fixtures/*/real-*).
+"""What the live services send where it differs from their documents (each provider's
+fixtures/real-*).
 
 Expected values are read off the fixture files by hand, not produced by the parsers.
 """

@@ -55,7 +55,7 @@ def test_every_shared_example_has_an_identical_fixture_copy() -> None:
     compared = 0
     for folder, provider in SHARED_FOLDERS.items():
         for original in sorted((examples / folder).iterdir()):
-            copy = FIXTURES / provider / original.name
+            copy = FIXTURES[provider] / original.name
             assert copy.is_file(), f"{original} has no fixture copy at {copy}"
             assert filecmp.cmp(original, copy, shallow=False), f"{copy} differs from {original}"
             compared += 1

@@ -1,0 +1,9 @@
+"""Azure AI Translator document translation batches: the provider `azure_document_translation`.
+
+`api.py` asks for a job's status (and lists jobs, where the API can) and reads the answers;
+`fixtures/` holds real answers.
+"""
+
+from exporter.providers.azure_document_translation.api import PROVIDER
+
+__all__ = ["PROVIDER"]

@@ -1,0 +1,9 @@
+"""Stable Diffusion API (ModelsLab) fine-tunes: the provider `stable_diffusion_finetune`.
+
+`api.py` asks for a job's status (and lists jobs, where the API can) and reads the answers;
+`fixtures/` holds real answers.
+"""
+
+from exporter.providers.stable_diffusion_finetune.api import PROVIDER, parse_step
+
+__all__ = ["PROVIDER", "parse_step"]

@@ -29,14 +29,6 @@ from exporter.config import parse_config
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, ManualClock, SimJob, Simulator, demo_config
 
-API_OF = {
-    "azure_language_training": "training",
-    "azure_language_analyze_text": "analyze_text",
-    "azure_text_analytics_analyze": "text_analytics",
-    "azure_document_translation": "translation",
-    "stable_diffusion_finetune": "stable_diffusion",
-}
-
 
 def _percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
@@ -80,8 +72,8 @@ COST_INTERVAL = 5.0  # seconds: the poll interval of the per-job side of the cos
 def _cost_batches(n: int) -> tuple[SimJob, ...]:
     """n batches created 5 s apart (all within a day), one in ten still running."""
     return tuple(
-        SimJob(f"b-{i}", "translation", start_delay=0, units=2, created_at=-600 - 5 * i,
-               duration=10**7 if i % 10 == 0 else 5)
+        SimJob(f"b-{i}", "azure_document_translation", start_delay=0, units=2,
+               created_at=-600 - 5 * i, duration=10**7 if i % 10 == 0 else 5)
         for i in range(n)
     )  # fmt: skip
 
@@ -171,9 +163,7 @@ def main() -> int:
         raw = demo_config(sim.url, poll_interval="30s")  # the default interval
         raw["global"]["max_concurrency"] = 16
         for source in raw["sources"]:
-            source["job_ids"] = [
-                job.job_id for job in jobs if job.api == API_OF[source["provider"]]
-            ]
+            source["job_ids"] = [job.job_id for job in jobs if job.api == source["provider"]]
         exporter = Exporter(parse_config(raw, env={}))
         app = make_app(exporter.exposition, "/metrics", exporter.not_ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")

@@ -224,7 +224,7 @@ SD_OFFSETS = (95, 100, 105, 110)
 def key_in_sd_error(run: Run) -> tuple[str, bool]:
     """Stable Diffusion answers errors whose message holds the key from character 95-110."""
     key = new_key()
-    jobs = tuple(SimJob(f"sd-{at}", "stable_diffusion", duration=1e7) for at in SD_OFFSETS)
+    jobs = tuple(SimJob(f"sd-{at}", "stable_diffusion_finetune", duration=1e7) for at in SD_OFFSETS)
     with Simulator(jobs=jobs, key=key, clock=ManualClock(60.0)) as sim:
         for at in SD_OFFSETS:
             message = ("The training worker could not load the dataset; it was called with "
@@ -249,7 +249,7 @@ def key_in_sd_error(run: Run) -> tuple[str, bool]:
 def key_in_sd_stage(run: Run) -> tuple[str, bool]:
     """A Stable Diffusion stage string (the `messege`) that holds the key."""
     key = new_key()
-    with Simulator(jobs=(SimJob("sd-stage", "stable_diffusion", duration=1e7),), key=key,
+    with Simulator(jobs=(SimJob("sd-stage", "stable_diffusion_finetune", duration=1e7),), key=key,
                    clock=ManualClock(60.0)) as sim:  # fmt: skip
         stage = {"status": "success", "messege": f"training_started {key}",
                  "data": "Step:1 Stage 1 done, 5 Steps to go : ETA : 10 minutes"}  # fmt: skip
@@ -321,7 +321,7 @@ def full_disk(run: Run) -> tuple[str, bool]:
         return "not run: mounting a tmpfs needs root", False
     n = run.form.registrations
     ids = [f"r-{i}" for i in range(n)]
-    jobs = tuple(SimJob(job_id, "analyze_text", duration=1e7) for job_id in ids)
+    jobs = tuple(SimJob(job_id, "azure_language_analyze_text", duration=1e7) for job_id in ids)
     with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim, tmpfs(
         run.tmp / "disk", run.form.disk
     ) as disk:  # fmt: skip
@@ -565,7 +565,7 @@ def sigterm(run: Run) -> tuple[str, bool]:
 def small_exporter(run: Run, name: str, *extra: str) -> Iterator[tuple[Simulator, scale.Process]]:
     """An exporter with an analyze-text source `lang`, one `limited` to 3 jobs and a Stable
     Diffusion source `sd` that takes webhooks; log in JSON at info."""
-    jobs = tuple(SimJob(f"l-{i}", "analyze_text", duration=1e7) for i in range(40))
+    jobs = tuple(SimJob(f"l-{i}", "azure_language_analyze_text", duration=1e7) for i in range(40))
     with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim:
         raw = small_config(sim, sd=sd_source(sim, webhook_token=WEBHOOK_TOKEN), limited={
             "provider": "azure_language_analyze_text", "endpoint": sim.url,

@@ -50,9 +50,10 @@ def jobs_for(n: int, *, finished_every: int = 10) -> tuple[SimJob, ...]:
     def duration(i: int) -> float:
         return 10.0**7 if i % finished_every == 0 else 5.0
 
-    batches = [SimJob(f"b-{i}", "translation", start_delay=0, units=4, created_at=-600 - i,
-                      duration=duration(i)) for i in range(n // 2)]  # fmt: skip
-    training = [SimJob(f"t-{i}", "training", start_delay=0, created_at=-600 - i,
+    batches = [SimJob(f"b-{i}", "azure_document_translation", start_delay=0, units=4,
+                      created_at=-600 - i, duration=duration(i))
+               for i in range(n // 2)]  # fmt: skip
+    training = [SimJob(f"t-{i}", "azure_language_training", start_delay=0, created_at=-600 - i,
                        duration=duration(i), project=f"p{i % 10}")
                 for i in range(n - n // 2)]  # fmt: skip
     return (*batches, *training)
@@ -271,8 +272,8 @@ def empty_rss() -> int:
 
 
 def running_batches(n: int) -> tuple[SimJob, ...]:
-    return tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
-                 for i in range(n))  # fmt: skip
+    return tuple(SimJob(f"r-{i}", "azure_document_translation", start_delay=0, duration=10.0**7,
+                        units=4) for i in range(n))  # fmt: skip
 
 
 def per_job(sim: Simulator, jobs: Sequence[SimJob], **overrides: Any) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
         assert '"job_id": "analyze-api"' in banner[4]
         assert "-H 'X-Webhook-Token: " in banner[5]
         assert '"model_id": "sd-webhook"' in banner[5]
-        assert "and discovery: sources translator and language-training" in banner[6]
+        assert "and discovery: sources language-training and translator" in banner[6]
 
         def all_up() -> Metrics | None:
             m = Metrics(requests.get(metrics_url[1], timeout=5).text)

@@ -314,7 +314,7 @@ def test_hostile_label_values_are_escaped_and_truncated(
     make_harness: Callable[..., Harness],
 ) -> None:
     """Quotes, backslashes, newlines and control characters from an API round-trip intact."""
-    jobs = (SimJob("nasty", "analyze_text", display_name=NASTY),)
+    jobs = (SimJob("nasty", "azure_language_analyze_text", display_name=NASTY),)
     h = make_harness(with_source(1, job_ids=["nasty"]), jobs=jobs)
     h.exporter.poll_once()
     text = requests.get(f"{h.url}/metrics", timeout=5).text

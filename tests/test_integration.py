@@ -1,8 +1,9 @@
 """Exporter and simulator over real HTTP on 127.0.0.1: exposed values, retries, faults, secrets.
 
 The simulator's clock is held still (ManualClock), so each job is at a known point of its
-timeline; the expected numbers below follow from the scenario definitions in
-exporter/simulator/scenarios.py (DEMO_JOBS), worked out by hand in the comments.
+timeline; the expected numbers below follow from the demo jobs (DEMO_JOBS) and renderers in each
+provider's part of the simulator (exporter/providers/*/simulator.py), worked out by hand in the
+comments.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import requests
 from conftest import Harness, demo_raw_config, wait_until, with_source
 
 from exporter.model import MAX_LABEL_LENGTH, ErrorReason, State
-from exporter.simulator import DEMO_JOBS, Fault, Simulator
-from exporter.simulator.scenarios import render
+from exporter.simulator import DEMO_JOBS, Fault, Simulator, render
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -102,7 +102,7 @@ def test_the_simulator_writes_each_link_spelling() -> None:
     assert "nextLink" not in old.json()
     assert "$skip=2" in old.json()["@nextLink"]
     assert [b["id"] for b in old.json()["value"]] == ["b-2", "b-1"]  # oldest first, 2 a page
-    assert [b["translationId"] for b in new.json()["value"]] == ["b-2", "b-1"]
+    assert [b["id"] for b in new.json()["value"]] == ["b-2", "b-1"]  # "id", as the live service
 
 
 def test_training_discovery_lists_every_recent_project_and_keeps_each_jobs_project(

@@ -409,7 +409,7 @@ def test_requests_carry_the_keys_the_apis_expect(make_harness: MakeHarness) -> N
 
 
 def test_translation_v1_route(make_harness: MakeHarness) -> None:
-    """api_version v1.1 uses the older route, whose answer says "id" instead of "translationId"."""
+    """api_version v1.1 uses the older route."""
     h = make_harness(with_source(3, api_version="v1.1"))
     h.exporter.poll_once()
     assert h.sim.seen("batch-ok")[0].path == "/translator/text/batch/v1.1/batches/batch-ok"

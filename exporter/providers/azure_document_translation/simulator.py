@@ -47,7 +47,7 @@ def status(job: SimJob, elapsed: float) -> str:
 
 
 def render(
-    job: SimJob, now: Moment, created: datetime, clock: datetime, version: str
+    job: SimJob, now: Moment, created: datetime, clock: datetime, _version: str
 ) -> dict[str, Any]:
     finished = math.floor(now.done * job.units)
     if now.phase == "failed":  # a failed batch fails every document it had not finished
@@ -58,8 +58,9 @@ def render(
         in_progress = 1 if now.phase == "running" and finished < job.units else 0
         waiting = job.units - finished - in_progress
     body: dict[str, Any] = {
-        # The v1.x API calls it "id", 2024-05-01 "translationId"; clients must take either.
-        ("id" if version.startswith("v1.") else "translationId"): job.job_id,
+        # "id" in every version, as the live service sends it (the Azure SDK's recorded tests
+        # show it); the REST spec's 2024-05-01 examples say "translationId" instead.
+        "id": job.job_id,
         "createdDateTimeUtc": iso(created),
         "lastActionDateTimeUtc": iso(clock),
         "status": _STATUS.get(now.phase, now.phase.title()),

@@ -59,6 +59,18 @@ def example_body(provider: str, name: str, status: str = "200") -> Any:
     return fixture(provider, name)["responses"][status]["body"]
 
 
+def source_of(provider: str, **keys: Any) -> Any:
+    """A validated `sources[]` entry of `provider` named s on https://x.example, with `keys`
+    (its `auth` among them)."""
+    raw = {"name": "s", "provider": provider, "endpoint": "https://x.example", **keys}
+    return PROVIDERS[provider].source_model.model_validate(raw)
+
+
+# Generated payloads per parser property (CI can raise it: issue #4 asks 10,000 per parser);
+# the default keeps `make test` quick.
+FUZZ_EXAMPLES = int(os.environ.get("PARSER_FUZZ_EXAMPLES", "300"))
+
+
 class Metrics:
     """One scrape of /metrics, parsed with client_python's own parser."""
 

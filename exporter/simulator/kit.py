@@ -217,6 +217,23 @@ def no_sources(_demo: Demo) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Bench:
+    """A part's place in the benchmarks (benchmarks/), which pick parts by the roles they take
+    here, never by name. A figure stays comparable while the parts in its role stay the same,
+    so a provider takes a role on purpose, not by having a listing or a webhook."""
+
+    source: Callable[[str, str], dict[str, Any]]  # (simulator URL, key): a sources[] entry, no jobs
+    listed: bool = False  # half the jobs found by discovery in the scale figures, or so
+    polled: bool = False  # the running jobs polled one by one in the per-job figures
+    registered: bool = False  # the jobs the attacks register through the jobs API
+    # The upstream of the attacks on what the API says (it must call back: they use its webhook
+    # too): a 200 answer that says the poll failed with a message, and a running job's answer
+    # whose status holds a text.
+    failed_poll: Callable[[str], dict[str, Any]] | None = None
+    status: Callable[[str], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SimPart:
     """One provider's API as the simulator speaks it."""
 
@@ -231,3 +248,4 @@ class SimPart:
     demo_calls: tuple[DemoCall, ...] = ()  # what the demo sends the exporter for it
     called_jobs: tuple[SimJob, ...] = ()  # jobs only the demo's calls name
     arrival: Callable[[int, float], SimJob] | None = None  # the n-th job that starts by itself
+    bench: Bench | None = None  # its role in the benchmarks, if any

@@ -22,6 +22,7 @@ from typing import Any
 from exporter.providers import azure_simulator as azure
 from exporter.simulator.kit import (
     Answer,
+    Bench,
     Demo,
     Listing,
     ListRoute,
@@ -103,6 +104,11 @@ def demo_sources(demo: Demo) -> list[dict[str, Any]]:
              "auth": {"subscription_key": demo.key, "region": "westeurope"}, **found}]  # fmt: skip
 
 
+def bench_source(url: str, key: str) -> dict[str, Any]:
+    return {"name": "translator", "provider": NAME, "endpoint": url,
+            "auth": {"subscription_key": key}}  # fmt: skip
+
+
 def arrival(n: int, every: float) -> SimJob:
     """The n-th batch (from 1) that starts by itself, every `every` seconds."""
     outcome: Outcome = "failed" if n % 5 == 0 else "succeeded"
@@ -122,4 +128,5 @@ PART = SimPart(
     ),
     demo_sources=demo_sources,
     arrival=arrival,
+    bench=Bench(bench_source, listed=True, polled=True),
 )

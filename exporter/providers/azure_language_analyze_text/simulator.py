@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from exporter.providers import azure_simulator as azure
-from exporter.simulator.kit import Demo, DemoCall, Moment, Route, SimJob, SimPart
+from exporter.simulator.kit import Bench, Demo, DemoCall, Moment, Route, SimJob, SimPart
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -33,6 +33,10 @@ def demo_sources(demo: Demo) -> list[dict[str, Any]]:
              "auth": {"subscription_key": demo.key}, "job_ids": ["analyze-ok"]}]  # fmt: skip
 
 
+def bench_source(url: str, key: str) -> dict[str, Any]:
+    return {"name": SOURCE, "provider": NAME, "endpoint": url, "auth": {"subscription_key": key}}
+
+
 REGISTERED = SimJob("analyze-api", NAME, duration=150, display_name="Registered by API")
 
 PART = SimPart(
@@ -44,4 +48,5 @@ PART = SimPart(
     demo_sources=demo_sources,
     demo_calls=(DemoCall("/api/v1/jobs", {"source": SOURCE, "job_id": REGISTERED.job_id}),),
     called_jobs=(REGISTERED,),
+    bench=Bench(bench_source, registered=True),
 )

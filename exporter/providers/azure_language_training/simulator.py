@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.providers import azure_simulator as azure
 from exporter.simulator.kit import (
     Answer,
+    Bench,
     Demo,
     Listing,
     ListRoute,
@@ -109,6 +110,12 @@ def demo_sources(demo: Demo) -> list[dict[str, Any]]:
              "auth": {"subscription_key": demo.key}, **found}]  # fmt: skip
 
 
+def bench_source(url: str, key: str) -> dict[str, Any]:
+    """Without a project: discovery lists every project."""
+    return {"name": "training", "provider": NAME, "endpoint": url,
+            "auth": {"subscription_key": key}}  # fmt: skip
+
+
 def arrival(n: int, every: float) -> SimJob:
     """The n-th training job (from 1) that starts by itself, every `every` seconds."""
     outcome: Outcome = "failed" if n % 5 == 0 else "succeeded"
@@ -132,4 +139,5 @@ PART = SimPart(
     ),
     demo_sources=demo_sources,
     arrival=arrival,
+    bench=Bench(bench_source, listed=True),
 )

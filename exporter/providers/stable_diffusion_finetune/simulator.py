@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.simulator.kit import (
     DEMO_WEBHOOK_TOKEN,
     Answer,
+    Bench,
     Call,
     Demo,
     DemoCall,
@@ -105,6 +106,20 @@ def demo_sources(demo: Demo) -> list[dict[str, Any]]:
              "webhook_token": DEMO_WEBHOOK_TOKEN}]  # fmt: skip
 
 
+def bench_source(url: str, key: str) -> dict[str, Any]:
+    return {"name": SOURCE, "provider": NAME, "endpoint": url, "auth": {"api_key": key}}
+
+
+def failed_poll(message: str) -> dict[str, Any]:
+    return {"status": "error", "message": message}
+
+
+def training(text: str) -> dict[str, Any]:
+    """A fine-tune at step 1 of 6, whose stage holds `text`."""
+    return {"status": "success", "messege": f"training_started {text}",
+            "data": "Step:1 Stage 1 done, 5 Steps to go : ETA : 10 minutes"}  # fmt: skip
+
+
 CALLED_BACK = SimJob("sd-webhook", NAME, duration=180, units=6)
 # What ModelsLab posts when a training moves (its documented webhook payload).
 WEBHOOK = DemoCall(
@@ -128,4 +143,5 @@ PART = SimPart(
     demo_sources=demo_sources,
     demo_calls=(WEBHOOK,),
     called_jobs=(CALLED_BACK,),
+    bench=Bench(bench_source, failed_poll=failed_poll, status=training),
 )

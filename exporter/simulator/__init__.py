@@ -84,8 +84,9 @@ def render(job: SimJob, elapsed: float, started_at: datetime, variant: str = "")
 
 
 def __getattr__(name: str) -> tuple[SimJob, ...]:
-    """DEMO_JOBS, built from the parts when first asked for (the parts import the kit, which
-    runs this package first: building it on import would go round in a circle)."""
+    """DEMO_JOBS, built from the parts when first asked for. Not on import: a part imported
+    first imports the kit, which runs this package first, and importing the parts then would
+    meet that part half made."""
     if name == "DEMO_JOBS":
         return tuple(job for part in parts() for job in part.demo_jobs)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -137,7 +138,7 @@ class Simulator:
     jobs: Iterable[SimJob] | None = None  # default: the demo's, those only its calls name too
     key: str = DEMO_KEY
     keys: frozenset[str] = frozenset()  # more keys accepted like `key` (sources keyed apart)
-    bearer_tokens: frozenset[str] = frozenset()  # Entra ID tokens accepted like the key
+    bearer_tokens: frozenset[str] = frozenset()  # bearer tokens (Entra ID's) accepted like a key
     clock: Callable[[], float] | None = None
     host: str = "127.0.0.1"
     port: int = 0
@@ -277,7 +278,7 @@ class Simulator:
         if answer:
             return answer
         status, extra, out = self._job_status(part, call.variant, job_id)
-        if fault and fault.retry_after:  # a normal answer that paces the client (Translator)
+        if fault and fault.retry_after:  # a normal answer that paces the client
             extra = {**extra, "Retry-After": fault.retry_after}
         return status, extra, out
 
@@ -309,11 +310,10 @@ class Simulator:
 
 @functools.cache
 def _routes() -> tuple[tuple[SimPart, Route | ListRoute], ...]:
-    """Every part's routes, a job's status first, then its lists."""
+    """Every part's routes: every job's status first, then every list."""
     found: list[tuple[SimPart, Route | ListRoute]] = []
-    for part in parts():
-        found += [(part, route) for route in part.routes]
-        found += [(part, route) for route in part.listings]
+    found += [(part, route) for part in parts() for route in part.routes]
+    found += [(part, route) for part in parts() for route in part.listings]
     return tuple(found)
 
 

@@ -7,7 +7,8 @@ A `SimJob` is a timeline: it exists from `created_at` (seconds after the simulat
 A `SimPart` is one provider's API as the simulator speaks it, in `exporter/providers/<name>/
 simulator.py`: its routes (a job's status, its lists), how it renders a job at a moment (the
 JSON the real API would send, in the API's own spelling: the shapes of the vendor's published
-examples), how it checks a key, what it answers for an unknown job, and what it adds to the demo.
+examples), how it checks a key, what it answers for an unknown job, what it adds to the demo,
+and the role it takes in the benchmarks.
 A part imports this module and nothing of its provider's API module, so the simulator stays an
 independent oracle of what the APIs send. This module imports nothing of the simulator's core.
 """

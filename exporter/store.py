@@ -1,26 +1,38 @@
-"""The only shared state: one immutable `JobRecord` per configured job, and request statistics.
+"""The only shared state, and the one owner of which jobs exist: one immutable `JobRecord` per
+tracked job, and request statistics.
 
-`apply(outcome)` is the one place a poll's result is written; the collector and the status page
-read. Writers replace a record whole under the lock; readers get a
-tuple of records that no later write can change, so a scrape never sees half an update.
+It has one write interface, as kube-state-metrics' MetricsStore: `replace` (the config's sources
+and their jobs), `add` (a job that came by another route), `update` (an outcome: a poll's, a
+listing's or a webhook call's), `delete` (a job removed through the jobs API); and `retire`, its
+own deletions when a finished job's retention ends. Each write tells the subscribers of the
+source what it changed, as frozen values (`Added`, `Updated`, `Removed`, `Listed`): the
+scheduler follows them, and nothing keeps a copy of which jobs exist in step by hand.
+
+Writers replace a record whole under the lock; readers get a tuple of records that no later
+write can change, so a scrape never sees half an update.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from exporter.model import UNSUCCESSFUL_STATES, ErrorReason, Origin, State
+import structlog
+
+from exporter.model import UNSUCCESSFUL_STATES, ErrorReason, ListOutcome, Origin, PollOutcome, State
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
-    from exporter.model import JobSnapshot, ListOutcome, PollOutcome
+    from exporter.model import JobSnapshot
     from exporter.storage import Storage, StoredJob
+
+log = structlog.get_logger(__name__)
 
 
 def _utcnow() -> datetime:
@@ -205,15 +217,65 @@ WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused", 
 usable job ID in it, the source at its max_jobs, or a job the storage could not commit."""
 
 
-@dataclass(frozen=True, slots=True)
-class ListingApplied:
-    """What applying a listing came to, for the scheduler: the jobs it added, the unfinished
-    jobs whose status it carried (polled by it), and every unfinished job of the source with
-    the project its requests go to."""
+KNOWN = "known"
+"""The webhook result of a call about a job already tracked: the call says it moved."""
+UNCONFIGURED = "unconfigured"
+"""Why a job was removed by `replace`: the config no longer tracks it (nor its source)."""
 
-    added: tuple[JobRecord, ...] = ()
-    covered: frozenset[str] = frozenset()
-    unfinished: dict[str, str | None] = field(default_factory=dict)
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What one webhook call to a source came to, as the store counts it (webhooks.WebhookCall
+    is the call itself): how it ended (one of WEBHOOK_RESULTS), and the job it named, if any."""
+
+    source: str
+    result: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """The jobs a source tracked when a subscription to its changes began (its first change)."""
+
+    records: tuple[JobRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """A job is tracked from now on: configured, registered, discovered, or resumed."""
+
+    record: JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Updated:
+    """What an outcome did to a tracked job: a poll's (its own, or a listing's that carried its
+    status), a failed listing's that was to poll it, or a webhook call's that says it moved."""
+
+    before: JobRecord
+    record: JobRecord
+    outcome: PollOutcome | ListOutcome | WebhookOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A job is tracked no more: why (one of DROP_REASONS, or UNCONFIGURED), and its last record."""
+
+    record: JobRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A listing of the source was applied, after the changes it made to its jobs."""
+
+    outcome: ListOutcome
+
+
+Change = Tracked | Added | Updated | Removed | Listed
+Follower = Callable[[tuple[Change, ...]], None]
+"""Told each write's changes to one source, in order, under the store's lock: it must be quick
+and must not call the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +322,40 @@ class Store:
         # Jobs of discovery sources that were let go, and when: a listing must not bring back
         # a job that finished and was retired (it would be polled and counted again).
         self._retired = storage.load_retired() if storage is not None else {}
+        self._followers: dict[str, list[Follower]] = {}  # by source
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, source: str, follower: Follower) -> Callable[[], None]:
+        """Tell `follower` every change to `source`'s jobs from now on, one call per write,
+        first `Tracked` with the jobs it tracks now (before this returns, so that no change
+        falls between the two). Returns the function that ends the subscription."""
+        with self._lock:
+            current = tuple(record for key, record in self._jobs.items() if key[0] == source)
+            self._followers.setdefault(source, []).append(follower)
+            self._tell(source, (Tracked(current),))
+
+        def end() -> None:
+            with self._lock:
+                followers = self._followers.get(source, [])
+                if follower in followers:
+                    followers.remove(follower)
+
+        return end
+
+    def _tell(self, source: str, changes: tuple[Change, ...]) -> None:
+        """Tell the source's followers what one write changed; the caller holds the lock, so
+        that every follower sees the writes in the order they were made. The write is done
+        whatever a follower does: a follower's bug is logged, not raised to the writer."""
+        if not changes:
+            return
+        for follower in self._followers.get(source, ()):
+            try:
+                follower(changes)
+            except Exception:
+                log.exception("a follower of the store failed", source=source)
+
+    # -- the write interface ------------------------------------------------------------------
 
     def _new_record(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str
@@ -270,7 +366,7 @@ class Store:
             return replace(restored, project=project or restored.project, origin=origin)
         return JobRecord(provider, source, job_id, self._clock(), project, origin)
 
-    def configure(self, sources: Iterable[SourceJobs]) -> None:
+    def replace(self, sources: Iterable[SourceJobs]) -> None:
         """Track these sources: exactly their config-listed jobs (the first `max_jobs`; the
         rest are refused and counted), plus the jobs that came by other routes while their
         source stays. Kept jobs keep their records; jobs new to this process resume from
@@ -308,6 +404,7 @@ class Store:
                         room -= 1
             gone = [key for key in (*self._jobs, *self._restored) if key not in jobs]
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
+            changes = self._replaced(self._jobs, jobs)
             self._jobs, self._counters = jobs, counters
             self._generation += 1
             self._tracked = {}
@@ -320,6 +417,27 @@ class Store:
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
+            for source, changed in changes.items():
+                self._tell(source, tuple(changed))
+
+    def _replaced(
+        self, old: dict[tuple[str, str], JobRecord], new: dict[tuple[str, str], JobRecord]
+    ) -> dict[str, list[Change]]:
+        """The jobs a replace let go and took on (a job whose provider changed is both), by
+        source, for the sources someone follows; the caller holds the lock."""
+        followed = {source for source, followers in self._followers.items() if followers}
+        changes: dict[str, list[Change]] = {}
+        if not followed:
+            return changes
+        for key, record in old.items():
+            kept = new.get(key)
+            if key[0] in followed and (kept is None or kept.provider != record.provider):
+                changes.setdefault(key[0], []).append(Removed(record, UNCONFIGURED))
+        for key, record in new.items():
+            was = old.get(key)
+            if key[0] in followed and (was is None or was.provider != record.provider):
+                changes.setdefault(key[0], []).append(Added(record))
+        return changes
 
     def _counters_for(self, spec: SourceJobs) -> _Counters:
         """A source's counters: kept while its provider stays, with the families it has."""
@@ -373,100 +491,80 @@ class Store:
                 self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
                 self._storage.save((record,))
+            self._tell(source, (Added(record),))
             return record, True
 
-    def remove(self, source: str, job_id: str) -> JobRecord | None:
-        """Stop tracking a job (dropped as "deleted"); its record, or None if not tracked."""
+    def update(self, outcome: PollOutcome | ListOutcome | WebhookOutcome) -> tuple[Change, ...]:
+        """Apply one outcome, in one step, and return what it changed (told to the source's
+        followers too). A poll's: the job's record, its source's request statistics and tally
+        (a finish, characters charged); `Updated`, and `Removed` as well when the job expired
+        (EXPIRE_AFTER polls in a row answered 404 and the config does not list it); nothing
+        when the job is no longer tracked (removed while the poll was in flight). A listing's:
+        see `_apply_listing`. A webhook call's: it is counted, and a call about a job already
+        tracked is an `Updated` that says it moved."""
         with self._lock:
-            return self._drop((source, job_id), "deleted")
+            if isinstance(outcome, WebhookOutcome):
+                changes = self._count_webhook(outcome)
+            elif isinstance(outcome, ListOutcome):
+                changes = self._apply_listing(outcome)
+            else:
+                counters = self._counters.get(outcome.source)
+                if counters is None:
+                    return ()
+                counters.count(outcome)
+                changes = self._apply_poll(outcome, counters)
+            self._tell(outcome.source, changes)
+            return changes
 
-    @property
-    def storage(self) -> Storage | None:
-        """The storage behind the store (to flush before saying a job is kept), if any."""
-        return self._storage
-
-    def jobs_of(self, source: str) -> list[JobRecord]:
-        with self._lock:
-            return [record for key, record in self._jobs.items() if key[0] == source]
-
-    def get(self, source: str, job_id: str) -> JobRecord | None:
-        with self._lock:
-            return self._jobs.get((source, job_id))
-
-    @property
-    def generation(self) -> int:
-        """A number that changes whenever any record does (or a job comes or goes)."""
-        with self._lock:
-            return self._generation
-
-    def jobs(self) -> tuple[JobRecord, ...]:
-        with self._lock:
-            return tuple(self._jobs.values())
-
-    def apply(self, outcome: PollOutcome) -> tuple[JobRecord, JobRecord | None] | None:
-        """Apply one poll's outcome, in one step: the job's record, its source's request
-        statistics, and its source's tally (a finish, characters charged). Returns the record
-        before and after (after is None when the job expired: EXPIRE_AFTER polls in a row
-        answered 404 and the config does not list it), or None if the job is no longer tracked
-        (removed while the poll was in flight)."""
-        with self._lock:
-            counters = self._counters.get(outcome.source)
-            if counters is None:
-                return None
-            counters.count(outcome)
-            return self._apply_poll(outcome, counters)
-
-    def _apply_poll(
-        self, outcome: PollOutcome, counters: _Counters
-    ) -> tuple[JobRecord, JobRecord | None] | None:
-        """apply() but for counting the requests; the caller holds the lock."""
+    def _apply_poll(self, outcome: PollOutcome, counters: _Counters) -> tuple[Change, ...]:
+        """update() of a poll but for counting its requests; the caller holds the lock."""
         key = (outcome.source, outcome.job_id)
         old = self._jobs.get(key)
         if old is None:
-            return None
+            return ()
         new = self._jobs[key] = _updated(old, outcome)
         self._generation += 1
         tallied = counters.tally.add(old, new)
         if self._storage is not None:
             tally = (outcome.source, counters.tally.to_json()) if tallied else None
             self._storage.save((new,), tally)  # together: see Storage.save
+        updated = Updated(old, new, outcome)
         if new.not_found_streak >= EXPIRE_AFTER and new.origin != Origin.CONFIG:
             self._drop(key, "expired")  # its row's deletion supersedes the save
-            return old, None
-        return old, new
+            return updated, Removed(new, "expired")
+        return (updated,)
 
-    def apply_listing(self, outcome: ListOutcome) -> ListingApplied:
+    def _apply_listing(self, outcome: ListOutcome) -> tuple[Change, ...]:
         """Apply one listing of a source, in one step: its requests are counted once; a job
         new to the store is added (origin "discovery"; not one retired before, and not past
         max_jobs, which is counted); a status the listing carries is applied as that job's poll
         (but to finished jobs: they change no more). A failed listing marks the unfinished
-        jobs it was to poll as failing, keeping their last good values."""
+        jobs it was to poll as failing, keeping their last good values. `Listed` comes last.
+        The caller holds the lock."""
         source = outcome.source
-        with self._lock:
-            counters, spec = self._counters.get(source), self._specs.get(source)
-            if counters is None or spec is None:
-                return ListingApplied()
-            counters.count(outcome)
-            if outcome.error is not None:
-                for job_id in outcome.covers:
-                    old = self._jobs.get((source, job_id))
-                    if old is not None and not old.finished:
-                        failing = replace(old, up=False, last_error=outcome.error)
-                        self._jobs[source, job_id] = failing
-                        self._generation += 1
-                        if self._storage is not None:
-                            self._storage.save((failing,))
-                return ListingApplied()  # nothing for the scheduler to take from it
-            added = self._discover(outcome, spec, counters)
+        counters, spec = self._counters.get(source), self._specs.get(source)
+        if counters is None or spec is None:
+            return ()
+        counters.count(outcome)
+        changes: list[Change] = []
+        if outcome.error is not None:
+            for job_id in outcome.covers:
+                old = self._jobs.get((source, job_id))
+                if old is not None and not old.finished:
+                    failing = replace(old, up=False, last_error=outcome.error)
+                    self._jobs[source, job_id] = failing
+                    self._generation += 1
+                    if self._storage is not None:
+                        self._storage.save((failing,))
+                    changes.append(Updated(old, failing, outcome))
+        else:
+            changes += (Added(record) for record in self._discover(outcome, spec, counters))
             for job_id, _, snapshot in outcome.listed:
                 record = self._jobs.get((source, job_id))
                 if snapshot is not None and record is not None and not record.finished:
-                    self._apply_poll(outcome.poll_of(job_id, snapshot), counters)
-            unfinished = self._unfinished(source)
-            covered = frozenset(
-                job_id for job_id, _, snap in outcome.listed if snap and job_id in unfinished
-            )
-            return ListingApplied(tuple(added), covered, unfinished)
+                    changes += self._apply_poll(outcome.poll_of(job_id, snapshot), counters)
+        changes.append(Listed(outcome))
+        return tuple(changes)
 
     def _discover(
         self, outcome: ListOutcome, spec: SourceJobs, counters: _Counters
@@ -493,17 +591,51 @@ class Store:
             self._storage.save(added)
         return added
 
-    def _unfinished(self, source: str) -> dict[str, str | None]:
-        return {
-            key[1]: record.project
-            for key, record in self._jobs.items()
-            if key[0] == source and not record.finished
-        }
+    def _count_webhook(self, call: WebhookOutcome) -> tuple[Change, ...]:
+        """update() of a webhook call; the caller holds the lock. Calls to a source that takes
+        none (or is gone) are not counted: it has no such counter."""
+        counters = self._counters.get(call.source)
+        if counters is not None and counters.webhooks is not None:
+            counters.webhooks[call.result] += 1
+        record = None if call.job_id is None else self._jobs.get((call.source, call.job_id))
+        if record is None or call.result != KNOWN:
+            return ()
+        return (Updated(record, record, call),)
+
+    def delete(self, source: str, job_id: str) -> JobRecord | None:
+        """Stop tracking a job (dropped as "deleted"); its record, or None if not tracked."""
+        with self._lock:
+            record = self._drop((source, job_id), "deleted")
+            if record is not None:
+                self._tell(source, (Removed(record, "deleted"),))
+            return record
+
+    def retire(self, now: datetime) -> list[JobRecord]:
+        """Drop the finished jobs whose retention has ended (not those the config lists),
+        counted from the finish, or where that is not known from the poll that found the job
+        finished (a finished job is polled no more, so that poll is its last success)."""
+        with self._lock:
+            expired = [
+                key
+                for key, record in self._jobs.items()
+                if record.origin != Origin.CONFIG
+                and record.finished
+                and (since := record.finished_at or record.last_poll_success) is not None
+                and now - since > self._retention_of(record)
+            ]
+            self._forget_retired(now)
+            retired = []
+            for key in expired:
+                record = self._drop(key, "retention")
+                if record is not None:
+                    retired.append(record)
+                    self._tell(key[0], (Removed(record, "retention"),))
+            return retired
 
     def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
         """Stop tracking a job, counting why; on a discovery source a job that did not come
         from the config is remembered, so that no listing brings it back. The caller holds
-        the lock."""
+        the lock, and tells the followers."""
         record = self._jobs.pop(key, None)
         self._generation += 1
         if record is not None:
@@ -518,22 +650,6 @@ class Store:
             if self._storage is not None:
                 self._storage.delete((key,))
         return record
-
-    def sweep(self, now: datetime) -> list[JobRecord]:
-        """Drop the finished jobs whose retention has ended (not those the config lists),
-        counted from the finish, or where that is not known from the poll that found the job
-        finished (a finished job is polled no more, so that poll is its last success)."""
-        with self._lock:
-            expired = [
-                key
-                for key, record in self._jobs.items()
-                if record.origin != Origin.CONFIG
-                and record.finished
-                and (since := record.finished_at or record.last_poll_success) is not None
-                and now - since > self._retention_of(record)
-            ]
-            self._forget_retired(now)
-            return [r for key in expired if (r := self._drop(key, "retention")) is not None]
 
     def _forget_retired(self, now: datetime) -> None:
         """Forget retired jobs no listing can name any more (created before the lookback), and
@@ -556,11 +672,30 @@ class Store:
         state = record.snapshot.state if record.snapshot else State.SUCCEEDED
         return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL_STATES else succeeded)
 
-    def count_webhook(self, source: str, result: str) -> None:
+    # -- reads --------------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage | None:
+        """The storage behind the store (to flush before saying a job is kept), if any."""
+        return self._storage
+
+    def jobs_of(self, source: str) -> list[JobRecord]:
         with self._lock:
-            counters = self._counters.get(source)
-            if counters is not None and counters.webhooks is not None:
-                counters.webhooks[result] += 1
+            return [record for key, record in self._jobs.items() if key[0] == source]
+
+    def get(self, source: str, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._jobs.get((source, job_id))
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever any record does (or a job comes or goes)."""
+        with self._lock:
+            return self._generation
+
+    def jobs(self) -> tuple[JobRecord, ...]:
+        with self._lock:
+            return tuple(self._jobs.values())
 
     def source_stats(self) -> tuple[SourceStats, ...]:
         with self._lock:

@@ -15,6 +15,7 @@ write can change, so a scrape never sees half an update.
 from __future__ import annotations
 
 import bisect
+import heapq
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -322,6 +323,11 @@ class Store:
         # Jobs of discovery sources that were let go, and when: a listing must not bring back
         # a job that finished and was retired (it would be polled and counted again).
         self._retired = storage.load_retired() if storage is not None else {}
+        # When each finished job's retention ends, and when each retired job may be forgotten,
+        # soonest first: what runs every second looks at what is due, not at every job. Entries
+        # a later write made stale are skipped when they surface; a reload heaps them afresh.
+        self._retention_ends: list[tuple[datetime, str, str]] = []
+        self._forget_at: list[tuple[datetime, str, str]] = []
         self._followers: dict[str, list[Follower]] = {}  # by source
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -414,6 +420,7 @@ class Store:
             self._retention = {spec.source: spec.retention for spec in specs}
             self._specs = {spec.source: spec for spec in specs}
             self._restored = {}
+            self._heap_deadlines()
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
@@ -487,6 +494,7 @@ class Store:
             )
             self._generation += 1
             self._tracked[source] = self._tracked.get(source, 0) + 1
+            self._heap_retention(None, record)  # resumed from storage, it may be finished
             if self._retired.get(source, {}).pop(job_id, None) and self._storage is not None:
                 self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
@@ -524,6 +532,7 @@ class Store:
             return ()
         new = self._jobs[key] = _updated(old, outcome)
         self._generation += 1
+        self._heap_retention(old, new)
         tallied = counters.tally.add(old, new)
         if self._storage is not None:
             tally = (outcome.source, counters.tally.to_json()) if tallied else None
@@ -584,6 +593,7 @@ class Store:
             self._jobs[spec.source, job_id] = record
             self._generation += 1
             self._tracked[spec.source] = self._tracked.get(spec.source, 0) + 1
+            self._heap_retention(None, record)
             added.append(record)
             room -= 1
             counters.discovered = (counters.discovered or 0) + 1
@@ -613,23 +623,21 @@ class Store:
     def retire(self, now: datetime) -> list[JobRecord]:
         """Drop the finished jobs whose retention has ended (not those the config lists),
         counted from the finish, or where that is not known from the poll that found the job
-        finished (a finished job is polled no more, so that poll is its last success)."""
+        finished (a finished job is polled no more, so that poll is its last success); and
+        forget the retired jobs no listing can name any more. Runs every second: it looks at
+        the deadlines that passed, not at every job."""
         with self._lock:
-            expired = [
-                key
-                for key, record in self._jobs.items()
-                if record.origin != Origin.CONFIG
-                and record.finished
-                and (since := record.finished_at or record.last_poll_success) is not None
-                and now - since > self._retention_of(record)
-            ]
             self._forget_retired(now)
             retired = []
-            for key in expired:
-                record = self._drop(key, "retention")
-                if record is not None:
-                    retired.append(record)
-                    self._tell(key[0], (Removed(record, "retention"),))
+            heap = self._retention_ends
+            while heap and heap[0][0] < now:
+                ends, source, job_id = heapq.heappop(heap)
+                record = self._jobs.get((source, job_id))
+                if record is None or self._retention_end(record) != ends:
+                    continue  # stale: gone, or its retention end moved (it has another entry)
+                self._drop((source, job_id), "retention")
+                retired.append(record)
+                self._tell(source, (Removed(record, "retention"),))
             return retired
 
     def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
@@ -645,6 +653,9 @@ class Store:
             if spec is not None and spec.discovery and record.origin != Origin.CONFIG:
                 now = self._clock()
                 self._retired.setdefault(key[0], {})[key[1]] = now
+                keep = self._keep_retired(key[0])
+                if keep is not None:
+                    heapq.heappush(self._forget_at, (now + keep, *key))
                 if self._storage is not None:
                     self._storage.retire(key[0], key[1], now)
             if self._storage is not None:
@@ -655,17 +666,60 @@ class Store:
         """Forget retired jobs no listing can name any more (created before the lookback), and
         those of sources that no longer discover. The caller holds the lock."""
         forgotten = []
-        for source, jobs in self._retired.items():
-            spec = self._specs.get(source)
-            if spec is not None and spec.discovery and spec.remember_retired is None:
-                continue
-            keep = timedelta(seconds=spec.remember_retired or 0.0) if spec else timedelta(0)
-            old = [job_id for job_id, at in jobs.items() if now - at > keep]
-            for job_id in old:
-                del jobs[job_id]
-            forgotten += [(source, job_id) for job_id in old]
+        heap = self._forget_at
+        while heap and heap[0][0] < now:
+            when, source, job_id = heapq.heappop(heap)
+            jobs = self._retired.get(source, {})
+            at, keep = jobs.get(job_id), self._keep_retired(source)
+            if at is None or keep is None or at + keep != when:
+                continue  # stale: asked for again (and maybe retired again since)
+            del jobs[job_id]
+            forgotten.append((source, job_id))
         if forgotten and self._storage is not None:
             self._storage.unretire(forgotten)
+
+    def _keep_retired(self, source: str) -> timedelta | None:
+        """How long a retired job of `source` is remembered; None: for ever (its listing names
+        every job ever made)."""
+        spec = self._specs.get(source)
+        if spec is not None and spec.discovery and spec.remember_retired is None:
+            return None
+        return timedelta(seconds=spec.remember_retired or 0.0) if spec else timedelta(0)
+
+    def _retention_end(self, record: JobRecord) -> datetime | None:
+        """When a job's retention ends; None while it runs, and for a job the config lists."""
+        if record.origin == Origin.CONFIG or not record.finished:
+            return None
+        since = record.finished_at or record.last_poll_success
+        return None if since is None else since + self._retention_of(record)
+
+    def _heap_retention(self, old: JobRecord | None, new: JobRecord) -> None:
+        """Heap a job's retention end when a write gave it one, or moved it; the caller holds
+        the lock. Stale entries (of jobs gone, or moved) are dropped all at once if they come
+        to outnumber the jobs."""
+        ends = self._retention_end(new)
+        if ends is None or (old is not None and ends == self._retention_end(old)):
+            return
+        heapq.heappush(self._retention_ends, (ends, new.source, new.job_id))
+        if len(self._retention_ends) > 2 * len(self._jobs) + 1024:
+            self._heap_deadlines()
+
+    def _heap_deadlines(self) -> None:
+        """Every job's retention end and every retired job's forgetting, afresh: after a reload
+        (which can change both), and when stale entries pile up. The caller holds the lock."""
+        self._retention_ends = [
+            (ends, *key)
+            for key, record in self._jobs.items()
+            if (ends := self._retention_end(record)) is not None
+        ]
+        heapq.heapify(self._retention_ends)
+        self._forget_at = [
+            (at + keep, source, job_id)
+            for source, jobs in self._retired.items()
+            if (keep := self._keep_retired(source)) is not None
+            for job_id, at in jobs.items()
+        ]
+        heapq.heapify(self._forget_at)
 
     def _retention_of(self, record: JobRecord) -> timedelta:
         succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source

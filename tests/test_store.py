@@ -468,3 +468,67 @@ def test_a_follower_that_fails_does_not_fail_the_write_and_one_that_left_hears_n
     store.subscribe("elsewhere", other)  # another source's writes are not told
     poll(store, "listed", T0, snapshot(State.SUCCEEDED, 5, T0))
     assert other.kinds() == [[("Tracked", "")]]
+
+
+# -- what runs every second ---------------------------------------------------------------------
+
+
+class Watched(dict[tuple[str, str] | str, object]):
+    """A dict that counts the entries read from it, one by key or all by a scan."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.read = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def]
+        self.read += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def]
+        self.read += 1
+        return super().__getitem__(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.read += len(self)
+        return super().__iter__()
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self.read += len(self)
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def]
+        self.read += len(self)
+        return super().values()
+
+
+def test_retiring_every_second_looks_at_the_due_jobs_not_at_every_job() -> None:
+    """10,000 finished jobs and 10,000 retired ones: a retire() with nothing due reads none of
+    them; one where three retentions ended reads those three. Deadlines are in heaps."""
+    now = [T0]
+    store = Store(clock=lambda: now[0])
+    store.replace([SourceJobs("azure_document_translation", SOURCE, (), None, 100_000,
+                              retention=(HOUR, HOUR), discovery=True,
+                              remember_retired=24 * HOUR)])  # fmt: skip
+    jobs = [f"b{i}" for i in range(10_000)]
+    for i, job_id in enumerate(jobs):
+        store.add("azure_document_translation", SOURCE, job_id, None, "api")
+        finished = snapshot(State.SUCCEEDED, 5, T0 + timedelta(seconds=i))
+        poll(store, job_id, T0 + timedelta(seconds=i), finished)  # ends at T0 + 1 h + i s
+    now[0] = T0 + timedelta(hours=1, seconds=10_000)  # every one of them retired...
+    assert len(store.retire(now[0])) == len(jobs)
+    for i, job_id in enumerate(jobs):  # ...and as many again tracked, finished a second apart
+        store.add("azure_document_translation", SOURCE, f"n{job_id}", None, "api")
+        finished = snapshot(State.SUCCEEDED, 5, now[0] + timedelta(seconds=i))
+        poll(store, f"n{job_id}", now[0] + timedelta(seconds=i), finished)
+    tracked, retired = Watched(store._jobs), Watched(store._retired[SOURCE])
+    store._jobs, store._retired[SOURCE] = tracked, retired  # type: ignore[assignment]
+    start = now[0]
+    for second in range(1, 60):  # a minute of an idle exporter: nothing due
+        assert store.retire(start + timedelta(seconds=second)) == []
+    assert (tracked.read, retired.read) == (0, 0)
+    ended = start + timedelta(hours=1, seconds=2.5)  # three retentions ended
+    assert [r.job_id for r in store.retire(ended)] == ["nb0", "nb1", "nb2"]
+    assert (tracked.read, retired.read) == (3, 0)
+    store.retire(start + timedelta(hours=25))  # a day after: those retired then are forgotten
+    assert not any(job_id in retired for job_id in (*jobs, "nb0", "nb1", "nb2"))
+    assert "nb3" in retired  # retired by this very call

@@ -435,7 +435,7 @@ def test_a_bug_applying_an_outcome_does_not_stop_the_jobs_polling(
 ) -> None:
     """If applying a poll's outcome raises (a bug of ours), the job is polled again later."""
     h = make_harness(fast, start_polling=True)
-    real_apply = h.exporter.store.apply
+    real_apply = h.exporter.store.update
     raised: list[str] = []
 
     def buggy_once(outcome: Any) -> Any:
@@ -444,7 +444,7 @@ def test_a_bug_applying_an_outcome_does_not_stop_the_jobs_polling(
             raise RuntimeError("a bug while applying an outcome")
         return real_apply(outcome)
 
-    monkeypatch.setattr(h.exporter.store, "apply", buggy_once)
+    monkeypatch.setattr(h.exporter.store, "update", buggy_once)
     wait_until(lambda: raised, what="the bug to strike")
     polls = len(h.sim.seen("analyze-ok"))
     wait_until(lambda: len(h.sim.seen("analyze-ok")) > polls, what="analyze-ok polled again")

@@ -10,6 +10,9 @@ failed; otherwise the figures are for reading, not pass/fail.
 Then the upstream cost of `--cost-jobs` Translator batches (one in ten running), counted at the
 simulator in the same run: requests per tracked job per interval when each job is polled alone,
 and when the source lists its jobs (discovery), side by side.
+
+Last, what `--prometheus-jobs` jobs cost the Prometheus that scrapes them (benchmarks/
+prometheus_cost.py); `--only prometheus` runs that part alone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 import requests
 
-from benchmarks import scale
+from benchmarks import prometheus_cost, scale
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import parse_config
@@ -145,20 +148,32 @@ def _arguments() -> argparse.Namespace:
         help="Translator batches for the request-cost figure (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--prometheus-jobs", type=int, default=10_000,
+        help="jobs for the cost to a scraping Prometheus (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", choices=("prometheus",),
+        help="run only this part: the cost to a scraping Prometheus",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="the CI form, under two minutes: 200 jobs, 20 scrapers, sizes 1000 and 5000, "
-        "2000 jobs for the first cycle and the request cost",
+        "2000 jobs for the first cycle and the request cost, 1000 for the Prometheus cost",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.scrapers, args.rounds = 200, 20, 1
         args.sizes, args.cycle_jobs, args.cost_jobs = "1000,5000", 2000, 2000
+        args.prometheus_jobs = 1000
     return args
 
 
 def main() -> int:
     args = _arguments()
     exporter_logging.configure("error", "console")
+    if args.only == "prometheus":
+        prometheus_cost.report(args.prometheus_jobs)
+        return 0
 
     templates = {job.api: job for job in DEMO_JOBS}
     per_source = args.jobs // len(templates)
@@ -210,6 +225,7 @@ def main() -> int:
           "(one in ten running):")  # fmt: skip
     print(f"  polled one by one       {per_job:8.4f}   (1.0 per running job; finished: none)")
     print(f"  listed (discovery)      {listed:8.4f}   ({per_job / listed:,.0f}x fewer)")
+    prometheus_cost.report(args.prometheus_jobs)
     return 1 if failures else 0
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry
 
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord
 
 BLOCK = 256  # jobs per gzip member
 GZIP_LEVEL = 6

@@ -45,7 +45,7 @@ from exporter.model import ErrorReason, JobSnapshot, State
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord
 
 log = structlog.get_logger(__name__)
 

@@ -26,8 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from reference_render import JobCollector
 
 from exporter.exposition import FAMILIES, Exposition
-from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobSnapshot, State
-from exporter.store import JobRecord
+from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobRecord, JobSnapshot, State
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 NOTE = (

@@ -22,10 +22,9 @@ from conftest import Metrics, demo_raw_config, disk_full, free_port, wait_until
 
 from exporter import logging as exporter_logging
 from exporter import storage as storage_module
-from exporter.model import ErrorReason, JobSnapshot, State
+from exporter.model import ErrorReason, JobRecord, JobSnapshot, State
 from exporter.simulator import ManualClock, Simulator
 from exporter.storage import DATABASE, SCHEMA_VERSION, Storage, StorageError
-from exporter.store import JobRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

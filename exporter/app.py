@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from exporter.config import Config
+    from exporter.model import JobRecord
     from exporter.providers.base import Located, Retention, SourceBase, Webhook
     from exporter.storage import Storage
-    from exporter.store import JobRecord
     from exporter.webhooks import WebhookCall
 
 log = structlog.get_logger(__name__)

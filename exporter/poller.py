@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from exporter.config import Config
-    from exporter.model import JobSnapshot
+    from exporter.model import JobRecord, JobSnapshot
     from exporter.providers.base import ListRequest, Provider, SourceBase
-    from exporter.store import Change, JobRecord, Store
+    from exporter.store import Change, Store
 
 log = structlog.get_logger(__name__)
 

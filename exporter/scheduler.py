@@ -37,7 +37,8 @@ from exporter.store import Added, Listed, Removed, Tracked, Updated, WebhookOutc
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from exporter.store import Change, JobRecord
+    from exporter.model import JobRecord
+    from exporter.store import Change
 
 JITTER = 0.1
 AUTH_BACKOFF_FACTOR = 10

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from exporter.model import UNSUCCESSFUL_STATES, ErrorReason, ListOutcome, Origin, PollOutcome, State
+from exporter.model import (
+    UNSUCCESSFUL_STATES,
+    ErrorReason,
+    JobRecord,
+    ListOutcome,
+    Origin,
+    PollOutcome,
+    State,
+)
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
@@ -50,31 +58,6 @@ DROP_REASONS = ("retention", "expired", "deleted")
 """Why a job stopped being tracked: its retention after finishing ended, its status answered 404
 EXPIRE_AFTER polls in a row (the API discarded it), or it was removed through the jobs API."""
 EXPIRE_AFTER = 3
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    """What the exporter knows about one tracked job: its identity (source, job ID, and the
-    project where the API has one), how it arrived, and what its polls learned."""
-
-    provider: str
-    source: str
-    job_id: str
-    first_seen: datetime
-    project: str | None = None
-    origin: str = "config"
-    snapshot: JobSnapshot | None = None  # the last good values; kept when a poll fails
-    up: bool = False
-    last_error: ErrorReason | None = None
-    last_poll_success: datetime | None = None
-    last_progress_change: datetime | None = None
-    finished_at: datetime | None = None  # when the job finished, where known: see _finished_at
-    not_found_streak: int = 0  # polls in a row answered 404
-    characters_counted: int = 0  # of its characters charged, those in its source's tally
-
-    @property
-    def finished(self) -> bool:
-        return self.snapshot is not None and self.snapshot.state.terminal
 
 
 @dataclass(frozen=True, slots=True)

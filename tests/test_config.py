@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, load_config, parse_config, secret_values
 from exporter.values import format_duration, parse_duration
 
 CASES = sorted((Path(__file__).parent / "configs").glob("*.yaml"))
@@ -232,3 +232,13 @@ def test_prometheus_durations(text: str, seconds: float) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_a_webhook_signing_secret_is_a_secret(tmp_path: Path) -> None:
+    """`webhook_secret` (a Standard Webhooks `whsec_` secret) and the file its `_file` form
+    names are masked like every key, whichever provider's source holds them."""
+    secret_file = tmp_path / "whsec"
+    secret_file.write_text("whsec_from-a-file\n")
+    tree = {"sources": [{"webhook_secret": "whsec_written-in"},
+                        {"webhook_secret_file": str(secret_file)}]}  # fmt: skip
+    assert secret_values(tree) == ["whsec_written-in", "whsec_from-a-file"]

@@ -12,6 +12,7 @@ from exporter.providers import (
     azure_language_analyze_text,
     azure_language_training,
     azure_text_analytics_analyze,
+    openai_batch,
     stable_diffusion_finetune,
 )
 from exporter.providers.base import ParseError, Provider, SourceBase, UpstreamRequest
@@ -24,6 +25,7 @@ PROVIDERS: dict[str, Provider[Any]] = {
         azure_text_analytics_analyze.PROVIDER,
         azure_document_translation.PROVIDER,
         stable_diffusion_finetune.PROVIDER,
+        openai_batch.PROVIDER,
     )
 }
 

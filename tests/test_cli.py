@@ -180,7 +180,7 @@ def test_config_check_covers_the_web_config_with_every_problem_at_once(
         (
             "sources[0].provider: unknown provider 'azure_foo'; expected one of "
             "azure_language_training, azure_language_analyze_text, azure_text_analytics_analyze, "
-            "azure_document_translation, stable_diffusion_finetune, openai_batch"
+            "azure_document_translation, stable_diffusion_finetune, openai_batch, openai_fine_tuning"
         ),
         f"{web}: 3 problems",
         "tls_server_config.cert_file: cannot read '/missing/cert.pem': No such file or directory",

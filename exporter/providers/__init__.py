@@ -13,6 +13,7 @@ from exporter.providers import (
     azure_language_training,
     azure_text_analytics_analyze,
     openai_batch,
+    openai_fine_tuning,
     stable_diffusion_finetune,
 )
 from exporter.providers.base import ParseError, Provider, SourceBase, UpstreamRequest
@@ -26,6 +27,7 @@ PROVIDERS: dict[str, Provider[Any]] = {
         azure_document_translation.PROVIDER,
         stable_diffusion_finetune.PROVIDER,
         openai_batch.PROVIDER,
+        openai_fine_tuning.PROVIDER,
     )
 }
 

@@ -29,9 +29,10 @@ from exporter.config import ConfigError, load_config
 from exporter.exposition import Exposition
 from exporter.http import TokenBucket
 from exporter.logging import quoted
+from exporter.model import Origin
 from exporter.poller import SourcePoller, utcnow
 from exporter.sharding import Shard
-from exporter.store import CONFIG, SourceJobs, Store
+from exporter.store import SourceJobs, Store
 from exporter.values import format_duration, is_path_safe_id
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from exporter.webhooks import WebhookCall
 
 log = structlog.get_logger(__name__)
-
-WEBHOOK = "webhook"  # the origin of a job a provider's webhook call brought
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +315,7 @@ class Exporter:
         return result
 
     def _webhook_job(self, source: SourceBase, job_id: str) -> str:
-        registration = self.register(source.name, job_id, None, WEBHOOK)
+        registration = self.register(source.name, job_id, None, Origin.WEBHOOK)
         if registration.at_limit:
             return "refused"
         if registration.unsaved:
@@ -354,7 +353,7 @@ class Exporter:
             record = self.store.get(source_name, job_id)
             if record is None:
                 return None
-            if record.origin == CONFIG:
+            if record.origin == Origin.CONFIG:
                 return f"job {quoted(job_id)} is listed in the config file; remove it there"
             self.store.remove(source_name, job_id)
             self._pollers[source_name].forget(job_id)

@@ -9,8 +9,11 @@ HTTP layer reports what happened and counts nothing itself.
   network I/O, so it is retried, counted and interrupted at shutdown like the request itself.
 - 429, 5xx, connection errors and timeouts are retried with capped exponential backoff and full
   jitter. A server's wait wins when it names one: the Retry-After header (seconds or a date), or,
-  for a 429 without the header, a wait written in the body ("retry after 1 second", as
-  Translator's own 429 says).
+  for a 429 without the header, the reset of an exhausted rate limit named in `*ratelimit*`
+  headers (OpenAI's `x-ratelimit-reset-requests: 6m0s`, Anthropic's
+  `anthropic-ratelimit-requests-reset: <RFC 3339>`), or a wait written in the body ("retry after
+  1 second", as Translator's own 429 says). A success that says a limit is exhausted (its
+  remaining count 0) paces the next request the same way.
 - Faults are classified here, never left to escape: a connection broken mid-body is
   `connection`, a stall is `timeout`, an undecodable or absurdly nested body is `bad_response`.
 - The whole exchange, body included, has one deadline, so a server that trickles bytes cannot
@@ -145,6 +148,55 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:h|ms|us|µs|ns|m|s))+")
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_LIMIT_ROLES = {"remaining", "reset"}
+_LIMIT_NOISE = {"x", "ratelimit", *_LIMIT_ROLES}
+
+
+def _reset_seconds(value: str, now: datetime) -> float | None:
+    """A rate limit's reset: a duration ("6m0s", "20ms", "1.5s", "30"), or a time (RFC 3339)."""
+    value = value.strip()
+    if _GO_DURATION.fullmatch(value):
+        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _GO_PART.findall(value))
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        return number if 0 <= number < 1e7 else None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def rate_limit_wait(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """How long until the exhausted rate limits named in `*ratelimit*` headers reset: for each
+    limit (requests, tokens, ...) whose remaining count is 0, its reset; the longest of them.
+    None when no limit is exhausted or none says when it resets. Remaining and reset pair up by
+    the rest of their names: `x-ratelimit-remaining-requests` with `x-ratelimit-reset-requests`,
+    `anthropic-ratelimit-requests-remaining` with `anthropic-ratelimit-requests-reset`."""
+    remaining: dict[frozenset[str], str] = {}
+    resets: dict[frozenset[str], str] = {}
+    for name, value in headers.items():
+        parts = name.lower().split("-")
+        if "ratelimit" not in parts or len(role := _LIMIT_ROLES.intersection(parts)) != 1:
+            continue
+        limit = frozenset(parts) - _LIMIT_NOISE
+        (remaining if role == {"remaining"} else resets)[limit] = value
+    waits = [
+        wait
+        for limit, left in remaining.items()
+        if left.strip() == "0" and limit in resets
+        if (wait := _reset_seconds(resets[limit], now or datetime.now(UTC))) is not None
+    ]
+    return max(waits, default=None)
 
 
 def wait_in_words(text: str) -> float | None:
@@ -304,6 +356,8 @@ class HttpClient:
             raise FetchError(ErrorReason.CONNECTION, _describe(exc)) from None
         with response:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if retry_after is None:
+                retry_after = rate_limit_wait(response.headers)
             reason = classify_status(response.status_code)
             if reason is not None:
                 if reason is ErrorReason.THROTTLED and retry_after is None:

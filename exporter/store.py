@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from exporter.model import ErrorReason, State
+from exporter.model import UNSUCCESSFUL_STATES, ErrorReason, Origin, State
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ DROP_REASONS = ("retention", "expired", "deleted")
 """Why a job stopped being tracked: its retention after finishing ended, its status answered 404
 EXPIRE_AFTER polls in a row (the API discarded it), or it was removed through the jobs API."""
 EXPIRE_AFTER = 3
-UNSUCCESSFUL = frozenset({State.FAILED, State.PARTIALLY_SUCCEEDED, State.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +204,6 @@ WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused", 
 """How a webhook call ended: a new job, one already tracked, a wrong or missing token, no
 usable job ID in it, the source at its max_jobs, or a job the storage could not commit."""
 
-CONFIG = "config"
-"""The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""
-DISCOVERY = "discovery"
-"""The origin of a job a listing of its source found."""
-
 
 @dataclass(frozen=True, slots=True)
 class ListingApplied:
@@ -286,8 +280,10 @@ class Store:
         with self._lock:
             # Jobs that came by other routes, now or before a restart, stay while their source
             # does (and while it has room).
-            others = [r for r in self._jobs.values() if r.origin != CONFIG]
-            others += [self._restore(s) for s in self._restored.values() if s.origin != CONFIG]
+            others = [r for r in self._jobs.values() if r.origin != Origin.CONFIG]
+            others += [
+                self._restore(s) for s in self._restored.values() if s.origin != Origin.CONFIG
+            ]
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
             for spec in specs:
@@ -298,10 +294,10 @@ class Store:
                 for job_id in listed:
                     old = self._jobs.get((spec.source, job_id))
                     if old is not None and old.provider == spec.provider:
-                        jobs[spec.source, job_id] = replace(old, origin=CONFIG)
+                        jobs[spec.source, job_id] = replace(old, origin=Origin.CONFIG)
                     else:
                         jobs[spec.source, job_id] = self._new_record(
-                            spec.provider, spec.source, job_id, spec.project, CONFIG
+                            spec.provider, spec.source, job_id, spec.project, Origin.CONFIG
                         )
                 room = spec.max_jobs - len(listed)
                 for record in others:
@@ -434,7 +430,7 @@ class Store:
         if self._storage is not None:
             tally = (outcome.source, counters.tally.to_json()) if tallied else None
             self._storage.save((new,), tally)  # together: see Storage.save
-        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
+        if new.not_found_streak >= EXPIRE_AFTER and new.origin != Origin.CONFIG:
             self._drop(key, "expired")  # its row's deletion supersedes the save
             return old, None
         return old, new
@@ -486,7 +482,7 @@ class Store:
             if room <= 0:
                 counters.rejected += 1
                 continue
-            record = self._new_record(spec.provider, spec.source, job_id, project, DISCOVERY)
+            record = self._new_record(spec.provider, spec.source, job_id, project, Origin.DISCOVERY)
             self._jobs[spec.source, job_id] = record
             self._generation += 1
             self._tracked[spec.source] = self._tracked.get(spec.source, 0) + 1
@@ -514,7 +510,7 @@ class Store:
             self._tracked[key[0]] -= 1
             self._counters[key[0]].dropped[reason] += 1
             spec = self._specs.get(key[0])
-            if spec is not None and spec.discovery and record.origin != CONFIG:
+            if spec is not None and spec.discovery and record.origin != Origin.CONFIG:
                 now = self._clock()
                 self._retired.setdefault(key[0], {})[key[1]] = now
                 if self._storage is not None:
@@ -531,7 +527,7 @@ class Store:
             expired = [
                 key
                 for key, record in self._jobs.items()
-                if record.origin != CONFIG
+                if record.origin != Origin.CONFIG
                 and record.finished
                 and (since := record.finished_at or record.last_poll_success) is not None
                 and now - since > self._retention_of(record)
@@ -558,7 +554,7 @@ class Store:
     def _retention_of(self, record: JobRecord) -> timedelta:
         succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
         state = record.snapshot.state if record.snapshot else State.SUCCEEDED
-        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL else succeeded)
+        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL_STATES else succeeded)
 
     def count_webhook(self, source: str, result: str) -> None:
         with self._lock:

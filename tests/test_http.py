@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from packaging.requirements import Requirement
 
-from exporter.http import classify_status, retry_after_seconds, wait_in_words
+from exporter.http import classify_status, rate_limit_wait, retry_after_seconds, wait_in_words
 from exporter.model import ErrorReason
 from exporter.server import parse_listen_address
 
@@ -93,3 +93,32 @@ def test_urllib3_floor_is_declared() -> None:
     assert not urllib3_req.specifier.contains("2.1.0")
     assert urllib3_req.specifier.contains("2.2.0")
     assert urllib3_req.specifier.contains(version("urllib3"))
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        # OpenAI: Go durations, remaining and reset named "-remaining-X" / "-reset-X".
+        ({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
+          "x-ratelimit-reset-requests": "6m0s"}, 360.0),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1m30.5s",
+          "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}, 90.5),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h2m"}, 3720.0),
+        # Anthropic: RFC 3339 times, named "-X-remaining" / "-X-reset".
+        ({"anthropic-ratelimit-requests-limit": "50",
+          "anthropic-ratelimit-requests-remaining": "0",
+          "anthropic-ratelimit-requests-reset": "2026-11-22T08:00:42Z"}, 42.0),
+        ({"anthropic-ratelimit-tokens-remaining": "0",
+          "anthropic-ratelimit-tokens-reset": "2026-11-22T07:59:00Z"}, 0.0),  # passed: now
+        # A limit with room left, or an exhausted one with no reset, names no wait.
+        ({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "6m0s"}, None),
+        ({"x-ratelimit-remaining-requests": "0"}, None),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-tokens": "6m0s"}, None),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "soon"}, None),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12"}, 12.0),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_rate_limit_wait(headers: dict[str, str], seconds: float | None) -> None:
+    """An exhausted limit's reset, in either vendor's spelling, is the wait; else none."""
+    assert rate_limit_wait(headers, NOW) == seconds

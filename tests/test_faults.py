@@ -314,7 +314,7 @@ def test_hostile_label_values_are_escaped_and_truncated(
     make_harness: Callable[..., Harness],
 ) -> None:
     """Quotes, backslashes, newlines and control characters from an API round-trip intact."""
-    jobs = (SimJob("nasty", "analyze_text", display_name=NASTY),)
+    jobs = (SimJob("nasty", "azure_language_analyze_text", display_name=NASTY),)
     h = make_harness(with_source(1, job_ids=["nasty"]), jobs=jobs)
     h.exporter.poll_once()
     text = requests.get(f"{h.url}/metrics", timeout=5).text
@@ -394,7 +394,7 @@ def test_translator_429_without_header_waits_as_its_message_says(
 ) -> None:
     """Translator's own 429: error.code "429", no Retry-After, "retry after 1 second" in the
     message. The wait is taken from the message, for the retries and for the next poll."""
-    body = (FIXTURES / "azure_document_translation" / "real-429-no-retry-after.json").read_bytes()
+    body = (FIXTURES["azure_document_translation"] / "real-429-no-retry-after.json").read_bytes()
     h = make_harness(lambda sim: demo_raw_config(sim, retries=0, max_retry_wait="30s"))
     h.sim.set_fault("batch-ok", Fault(status=429, body=body))
     poller = h.exporter.pollers["translator"]

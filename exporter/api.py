@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from exporter.app import Exporter, Registration
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord
 
 PREFIX = "/api/v1/jobs"
 MAX_BODY = 64 * 1024

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from exporter.http import AuthUnavailable
+from exporter.upstream import AuthUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -87,7 +87,7 @@ def bearer_token(client_id: str | None) -> str:
 
 
 class EntraToken:
-    """The `Authenticator` of a request sent with an Entra ID token (see exporter.http)."""
+    """The `Authenticator` of a request sent with an Entra ID token (see exporter.upstream)."""
 
     __slots__ = ("client_id",)
 

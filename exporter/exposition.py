@@ -8,6 +8,10 @@ and always changing, rendered fresh by client_python: the sources' statistics, t
 the process's own metrics. When the store has not changed since the last scrape (its
 `generation`), even the join is reused.
 
+Each job family is one `JobFamily` in FAMILIES: its name, type, help, labels and the function
+that yields a job's samples, together (as kube-state-metrics' FamilyGenerator). A new fact about
+a job is one more entry there, reading the field of the snapshot or record that holds it.
+
 The sample lines are the same in the text format and in OpenMetrics (sorted labels, the same
 escaping, Go float formatting), so one set of chunks serves both; only the headers differ, and
 OpenMetrics ends with `# EOF`.
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import gzip
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol, cast
 
 from prometheus_client import generate_latest
@@ -33,15 +39,182 @@ from exporter.logging import redactor
 from exporter.model import DOCUMENT_STATES, TASK_STATES, State
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
 
     from prometheus_client import CollectorRegistry
 
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord, JobSnapshot
 
 BLOCK = 256  # jobs per gzip member
 GZIP_LEVEL = 6
+
+JOB_LABELS = ("job_id", "provider", "source")
+"""The labels of every job family's samples, naming the job (in the order they sort in)."""
+
+Sample = tuple["Mapping[str, str]", float]
+"""One sample of a job: its labels beyond JOB_LABELS (a family's `labels`), and its value."""
+
+_go_float = cast("Callable[[float], str]", floatToGoString)  # client_python's own formatting
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+@dataclass(frozen=True, slots=True)
+class JobFamily:
+    """One job metric family, whole: its name, type, help, the labels its samples carry besides
+    JOB_LABELS, and `samples`, which yields one job's samples from its record (as
+    kube-state-metrics' FamilyGenerator), so that no family is declared in one place and
+    filled in another. A job without a sample in it is left out of the family.
+
+    `samples` runs for every changed job (50,000 on a first scrape): it only reads the record.
+    That its samples carry exactly `labels` is checked by the tests, not here per sample."""
+
+    name: str
+    type: str  # "gauge" or "counter" (whose samples are named NAME_total)
+    help: str  # the poll note is appended per scrape
+    labels: tuple[str, ...]
+    samples: Callable[[JobRecord], Iterable[Sample]]
+    # A sample line with a %s per label (all of them sorted, as client_python writes them) and
+    # one for the value; and where the job's and the sample's values go in it.
+    _line: str = field(init=False, repr=False, compare=False)
+    _order: Callable[[tuple[str, ...]], tuple[str, ...]] | None = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.type not in {"gauge", "counter"}:
+            raise ValueError(f"{self.name}: a job family is a gauge or a counter")
+        if set(self.labels) & set(JOB_LABELS) or len(set(self.labels)) < len(self.labels):
+            raise ValueError(f"{self.name}: labels must be new and distinct: {self.labels}")
+        given = (*JOB_LABELS, *self.labels)
+        names = sorted(given)
+        pairs = ",".join(f'{name}="%s"' for name in names)
+        object.__setattr__(self, "_line", f"{self.sample_name}{{{pairs}}} %s\n")
+        order = [given.index(name) for name in names]
+        keep = order == list(range(len(given)))
+        object.__setattr__(self, "_order", None if keep else itemgetter(*order, len(given)))
+
+    @property
+    def sample_name(self) -> str:
+        return f"{self.name}_total" if self.type == "counter" else self.name
+
+    def header(self, note: str, openmetrics: bool) -> str:
+        doc = f"{self.help} {note}".replace("\\", r"\\").replace("\n", r"\n")
+        if openmetrics:
+            doc = doc.replace('"', r"\"")
+            return f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.type}\n"
+        return f"# HELP {self.sample_name} {doc}\n# TYPE {self.sample_name} {self.type}\n"
+
+    def render(self, record: JobRecord, job: tuple[str, ...]) -> bytes:
+        """The job's sample lines; `job` holds its JOB_LABELS values, escaped."""
+        line, order, own = self._line, self._order, self.labels
+        if not own:  # the most common case, and the cheapest
+            lines = [line % (*job, _go_float(value)) for _, value in self.samples(record)]
+        else:
+            values = [
+                (*job, *[_escape(labels[key]) for key in own], _go_float(value))
+                for labels, value in self.samples(record)
+            ]
+            lines = [line % (v if order is None else order(v)) for v in values]
+        return "".join(lines).encode()
+
+
+# -- the samples of a family, by kind --------------------------------------------------------
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def _seconds(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
+def _of_snapshot(
+    value: Callable[[JobSnapshot], float | None],
+) -> Callable[[JobRecord], Iterable[Sample]]:
+    """One number the last poll gave; no sample where the API gave none."""
+
+    def samples(record: JobRecord) -> Iterable[Sample]:
+        snap = record.snapshot
+        number = None if snap is None else value(snap)
+        return () if number is None else ((NO_LABELS, number),)
+
+    return samples
+
+
+def _of_polled(
+    value: Callable[[JobRecord], float | None],
+) -> Callable[[JobRecord], Iterable[Sample]]:
+    """One number the record holds (not the snapshot): like every family but asyncjob_up and
+    the poll error, none for a job never polled successfully; none where it is unknown."""
+
+    def samples(record: JobRecord) -> Iterable[Sample]:
+        number = None if record.snapshot is None else value(record)
+        return () if number is None else ((NO_LABELS, number),)
+
+    return samples
+
+
+def _each(
+    mapping: Callable[[JobSnapshot], Mapping[str, float]],
+    label: str,
+    vocabulary: Sequence[str] | None = None,
+) -> Callable[[JobRecord], Iterable[Sample]]:
+    """One sample per key of a mapping the last poll gave, the key as `label`: in the order of
+    `vocabulary` where it has one (the snapshot holds no key outside it), else in the mapping's
+    own. A key the API does not report has no sample, rather than a made-up 0."""
+    words = None if vocabulary is None else [(word, {label: word}) for word in vocabulary]
+
+    def samples(record: JobRecord) -> Iterable[Sample]:
+        snap = record.snapshot
+        found = None if snap is None else mapping(snap)
+        if not found:
+            return ()
+        if words is None:
+            return [({label: key}, value) for key, value in found.items()]
+        return [(labels, found[word]) for word, labels in words if word in found]
+
+    return samples
+
+
+_STATES = [(state, {"state": state.value}) for state in State]
+
+
+def _state(record: JobRecord) -> Iterable[Sample]:
+    snap = record.snapshot
+    if snap is None:
+        return ()
+    return [(labels, 1.0 if state is snap.state else 0.0) for state, labels in _STATES]
+
+
+def _info(record: JobRecord) -> Iterable[Sample]:
+    snap = record.snapshot
+    if snap is None:
+        return ()
+    # A project comes from the config, the jobs API or a webhook: masked like every label, in
+    # case a secret was pasted there (the record keeps the real one).
+    project = redactor.mask(record.project or "")
+    facts = {"vendor_status": snap.vendor_status, "display_name": snap.display_name,
+             "project": project}  # fmt: skip
+    return ((facts, 1.0),)
+
+
+def _up(record: JobRecord) -> Iterable[Sample]:
+    return ((NO_LABELS, 1.0 if record.up else 0.0),)
+
+
+def _poll_error(record: JobRecord) -> Iterable[Sample]:
+    error = record.last_error
+    return () if error is None else (({"reason": error.value}, 1.0),)
+
+
+def _snapshot_time(key: str) -> Callable[[JobRecord], Iterable[Sample]]:
+    when = attrgetter(key)
+    return _of_snapshot(lambda snap: _seconds(when(snap)))
+
+
 TIMESTAMPS = {
     "created": "when the job was created",
     "last_update": "when the API last updated the job",
@@ -55,121 +228,55 @@ FINISHED_HELP = (
     "runs, and for a job first seen finished whose API gives no time."
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Family:
-    """One job metric family: its name, type and help (the poll note is appended per scrape)."""
-
-    name: str
-    type: str
-    help: str
-
-    @property
-    def sample_name(self) -> str:
-        return f"{self.name}_total" if self.type == "counter" else self.name
-
-    def header(self, note: str, openmetrics: bool) -> str:
-        doc = f"{self.help} {note}".replace("\\", r"\\").replace("\n", r"\n")
-        if openmetrics:
-            doc = doc.replace('"', r"\"")
-            return f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.type}\n"
-        return f"# HELP {self.sample_name} {doc}\n# TYPE {self.sample_name} {self.type}\n"
-
-
+# Every job family, in the order /metrics lists them. A new one is one more entry, such as
+#   JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
+#             _each(lambda snap: snap.tokens, "kind", TOKEN_KINDS)),
+# with the snapshot field it reads (storage keeps every field without being told).
 FAMILIES = (
-    Family("asyncjob_info", "gauge",
-           "Job facts: the raw vendor status, the job's name, and its project (training jobs)."),
-    Family("asyncjob_state", "gauge", "1 for the job's current canonical state, else 0."),
-    Family("asyncjob_progress_ratio", "gauge", "Fraction of the job done (0..1)."),
-    Family("asyncjob_tasks", "gauge", "Tasks of the job by state."),
-    Family("asyncjob_documents", "gauge", "Documents of the batch by state."),
-    Family("asyncjob_translation_characters_charged", "counter",
-           "Characters the Translator API has charged for the batch."),
-    Family("asyncjob_errors", "gauge", "Errors the API reports for the job."),
-    Family("asyncjob_warnings", "gauge", "Warnings the API reports for the job."),
-    *(Family(f"asyncjob_{key}_timestamp_seconds", "gauge", f"Unix time {doc}.")
+    JobFamily("asyncjob_info", "gauge",
+              "Job facts: the raw vendor status, the job's name, and its project (training jobs).",
+              ("vendor_status", "display_name", "project"), _info),
+    JobFamily("asyncjob_state", "gauge", "1 for the job's current canonical state, else 0.",
+              ("state",), _state),
+    JobFamily("asyncjob_progress_ratio", "gauge", "Fraction of the job done (0..1).",
+              ("phase",), _each(lambda snap: snap.progress, "phase")),
+    JobFamily("asyncjob_tasks", "gauge", "Tasks of the job by state.",
+              ("state",), _each(lambda snap: snap.tasks, "state", TASK_STATES)),
+    JobFamily("asyncjob_documents", "gauge", "Documents of the batch by state.",
+              ("state",), _each(lambda snap: snap.documents, "state", DOCUMENT_STATES)),
+    JobFamily("asyncjob_translation_characters_charged", "counter",
+              "Characters the Translator API has charged for the batch.",
+              (), _of_snapshot(lambda snap: snap.characters_charged)),
+    JobFamily("asyncjob_errors", "gauge", "Errors the API reports for the job.",
+              (), _of_snapshot(lambda snap: snap.errors)),
+    JobFamily("asyncjob_warnings", "gauge", "Warnings the API reports for the job.",
+              (), _of_snapshot(lambda snap: snap.warnings)),
+    *(JobFamily(f"asyncjob_{key}_timestamp_seconds", "gauge", f"Unix time {doc}.",
+                (), _snapshot_time(key))
       for key, doc in TIMESTAMPS.items()),
-    Family("asyncjob_finished_timestamp_seconds", "gauge", FINISHED_HELP),
-    Family("asyncjob_up", "gauge", "1 if the latest poll of the job succeeded, else 0."),
-    Family("asyncjob_last_poll_error_info", "gauge",
-           "Why the latest poll of the job failed; present only while it is failing."),
-    Family("asyncjob_last_poll_success_timestamp_seconds", "gauge",
-           "Unix time of the job's last successful poll."),
-    Family("asyncjob_last_progress_change_timestamp_seconds", "gauge",
-           "Unix time the exporter last saw the job's state or progress change."),
+    JobFamily("asyncjob_finished_timestamp_seconds", "gauge", FINISHED_HELP,
+              (), _of_polled(lambda record: _seconds(record.finished_at))),
+    JobFamily("asyncjob_up", "gauge", "1 if the latest poll of the job succeeded, else 0.",
+              (), _up),
+    JobFamily("asyncjob_last_poll_error_info", "gauge",
+              "Why the latest poll of the job failed; present only while it is failing.",
+              ("reason",), _poll_error),
+    JobFamily("asyncjob_last_poll_success_timestamp_seconds", "gauge",
+              "Unix time of the job's last successful poll.",
+              (), _of_polled(lambda record: _seconds(record.last_poll_success))),
+    JobFamily("asyncjob_last_progress_change_timestamp_seconds", "gauge",
+              "Unix time the exporter last saw the job's state or progress change.",
+              (), _of_polled(lambda record: _seconds(record.last_progress_change))),
 )  # fmt: skip
-_INDEX = {family.name: i for i, family in enumerate(FAMILIES)}
-_go_float = cast("Callable[[float], str]", floatToGoString)  # client_python's own formatting
 Chunks = tuple[bytes, ...]  # one per FAMILIES entry
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-class _Lines:
-    """The sample lines of one job, family by family (labels sorted, as client_python does)."""
-
-    def __init__(self, record: JobRecord) -> None:
-        # A job ID or project comes from the config, the jobs API or a webhook: masked like
-        # every label, in case a secret was pasted there (the record keeps the real one).
-        self._base = {"provider": record.provider, "source": record.source,
-                      "job_id": redactor.mask(record.job_id)}  # fmt: skip
-        self.out: list[list[str]] = [[] for _ in FAMILIES]
-
-    def add(self, family: str, value: float, **labels: str) -> None:
-        pairs = sorted({**self._base, **labels}.items())
-        text = ",".join(f'{key}="{_escape(val)}"' for key, val in pairs)
-        name = FAMILIES[_INDEX[family]].sample_name
-        self.out[_INDEX[family]].append(f"{name}{{{text}}} {_go_float(value)}\n")
-
-    def chunks(self) -> Chunks:
-        return tuple("".join(lines).encode() for lines in self.out)
-
-
-def _seconds(when: datetime | None) -> float | None:
-    return None if when is None else when.timestamp()
 
 
 def render_job(record: JobRecord) -> Chunks:
     """One job's sample lines, one chunk per family (empty where it has none)."""
-    lines = _Lines(record)
-    lines.add("asyncjob_up", 1.0 if record.up else 0.0)
-    if record.last_error is not None:
-        lines.add("asyncjob_last_poll_error_info", 1.0, reason=record.last_error.value)
-    snap = record.snapshot
-    if snap is None:  # never polled successfully: asyncjob_up 0 is all there is to say
-        return lines.chunks()
-    project = redactor.mask(record.project or "")
-    lines.add("asyncjob_info", 1.0, vendor_status=snap.vendor_status,
-              display_name=snap.display_name, project=project)  # fmt: skip
-    for state in State:
-        lines.add("asyncjob_state", 1.0 if state is snap.state else 0.0, state=state.value)
-    for phase, ratio in snap.progress.items():
-        lines.add("asyncjob_progress_ratio", ratio, phase=phase)
-    for family, states, counts in (
-        ("asyncjob_tasks", TASK_STATES, snap.tasks),
-        ("asyncjob_documents", DOCUMENT_STATES, snap.documents),
-    ):
-        for state_name in states:  # those the API reports (zeros too), in the vocabulary's order
-            if state_name in counts:
-                lines.add(family, counts[state_name], state=state_name)
-    optional = (
-        ("asyncjob_translation_characters_charged", snap.characters_charged),
-        ("asyncjob_errors", snap.errors),
-        ("asyncjob_warnings", snap.warnings),
-        *(
-            (f"asyncjob_{key}_timestamp_seconds", _seconds(getattr(snap, key)))
-            for key in TIMESTAMPS
-        ),
-        ("asyncjob_finished_timestamp_seconds", _seconds(record.finished_at)),
-        ("asyncjob_last_poll_success_timestamp_seconds", _seconds(record.last_poll_success)),
-        ("asyncjob_last_progress_change_timestamp_seconds", _seconds(record.last_progress_change)),
-    )
-    for family, value in optional:
-        if value is not None:  # absent where the API does not give it
-            lines.add(family, value)
-    return lines.chunks()
+    # A job ID comes from the config, the jobs API or a webhook: masked like every label, in
+    # case a secret was pasted there (the record keeps the real one).
+    job = (_escape(redactor.mask(record.job_id)), _escape(record.provider), _escape(record.source))
+    return tuple(family.render(record, job) for family in FAMILIES)
 
 
 class Jobs(Protocol):

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -44,11 +44,12 @@ from requests.utils import get_environ_proxies
 from exporter import __version__
 from exporter.logging import redactor
 from exporter.model import Attempt, ErrorReason
+from exporter.upstream import AuthUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from exporter.providers.base import UpstreamRequest
+    from exporter.upstream import UpstreamRequest
 
 log = structlog.get_logger(__name__)
 
@@ -108,16 +109,6 @@ class FetchError(Exception):
 
 class Stopped(Exception):  # noqa: N818 - not an error: the exporter is shutting down
     """Raised instead of waiting out a backoff when the exporter is stopping."""
-
-
-class AuthUnavailable(Exception):  # noqa: N818 - reads as what happened
-    """An authenticator could not produce credentials (no token); the message is safe to log."""
-
-
-class Authenticator(Protocol):
-    """Headers that cost I/O to obtain (an Entra ID bearer token). Raises AuthUnavailable."""
-
-    def headers(self) -> Mapping[str, str]: ...
 
 
 def classify_status(status: int) -> ErrorReason | None:

@@ -286,3 +286,28 @@ class ListOutcome:
         """The listing as the poll of one job it carried the status of (no attempts: those
         are the listing's, counted once)."""
         return PollOutcome(self.source, job_id, self.at, (), snapshot=snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the exporter knows about one tracked job: its identity (source, job ID, and the
+    project where the API has one), how it arrived, and what its polls learned."""
+
+    provider: str
+    source: str
+    job_id: str
+    first_seen: datetime
+    project: str | None = None
+    origin: str = "config"
+    snapshot: JobSnapshot | None = None  # the last good values; kept when a poll fails
+    up: bool = False
+    last_error: ErrorReason | None = None
+    last_poll_success: datetime | None = None
+    last_progress_change: datetime | None = None
+    finished_at: datetime | None = None  # when it finished, where known: see store._finished_at
+    not_found_streak: int = 0  # polls in a row answered 404
+    characters_counted: int = 0  # of its characters charged, those in its source's tally
+
+    @property
+    def finished(self) -> bool:
+        return self.snapshot is not None and self.snapshot.state.terminal

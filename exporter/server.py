@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import CollectorRegistry
 
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord
     from exporter.webconfig import WebConfig
 
 StartResponse: TypeAlias = Any

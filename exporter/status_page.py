@@ -37,7 +37,7 @@ from exporter.model import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from exporter.store import JobRecord
+    from exporter.model import JobRecord
 
 PAGE_SIZE = 100
 ATTENTION_FIRST = 200  # with more jobs than this, the page opens on those needing attention

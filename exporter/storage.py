@@ -4,7 +4,8 @@ One file, `DIR/asyncjob.db`, in WAL mode, with a `schema_version` table so that 
 migrate it forward and a file from a newer exporter is refused rather than misread. Every
 tracked job's record is kept: its identity (source, job ID, project), how it arrived (origin),
 its last snapshot, when it was first seen, when it finished, when its progress last changed and
-how many of its characters charged the source's counter holds, so a restarted exporter exports
+how many of its characters charged the source's counter holds (every field of its JobRecord and
+JobSnapshot, read off the dataclasses: see ROW_COLUMNS), so a restarted exporter exports
 finished jobs without polling them again, stall detection keeps its clock and no count is
 repeated. Each source's tally (store.Tally) is kept beside them.
 
@@ -27,25 +28,28 @@ refused at start, as Prometheus refuses a second server on its data directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import structlog
 
-from exporter.model import ErrorReason, JobSnapshot, State
+from exporter.model import JobRecord, JobSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from exporter.store import JobRecord
 
 log = structlog.get_logger(__name__)
 
@@ -99,84 +103,119 @@ class StoredJob:
     record: dict[str, Any]
 
 
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+# -- records as JSON, field by field ----------------------------------------------------------
+# What a record keeps is read off the dataclasses, so a field added to JobSnapshot or JobRecord
+# is stored without a word here. A row written before a field existed lacks its key and gets
+# the field's default; a key no field has (from a newer exporter, or a field since removed) is
+# ignored. A field whose type nothing below can convert is refused when this module loads.
+
+_Convert = Callable[[Any], Any]
+_AS_IS = (str, int, float, bool)
+_TYPE_ONLY = {"datetime": datetime, "Mapping": Mapping}  # names model.py imports for types only
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """How the fields of one dataclass go to a JSON object and back (see _codec)."""
+
+    to_json: Callable[[Any], dict[str, Any]]
+    fields_from_json: Callable[[dict[str, Any]], dict[str, Any]]
+    """The fields a JSON object holds, converted; those it lacks are left out (to defaults)."""
 
 
-SNAPSHOT_TIMES = (
-    "created", "last_update", "started", "estimated_completion", "expiration", "finished"
-)  # fmt: skip
+def _converters(owner: type, name: str, kind: Any) -> tuple[_Convert | None, _Convert | None]:
+    """How one field's value goes to JSON and back, by its type (None: as it is)."""
+    if get_origin(kind) in {Union, UnionType}:  # X | None: None stays None, X as X
+        kinds = [k for k in get_args(kind) if k is not type(None)]
+        if len(kinds) == 1:
+            return _converters(owner, name, kinds[0])
+    elif kind in _AS_IS:
+        return None, None
+    elif kind is datetime:
+        return datetime.isoformat, datetime.fromisoformat
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return attrgetter("value"), kind
+    elif get_origin(kind) in {Mapping, dict}:  # the dataclass freezes what it is given
+        return dict, None
+    elif dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        nested, cls = _codec(kind), kind
+        return nested.to_json, lambda data: cls(**nested.fields_from_json(data))
+    raise TypeError(f"storage cannot keep {owner.__name__}.{name}: no conversion for {kind!r}")
+
+
+def _codec(cls: type, skip: Iterable[str] = ()) -> _Codec:
+    """The conversions of the fields of dataclass `cls` but `skip`, each by its type.
+
+    Both are generated once per class, as dataclasses generates __init__, since they run for
+    every row written and every row loaded: a loop over the fields instead cost 8% more than
+    the hand-written functions these replace (these cost the same, or a little less)."""
+    kinds = get_type_hints(cls, localns=_TYPE_ONLY)
+    unknown = set(skip) - set(kinds)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    namespace: dict[str, Any] = {}
+    to_json, from_json = [], []
+    for i, name in enumerate(f.name for f in dataclasses.fields(cls) if f.name not in skip):
+        encode, decode = _converters(cls, name, kinds[name])
+        namespace[f"encode{i}"], namespace[f"decode{i}"] = encode, decode
+        value = f"obj.{name}"
+        if encode is not None:
+            value = f"None if {value} is None else encode{i}({value})"
+        to_json.append(f"{name!r}: {value}")
+        value = f"data[{name!r}]"
+        if decode is not None:
+            value = f"None if (value := {value}) is None else decode{i}(value)"
+        from_json.append(f"    if {name!r} in data:\n        fields[{name!r}] = {value}\n")
+    source = (
+        f"def to_json(obj):\n    return {{{', '.join(to_json)}}}\n"
+        f"def fields_from_json(data):\n    fields = {{}}\n{''.join(from_json)}    return fields\n"
+    )
+    exec(source, namespace)  # noqa: S102 - field names from dataclasses.fields(), nothing else
+    return _Codec(namespace["to_json"], namespace["fields_from_json"])
+
+
+ROW_COLUMNS = ("provider", "source", "job_id", "project", "origin", "first_seen")
+"""The record's fields kept in columns of its row (its identity, and how it arrived); the rest
+are the row's `record` JSON."""
+_SNAPSHOT = _codec(JobSnapshot)
+_RECORD = _codec(JobRecord, skip=ROW_COLUMNS)
+
+
+def _counted_before_the_counter(fields: dict[str, Any]) -> int:
+    """A row stored before the characters counter existed: what its job had charged by then is
+    taken as counted, so that the new counter starts at the upgrade instead of jumping."""
+    snapshot: JobSnapshot | None = fields.get("snapshot")
+    return (snapshot and snapshot.characters_charged) or 0
+
+
+# The fields added when rows already existed whose value in an older row is not their default
+# but is worked out from the rest of that row: field -> (the row's other fields -> its value).
+_UPGRADES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "characters_counted": _counted_before_the_counter,
+}
 
 
 def snapshot_to_json(snap: JobSnapshot) -> dict[str, Any]:
-    return {
-        "state": snap.state.value,
-        "vendor_status": snap.vendor_status,
-        "progress": dict(snap.progress),
-        "display_name": snap.display_name,
-        "tasks": dict(snap.tasks),
-        "documents": dict(snap.documents),
-        "characters_charged": snap.characters_charged,
-        "errors": snap.errors,
-        "warnings": snap.warnings,
-        "tokens": dict(snap.tokens),
-        "training_step": snap.training_step,
-        "training_loss": dict(snap.training_loss),
-        **{key: _time(getattr(snap, key)) for key in SNAPSHOT_TIMES},
-    }
+    return _SNAPSHOT.to_json(snap)
 
 
 def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
-    return JobSnapshot(
-        state=State(data["state"]),
-        vendor_status=data["vendor_status"],
-        progress=data["progress"],
-        display_name=data["display_name"],
-        tasks=data["tasks"],
-        documents=data["documents"],
-        characters_charged=data["characters_charged"],
-        errors=data["errors"],
-        warnings=data["warnings"],
-        tokens=data.get("tokens", {}),  # older rows lack these
-        training_step=data.get("training_step"),
-        training_loss=data.get("training_loss", {}),
-        **{key: _parse_time(data.get(key)) for key in SNAPSHOT_TIMES},  # older rows lack some
-    )
+    return JobSnapshot(**_SNAPSHOT.fields_from_json(data))
 
 
 def record_to_json(record: JobRecord) -> dict[str, Any]:
-    return {
-        "snapshot": None if record.snapshot is None else snapshot_to_json(record.snapshot),
-        "up": record.up,
-        "last_error": None if record.last_error is None else record.last_error.value,
-        "last_poll_success": _time(record.last_poll_success),
-        "last_progress_change": _time(record.last_progress_change),
-        "finished_at": _time(record.finished_at),
-        "not_found_streak": record.not_found_streak,
-        "characters_counted": record.characters_counted,
-    }
+    """A record but its identity (ROW_COLUMNS), as the JSON of its row."""
+    return _RECORD.to_json(record)
 
 
 def record_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """The JobRecord fields a stored record restores (identity comes from the row)."""
-    snapshot = None if data["snapshot"] is None else snapshot_from_json(data["snapshot"])
-    # A row stored before the characters counter existed: what its job had charged by then is
-    # taken as counted, so that the new counter starts at the upgrade instead of jumping.
-    counted = data.get("characters_counted", snapshot and snapshot.characters_charged)
-    return {
-        "snapshot": snapshot,
-        "up": bool(data["up"]),
-        "last_error": None if data["last_error"] is None else ErrorReason(data["last_error"]),
-        "last_poll_success": _parse_time(data["last_poll_success"]),
-        "last_progress_change": _parse_time(data["last_progress_change"]),
-        "finished_at": _parse_time(data["finished_at"]),
-        "not_found_streak": int(data.get("not_found_streak", 0)),
-        "characters_counted": int(counted or 0),
-    }
+    """The JobRecord fields a stored record restores (identity comes from the row); those it
+    lacks are left to their defaults, or to what _UPGRADES works out."""
+    fields = _RECORD.fields_from_json(data)
+    for name, upgrade in _UPGRADES.items():
+        if name not in data:
+            fields[name] = upgrade(fields)
+    return fields
 
 
 _Key = tuple[str, ...]  # the row a change is to: (table, *primary key)

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from exporter.store import JobRecord, SourceStats, Store
+    from exporter.model import JobRecord
+    from exporter.store import SourceStats, Store
 
 JOB_LABELS = ["provider", "source", "job_id"]
 SOURCE_LABELS = ["provider", "source"]

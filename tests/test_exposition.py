@@ -12,8 +12,9 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from conftest import run_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,9 +26,12 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from reference_render import JobCollector
 
-from exporter.exposition import FAMILIES, Exposition
-from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobSnapshot, State
-from exporter.store import JobRecord
+from exporter import exposition as exposition_module
+from exporter.exposition import FAMILIES, JOB_LABELS, Exposition, JobFamily
+from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobRecord, JobSnapshot, State
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 NOTE = (
@@ -168,6 +172,84 @@ def test_the_pre_rendered_output_agrees_with_the_old_render_sample_for_sample(
             assert helps(text) == helps(old)
             zipped = rendered(exposition, openmetrics, gzipped=True)
             assert gzip.decompress(zipped) == text.encode()
+
+
+def blocks(text: str) -> dict[str, str]:
+    """Each job family's block as written (HELP, TYPE and sample lines), by family name."""
+    found = {}
+    for part in text.removesuffix("# EOF\n").split("# HELP ")[1:]:
+        name = part.split(" ", 1)[0].removesuffix("_total")
+        if name in JOB_FAMILIES:
+            found[name] = part
+    return found
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=stores)
+def test_each_job_family_is_byte_for_byte_what_the_old_render_wrote(
+    records: tuple[JobRecord, ...],
+) -> None:
+    """Not only the same samples: the same bytes, family by family (label order, escaping,
+    number formatting, sample order), in both formats."""
+    exposition = Exposition(CollectorRegistry(), FakeStore(records), lambda: NOTE)
+    for openmetrics in (False, True):
+        text = rendered(exposition, openmetrics).decode()
+        assert blocks(text) == blocks(reference(records, openmetrics))
+        assert len(blocks(text)) == len(FAMILIES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(record=records(0))
+def test_every_family_yields_exactly_its_declared_labels(record: JobRecord) -> None:
+    """A family's `labels` is what each of its samples carries, no more and no less, and its
+    values are numbers: checked here, so that rendering need not check every sample."""
+    for family in FAMILIES:
+        for labels, value in family.samples(record):
+            assert sorted(labels) == sorted(family.labels), family.name
+            assert all(isinstance(text, str) for text in labels.values()), family.name
+            assert isinstance(value, int | float), family.name
+            assert not isinstance(value, bool), family.name
+
+
+def test_family_names_are_distinct_and_no_label_is_a_job_label() -> None:
+    """Two families of one name would write one family twice; a family's own label named like
+    a job label would write that label twice in a line."""
+    names = [family.sample_name for family in FAMILIES]
+    assert len(set(names)) == len(names)
+    assert all(not set(family.labels) & set(JOB_LABELS) for family in FAMILIES)
+    with pytest.raises(ValueError, match="labels must be new and distinct"):
+        JobFamily("asyncjob_x", "gauge", "X.", ("source",), lambda _record: ())
+
+
+def test_a_new_family_is_one_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the next fact about a job takes: one JobFamily. Its header, its samples named as
+    its type wants, its labels sorted among the job's and escaped, in both formats, and
+    selectable by name, with nothing else to change."""
+    tokens = JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
+                       lambda record: [({"kind": "input"}, 12), ({"kind": 'a"b'}, 2.5)]
+                       if record.snapshot else ())  # fmt: skip
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, tokens))
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
+    record = JobRecord("azure_document_translation", "a", "j1", T0, snapshot=running, up=True)
+    exposition = Exposition(CollectorRegistry(), FakeStore((record,)), lambda: NOTE)
+    text = rendered(exposition).decode()
+    assert f"# HELP asyncjob_tokens_total Tokens the job used, by kind. {NOTE}\n" in text
+    assert "# TYPE asyncjob_tokens_total counter\n" in text
+    assert (
+        'asyncjob_tokens_total{job_id="j1",kind="input",provider="azure_document_translation",'
+        'source="a"} 12.0\n' in text
+    )
+    assert 'kind="a\\"b"' in text
+    openmetrics = rendered(exposition, openmetrics=True).decode()
+    assert "# TYPE asyncjob_tokens counter\n" in openmetrics
+    strict: Callable[[str], Iterable[Any]] = parse_openmetrics  # the strict parser accepts it
+    families = {family.name: family for family in strict(openmetrics)}
+    assert [s.value for s in families["asyncjob_tokens"].samples] == [12.0, 2.5]
+    only = b"".join(
+        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_tokens_total"])
+    ).decode()
+    assert only.startswith("# HELP asyncjob_tokens_total ")
+    assert "asyncjob_state" not in only
 
 
 def test_a_changed_job_is_re_rendered_and_the_others_reused() -> None:

@@ -17,10 +17,9 @@ from conftest import REPO, Harness
 from prometheus_client import CollectorRegistry
 
 from exporter import status_page
-from exporter.model import STATE_COLOURS, ErrorReason, JobSnapshot, State
+from exporter.model import STATE_COLOURS, ErrorReason, JobRecord, JobSnapshot, State
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, Fault
-from exporter.store import JobRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

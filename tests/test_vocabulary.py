@@ -26,11 +26,11 @@ from exporter.model import (
     TASK_STATES,
     TERMINAL_STATES,
     ErrorReason,
+    JobRecord,
     JobSnapshot,
     Origin,
     State,
 )
-from exporter.store import JobRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

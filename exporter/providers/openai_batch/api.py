@@ -105,7 +105,7 @@ from exporter.webhooks import secret_problem
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from exporter.http import Authenticator
+    from exporter.upstream import Authenticator
 
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 PAGE_SIZE = 100  # the most a list page holds

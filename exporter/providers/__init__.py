@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.providers import (
+    anthropic_message_batch,
     azure_document_translation,
     azure_language_analyze_text,
     azure_language_training,
@@ -24,6 +25,7 @@ PROVIDERS: dict[str, Provider[Any]] = {
         azure_text_analytics_analyze.PROVIDER,
         azure_document_translation.PROVIDER,
         stable_diffusion_finetune.PROVIDER,
+        anthropic_message_batch.PROVIDER,
     )
 }
 

@@ -6,7 +6,9 @@ in monitoring.yaml (the scrape-job selector, Grafana's and the runbook's URLs).
 
 The rule file is committed (Prometheus and promtool read it as is); tests/test_alerting.py fails
 when it and this generator disagree. As in the monitoring mixins, every metric selector carries
-the one `selector` setting: the expressions below write it as `SELECTOR`.
+the one `selector` setting: the expressions below write it as `SELECTOR`. The states they name
+and the stall threshold come from the vocabulary (exporter/model.py), which the status page
+shares; tests/test_vocabulary.py fails when a rule names a state the vocabulary lacks.
 
 Severities follow the mixins (kubernetes-mixin, node-mixin): `critical` only where nothing is
 watched any more (the exporter or one of its shards is gone), `warning` for what someone should
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from exporter.model import TERMINAL_STATES, State
+from exporter.model import DOCUMENT_STATES, STALL_AFTER, UNFINISHED_STATES, State, state_words
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = REPO / "monitoring.yaml"
@@ -35,7 +37,8 @@ JOB = "job, instance, provider, source, job_id"
 SOURCE = "job, provider, source"
 FRESH = 3600  # a finished job alerts for an hour after its finish time, then resolves
 LOOKBACK = "15m"  # a missed scrape or an exporter restart neither resolves nor re-pages it
-UNFINISHED = "|".join(s.value for s in State if s not in TERMINAL_STATES)
+UNFINISHED = "|".join(UNFINISHED_STATES)
+STALLED = round(STALL_AFTER.total_seconds())  # seconds without a change: as the status page
 DASHBOARDS = {"job": "asyncjob-job", "source": "asyncjob-overview", "exporter": "asyncjob-overview"}
 
 
@@ -80,7 +83,14 @@ FINISHED_RECENTLY = (
 )
 
 
-def finished_as(name: str, state: str, summary: str, done: str) -> Alert:
+def document(state: str) -> str:
+    """A document state, checked against the vocabulary when the rules are generated."""
+    if state not in DOCUMENT_STATES:
+        raise ValueError(f"{state!r} is not one of {DOCUMENT_STATES}")
+    return state
+
+
+def finished_as(name: str, state: State, summary: str) -> Alert:
     """An alert for a job that finished in `state`: fired once, from its finish time."""
     return Alert(
         name,
@@ -94,23 +104,22 @@ and on ({JOB})
         "job",
         summary,
         "Job {{ $labels.job_id }} of source {{ $labels.source }} ({{ $labels.provider }}) "
-        f"{done} {{{{ $value | humanizeDuration }}}} ago.",
+        f"{state_words(state)} {{{{ $value | humanizeDuration }}}} ago.",
     )
 
 
 ALERTS = {
     "asyncjob-jobs": [
-        finished_as("AsyncJobFailed", "failed", "An asynchronous AI job has failed.", "failed"),
+        finished_as("AsyncJobFailed", State.FAILED, "An asynchronous AI job has failed."),
         finished_as(
             "AsyncJobPartiallySucceeded",
-            "partially_succeeded",
+            State.PARTIALLY_SUCCEEDED,
             "An asynchronous AI job finished with some of its tasks failed.",
-            "partially succeeded",
         ),
         Alert(
             "AsyncJobDocumentsFailed",
             f"""\
-max_over_time(asyncjob_documents{{SELECTOR, state="failed"}}[{LOOKBACK}]) > 0
+max_over_time(asyncjob_documents{{SELECTOR, state="{document("failed")}"}}[{LOOKBACK}]) > 0
 and on ({JOB})
   {FINISHED_RECENTLY}
 """,
@@ -124,8 +133,8 @@ and on ({JOB})
         Alert(
             "AsyncJobStalled",
             f"""\
-time() - asyncjob_last_progress_change_timestamp_seconds{{SELECTOR}} > 1800
-and on ({JOB}) asyncjob_state{{SELECTOR, state="running"}} == 1
+time() - asyncjob_last_progress_change_timestamp_seconds{{SELECTOR}} > {STALLED}
+and on ({JOB}) asyncjob_state{{SELECTOR, state="{State.RUNNING}"}} == 1
 and on ({JOB}) asyncjob_up{{SELECTOR}} == 1
 """,
             "5m",
@@ -160,14 +169,14 @@ time() - (
   asyncjob_created_timestamp_seconds{{SELECTOR}}
   or asyncjob_last_progress_change_timestamp_seconds{{SELECTOR}}
 ) > 3600
-and on ({JOB}) asyncjob_state{{SELECTOR, state="not_started"}} == 1
+and on ({JOB}) asyncjob_state{{SELECTOR, state="{State.NOT_STARTED}"}} == 1
 """,
             "5m",
             "warning",
             "job",
             "An asynchronous AI job has waited a long time without starting.",
             "Job {{ $labels.job_id }} of source {{ $labels.source }} ({{ $labels.provider }}) "
-            "is not_started {{ $value | humanizeDuration }} after it was created.",
+            f"is {State.NOT_STARTED} {{{{ $value | humanizeDuration }}}} after it was created.",
         ),
         Alert(
             # Without `reason`: a job whose polls fail for one reason, then another, has been
@@ -189,7 +198,7 @@ and on ({JOB}) asyncjob_state{{SELECTOR, state="not_started"}} == 1
             # Jobs whose API says nothing for a day are history (a first listing's): not paged.
             "AsyncJobStateUnknown",
             f"""\
-(asyncjob_state{{SELECTOR, state="unknown"}} == 1)
+(asyncjob_state{{SELECTOR, state="{State.UNKNOWN}"}} == 1)
 * on ({JOB}) group_left (vendor_status) asyncjob_info{{SELECTOR}}
 unless on ({JOB})
   time() - asyncjob_last_update_timestamp_seconds{{SELECTOR}} > 86400
@@ -199,7 +208,8 @@ unless on ({JOB})
             "job",
             "An asynchronous AI job reports a status the exporter does not know.",
             "Job {{ $labels.job_id }} of source {{ $labels.source }} ({{ $labels.provider }}) "
-            "reports status {{ $labels.vendor_status }}, which the exporter maps to unknown "
+            "reports status {{ $labels.vendor_status }}, which the exporter maps to "
+            f"{State.UNKNOWN} "
             "(asyncjob_state = {{ $value }}): it is neither alerted on as failed nor seen to "
             "finish.",
         ),
@@ -227,7 +237,7 @@ sum by ({SOURCE}) (rate(asyncjob_requests_total{{SELECTOR}}[10m]))
             "AsyncJobFailureRatioHigh",
             f"""\
 (
-  sum by ({SOURCE}) (increase(asyncjob_jobs_finished_total{{SELECTOR, state="failed"}}[6h]))
+  sum by ({SOURCE}) (increase(asyncjob_jobs_finished_total{{SELECTOR, state="{State.FAILED}"}}[6h]))
   /
   sum by ({SOURCE}) (increase(asyncjob_jobs_finished_total{{SELECTOR}}[6h]))
 ) > 0.25

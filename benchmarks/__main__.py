@@ -7,9 +7,16 @@ latency of `--scrapers` concurrent scrapers over `--rounds` rounds while the exp
 polling. Bounded: scrapers x rounds requests, each with a 60 s timeout. Exits 1 if any scrape
 failed; otherwise the figures are for reading, not pass/fail.
 
-Then the upstream cost of `--cost-jobs` Translator batches (one in ten running), counted at the
-simulator in the same run: requests per tracked job per interval when each job is polled alone,
-and when the source lists its jobs (discovery), side by side.
+Then the upstream cost of `--cost-jobs` jobs of the provider whose part of the simulator takes
+the `polled` role (Translator batches today; one in ten running), counted at the simulator in
+the same run: requests per tracked job per interval when each job is polled alone, and when the
+source lists its jobs (discovery), side by side.
+
+The providers are chosen by the roles their simulator parts take (exporter/simulator/kit.py,
+`Bench`), never by name; the load test takes every provider's demo source.
+
+Last, what `--prometheus-jobs` jobs cost the Prometheus that scrapes them (benchmarks/
+prometheus_cost.py); `--only prometheus` runs that part alone.
 """
 
 from __future__ import annotations
@@ -19,23 +26,16 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 import requests
 
-from benchmarks import scale
+from benchmarks import prometheus_cost, scale
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, ManualClock, SimJob, Simulator, demo_config
-
-API_OF = {
-    "azure_language_training": "training",
-    "azure_language_analyze_text": "analyze_text",
-    "azure_text_analytics_analyze": "text_analytics",
-    "azure_document_translation": "translation",
-    "stable_diffusion_finetune": "stable_diffusion",
-}
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -77,28 +77,37 @@ def _concurrent(url: str, scrapers: int, rounds: int) -> tuple[list[float], int]
 COST_INTERVAL = 5.0  # seconds: the poll interval of the per-job side of the cost figure
 
 
-def _cost_batches(n: int) -> tuple[SimJob, ...]:
-    """n batches created 5 s apart (all within a day), one in ten still running."""
+def _cost_jobs(n: int) -> tuple[SimJob, ...]:
+    """n jobs of the polled provider created 5 s apart (all within a day), one in ten still
+    running."""
+    provider, _ = scale.the_one(scale.polled)
     return tuple(
-        SimJob(f"b-{i}", "translation", start_delay=0, units=2, created_at=-600 - 5 * i,
+        SimJob(f"b-{i}", provider, start_delay=0, units=2, created_at=-600 - 5 * i,
                duration=10**7 if i % 10 == 0 else 5)
         for i in range(n)
     )  # fmt: skip
 
 
-def _translator(sim: Simulator, **keys: object) -> Exporter:
+def _polled_source(sim: Simulator) -> dict[str, Any]:
+    """The demo's source of the polled provider."""
+    provider, _ = scale.the_one(scale.polled)
+    raw = demo_config(sim.url, poll_interval=f"{COST_INTERVAL:g}s")
+    return next(source for source in raw["sources"] if source["provider"] == provider)
+
+
+def _cost_exporter(sim: Simulator, **keys: object) -> Exporter:
     raw = demo_config(sim.url, poll_interval=f"{COST_INTERVAL:g}s")
     raw["global"]["max_concurrency"] = 16
-    raw["sources"] = [{**raw["sources"][3], **keys}]
+    raw["sources"] = [{**_polled_source(sim), **keys}]
     return Exporter(parse_config(raw, env={}))
 
 
 def request_cost(n: int) -> tuple[float, float]:
     """Upstream requests per tracked job per interval, (per-job polling, list mode), at n jobs,
     in the steady state (after the first cycle)."""
-    batches = _cost_batches(n)
-    with Simulator(jobs=batches, clock=ManualClock(60.0)) as sim:
-        exporter = _translator(sim, job_ids=[job.job_id for job in batches], max_jobs=n)
+    jobs = _cost_jobs(n)
+    with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim:
+        exporter = _cost_exporter(sim, job_ids=[job.job_id for job in jobs], max_jobs=n)
         try:
             exporter.poll_once()  # the first cycle: every job once
             exporter.start()
@@ -107,10 +116,10 @@ def request_cost(n: int) -> tuple[float, float]:
             per_job = (len(sim.requests) - before) / 3 / n
         finally:
             exporter.stop()
-    with Simulator(jobs=batches, clock=ManualClock(60.0)) as sim:
-        exporter = _translator(sim, job_ids=[], discovery={}, max_jobs=n)
+    with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim:
+        exporter = _cost_exporter(sim, job_ids=[], discovery={}, max_jobs=n)
         try:
-            poller = exporter.pollers["translator"]
+            poller = exporter.pollers[_polled_source(sim)["name"]]
             poller.list_now()  # the first listing: the whole lookback
             before = len(sim.requests)
             for _ in range(3):
@@ -142,38 +151,47 @@ def _arguments() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--cost-jobs", type=int, default=10_000,
-        help="Translator batches for the request-cost figure (default %(default)s)",
+        help="jobs of the polled provider for the request-cost figure (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prometheus-jobs", type=int, default=10_000,
+        help="jobs for the cost to a scraping Prometheus (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", choices=("prometheus",),
+        help="run only this part: the cost to a scraping Prometheus",
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
         help="the CI form, under two minutes: 200 jobs, 20 scrapers, sizes 1000 and 5000, "
-        "2000 jobs for the first cycle and the request cost",
+        "2000 jobs for the first cycle and the request cost, 1000 for the Prometheus cost",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.scrapers, args.rounds = 200, 20, 1
         args.sizes, args.cycle_jobs, args.cost_jobs = "1000,5000", 2000, 2000
+        args.prometheus_jobs = 1000
     return args
 
 
 def main() -> int:
     args = _arguments()
     exporter_logging.configure("error", "console")
+    if args.only == "prometheus":
+        prometheus_cost.report(args.prometheus_jobs)
+        return 0
 
-    templates = {job.api: job for job in DEMO_JOBS}
+    templates = {job.api: job for job in DEMO_JOBS}  # the last demo job of each provider
     per_source = args.jobs // len(templates)
-    jobs = [
-        SimJob(f"{api}-{i}", api, duration=template.duration, units=template.units)
-        for api, template in templates.items()
-        for i in range(per_source)
-    ]
-    with Simulator(jobs=tuple(jobs), clock=ManualClock(60.0)) as sim:
+    with Simulator(jobs=(), clock=ManualClock(60.0)) as sim:
         raw = demo_config(sim.url, poll_interval="30s")  # the default interval
         raw["global"]["max_concurrency"] = 16
-        for source in raw["sources"]:
-            source["job_ids"] = [
-                job.job_id for job in jobs if job.api == API_OF[source["provider"]]
-            ]
+        for source in raw["sources"]:  # each demo source's jobs, named after it
+            template = templates[source["provider"]]
+            jobs = [SimJob(f"{source['name']}-{i}", template.api, duration=template.duration,
+                           units=template.units) for i in range(per_source)]  # fmt: skip
+            source["job_ids"] = [job.job_id for job in jobs]
+            sim.add_jobs(jobs)
         exporter = Exporter(parse_config(raw, env={}))
         app = make_app(exporter.exposition, "/metrics", exporter.not_ready, exporter.store.jobs)
         server = HttpServer(app, "127.0.0.1:0")
@@ -194,7 +212,7 @@ def main() -> int:
         finally:
             exporter.stop()
             server.stop()
-    total = per_source * len(templates)
+    total = per_source * len(raw["sources"])
     print(f"jobs tracked              {total}")
     print(f"poll all once             {poll_seconds:8.2f} s  ({total / poll_seconds:,.0f} jobs/s)")
     lines = body.count(b"\n")
@@ -206,10 +224,12 @@ def main() -> int:
     )
     scale.report([int(n) for n in args.sizes.split(",")], args.cycle_jobs)
     per_job, listed = request_cost(args.cost_jobs)
-    print(f"upstream requests per tracked job per interval, {args.cost_jobs:,} Translator batches "
+    provider, _ = scale.the_one(scale.polled)
+    print(f"upstream requests per tracked job per interval, {args.cost_jobs:,} jobs of {provider} "
           "(one in ten running):")  # fmt: skip
     print(f"  polled one by one       {per_job:8.4f}   (1.0 per running job; finished: none)")
     print(f"  listed (discovery)      {listed:8.4f}   ({per_job / listed:,.0f}x fewer)")
+    prometheus_cost.report(args.prometheus_jobs)
     return 1 if failures else 0
 
 

@@ -9,6 +9,10 @@ it. Then one table: attack | measured | target | held?. Exit code 0 only if ever
 The full form has the issue's numbers (3,000 trickling-header connections for 40 s, 600 body
 tricklers, 400 looping clients, 8,000 registrations on a 2 MB disk, 50 tries); `--quick` is a
 short form of every row, for the test suite. The disk row mounts a tmpfs and needs root.
+
+The upstreams are chosen by the roles their simulator parts take (exporter/simulator/kit.py,
+`Bench`), never by name: the provider whose jobs are registered through the jobs API, and the
+one that calls back (a webhook, its key in the request body) and whose answers echo the key.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ import urllib3
 import yaml
 
 from benchmarks import flood, scale
+from exporter.providers import PROVIDERS
 from exporter.sharding import Shard
 from exporter.simulator import DEMO_KEY, Fault, ManualClock, SimJob, Simulator
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from exporter.simulator.kit import Bench
 
 JOBS = 2000  # the jobs the exporter tracks under the floods (its /metrics is about 5 MB)
 FRAGMENT = 8  # the shortest piece of a key that counts as a leak
@@ -137,18 +144,41 @@ def leak(text: str, key: str) -> str:
     return f"{longest_fragment(text, key)} chars of the key ({pieces} {FRAGMENT}-char pieces)"
 
 
+def registered() -> tuple[str, Bench]:
+    """The provider whose jobs the attacks register through the jobs API, and its bench."""
+    return scale.the_one(lambda bench: bench.registered)
+
+
+def caller() -> tuple[str, Bench]:
+    """The provider that calls back and whose answers the attacks make echo a key."""
+    return scale.the_one(lambda bench: bench.failed_poll is not None and bench.status is not None)
+
+
+def webhook_path(source: str) -> str:
+    """The caller's webhook for `source`."""
+    webhook = PROVIDERS[caller()[0]].webhook
+    assert webhook is not None, "the caller must have a webhook"
+    return f"/api/v1/webhooks/{webhook.slug}/{source}"
+
+
+def registered_source(sim: Simulator, key: str = DEMO_KEY, **keys: Any) -> dict[str, Any]:
+    """A source of the registered provider on the simulator (no name, no job)."""
+    source = registered()[1].source(sim.url, key)
+    return {**{k: v for k, v in source.items() if k != "name"}, **keys}
+
+
 def small_config(sim: Simulator, key: str = DEMO_KEY, **extra: Any) -> dict[str, Any]:
-    """One analyze-text source on the simulator, no job, plus `extra` sources by name."""
-    sources = [{"name": "lang", "provider": "azure_language_analyze_text", "endpoint": sim.url,
-                "auth": {"subscription_key": key}}]  # fmt: skip
+    """One source `lang` of the registered provider, no job, plus `extra` sources by name."""
+    sources = [{"name": "lang", **registered_source(sim, key)}]
     sources += [{"name": name, **source} for name, source in extra.items()]
     return {"global": {"poll_interval": "1h", "timeout": "5s", "max_retry_wait": "1s"},
             "sources": sources}  # fmt: skip
 
 
-def sd_source(sim: Simulator, key: str = DEMO_KEY, **keys: Any) -> dict[str, Any]:
-    return {"provider": "stable_diffusion_finetune", "endpoint": sim.url,
-            "auth": {"api_key": key}, **keys}  # fmt: skip
+def caller_source(sim: Simulator, key: str = DEMO_KEY, **keys: Any) -> dict[str, Any]:
+    """A source of the caller on the simulator (no name)."""
+    source = caller()[1].source(sim.url, key)
+    return {**{k: v for k, v in source.items() if k != "name"}, **keys}
 
 
 def text(path: Path) -> str:
@@ -218,20 +248,21 @@ def key_in_config(run: Run) -> tuple[str, bool]:
     return measured, failed and not any(longest_fragment(o, key) for o in outputs)
 
 
-SD_OFFSETS = (95, 100, 105, 110)
+OFFSETS = (95, 100, 105, 110)
 
 
-def key_in_sd_error(run: Run) -> tuple[str, bool]:
-    """Stable Diffusion answers errors whose message holds the key from character 95-110."""
+def key_in_error_message(run: Run) -> tuple[str, bool]:
+    """The caller answers errors (in a 200) whose message holds the key from character 95-110."""
     key = new_key()
-    jobs = tuple(SimJob(f"sd-{at}", "stable_diffusion", duration=1e7) for at in SD_OFFSETS)
+    provider, bench = caller()
+    assert bench.failed_poll is not None
+    jobs = tuple(SimJob(f"sd-{at}", provider, duration=1e7) for at in OFFSETS)
     with Simulator(jobs=jobs, key=key, clock=ManualClock(60.0)) as sim:
-        for at in SD_OFFSETS:
+        for at in OFFSETS:
             message = ("The training worker could not load the dataset; it was called with "
                        "these arguments: ").ljust(at, ".") + key + " (request refused)"  # fmt: skip
-            sim.set_fault(f"sd-{at}", Fault(body=json.dumps(
-                {"status": "error", "message": message}).encode()))  # fmt: skip
-        raw = small_config(sim, sd=sd_source(sim, key, job_ids=[job.job_id for job in jobs]))
+            sim.set_fault(f"sd-{at}", Fault(body=json.dumps(bench.failed_poll(message)).encode()))
+        raw = small_config(sim, sd=caller_source(sim, key, job_ids=[job.job_id for job in jobs]))
         log_path = run.tmp / "sd-error.log"
         with (
             run.log("sd-error") as log,
@@ -246,15 +277,15 @@ def key_in_sd_error(run: Run) -> tuple[str, bool]:
     )
 
 
-def key_in_sd_stage(run: Run) -> tuple[str, bool]:
-    """A Stable Diffusion stage string (the `messege`) that holds the key."""
+def key_in_status(run: Run) -> tuple[str, bool]:
+    """A status string of the caller's (the vendor status, a label) that holds the key."""
     key = new_key()
-    with Simulator(jobs=(SimJob("sd-stage", "stable_diffusion", duration=1e7),), key=key,
+    provider, bench = caller()
+    assert bench.status is not None
+    with Simulator(jobs=(SimJob("sd-stage", provider, duration=1e7),), key=key,
                    clock=ManualClock(60.0)) as sim:  # fmt: skip
-        stage = {"status": "success", "messege": f"training_started {key}",
-                 "data": "Step:1 Stage 1 done, 5 Steps to go : ETA : 10 minutes"}  # fmt: skip
-        sim.set_fault("sd-stage", Fault(body=json.dumps(stage).encode()))
-        raw = small_config(sim, key, sd=sd_source(sim, key, job_ids=["sd-stage"]))
+        sim.set_fault("sd-stage", Fault(body=json.dumps(bench.status(key)).encode()))
+        raw = small_config(sim, key, sd=caller_source(sim, key, job_ids=["sd-stage"]))
         with run.log("sd-stage") as log, scale.exporter(raw, stderr=log, timeout=60) as process:
             polled = wait_for(lambda: b'job_id="sd-stage"' in process.get("/metrics")
                               and bool(sim.seen("sd-stage")), 15.0)  # fmt: skip
@@ -321,7 +352,7 @@ def full_disk(run: Run) -> tuple[str, bool]:
         return "not run: mounting a tmpfs needs root", False
     n = run.form.registrations
     ids = [f"r-{i}" for i in range(n)]
-    jobs = tuple(SimJob(job_id, "analyze_text", duration=1e7) for job_id in ids)
+    jobs = tuple(SimJob(job_id, registered()[0], duration=1e7) for job_id in ids)
     with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim, tmpfs(
         run.tmp / "disk", run.form.disk
     ) as disk:  # fmt: skip
@@ -436,7 +467,7 @@ def flooded(
     on /-/healthy and /metrics meanwhile, its threads and RSS sampled before, during and after."""
     sim = Simulator(jobs=scale.jobs_for(JOBS), clock=ManualClock(60.0), max_page_size=100)
     raw = scale.config(sim)
-    raw["sources"].append({"name": "sd", **sd_source(sim, webhook_token=WEBHOOK_TOKEN)})
+    raw["sources"].append({"name": "sd", **caller_source(sim, webhook_token=WEBHOOK_TOKEN)})
     with sim, run.log(name) as log, scale.exporter(raw, stderr=log, timeout=120) as process:
         scale.until(lambda: scale.tracked(process) >= JOBS, what=f"{JOBS} jobs", timeout=120)
         process.get("/metrics")
@@ -482,18 +513,15 @@ def _post_head(path: str, **headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-WEBHOOK_PATH = "/api/v1/webhooks/stable-diffusion/sd"
-
-
 def body_flood(run: Run) -> tuple[str, bool]:
     """Connections that send a whole head with Content-Length: 60000, then a byte of body
     every 5 s, half to the jobs API and half to a webhook (with its token)."""
     form = run.form
     right = {"X-Webhook-Token": WEBHOOK_TOKEN}
-    openings = (_post_head("/api/v1/jobs"), _post_head(WEBHOOK_PATH, **right))
+    openings = (_post_head("/api/v1/jobs"), _post_head(webhook_path("sd"), **right))
 
     def wrong_token(process: scale.Process) -> float | None:
-        head = _post_head(WEBHOOK_PATH, **{"X-Webhook-Token": "wrong"})
+        head = _post_head(webhook_path("sd"), **{"X-Webhook-Token": "wrong"})
         return flood.first_answer(process.port, head + b"{", form.token_cap)
 
     result = flooded(run, "bodies", flood.trickle, form.body_connections, form.body_seconds,
@@ -563,13 +591,12 @@ def sigterm(run: Run) -> tuple[str, bool]:
 
 @contextlib.contextmanager
 def small_exporter(run: Run, name: str, *extra: str) -> Iterator[tuple[Simulator, scale.Process]]:
-    """An exporter with an analyze-text source `lang`, one `limited` to 3 jobs and a Stable
+    """An exporter with a source `lang` of the registered provider, one `limited` to 3 jobs and a
     Diffusion source `sd` that takes webhooks; log in JSON at info."""
-    jobs = tuple(SimJob(f"l-{i}", "analyze_text", duration=1e7) for i in range(40))
+    jobs = tuple(SimJob(f"l-{i}", registered()[0], duration=1e7) for i in range(40))
     with Simulator(jobs=jobs, clock=ManualClock(60.0)) as sim:
-        raw = small_config(sim, sd=sd_source(sim, webhook_token=WEBHOOK_TOKEN), limited={
-            "provider": "azure_language_analyze_text", "endpoint": sim.url,
-            "auth": {"subscription_key": DEMO_KEY}, "max_jobs": 3})  # fmt: skip
+        raw = small_config(sim, sd=caller_source(sim, webhook_token=WEBHOOK_TOKEN),
+                           limited=registered_source(sim, max_jobs=3))  # fmt: skip
         with run.log(name) as log, scale.exporter(
             raw, "--log.level=info", "--log.format=json", *extra, stderr=log, timeout=60
         ) as process:  # fmt: skip
@@ -596,11 +623,13 @@ def methods(run: Run) -> tuple[str, bool]:
 
 
 def webhook_probe(run: Run) -> tuple[str, bool]:
-    payload = {"status": "success", "model_id": "sd-x"}
+    payload = {"status": "success", "id": "sd-x"}  # refused for its token, whatever it says
     with small_exporter(run, "webhook") as (_, process):
-        unknown = request(process, "POST", "/api/v1/webhooks/stable-diffusion/no-such-source",
-                          payload, **{"X-Webhook-Token": "wrong"})  # fmt: skip
-        wrong = request(process, "POST", WEBHOOK_PATH, payload, **{"X-Webhook-Token": "wrong"})
+        unknown = request(process, "POST", webhook_path("no-such-source"), payload,
+                          **{"X-Webhook-Token": "wrong"})  # fmt: skip
+        wrong = request(
+            process, "POST", webhook_path("sd"), payload, **{"X-Webhook-Token": "wrong"}
+        )
     same = (unknown.status, unknown.data) == (wrong.status, wrong.data)
     return (f"unknown source {unknown.status} {unknown.data.decode().strip()!r}, wrong token "
             f"{wrong.status} {wrong.data.decode().strip()!r}"), same  # fmt: skip
@@ -687,10 +716,10 @@ def dangling_storage(run: Run) -> tuple[str, bool]:
 ATTACKS: tuple[tuple[str, str, str, Callable[[Run], tuple[str, bool]]], ...] = (
     ("config-key", "a key in a config field that fails validation, then POST /-/reload",
      "0 fragments (8+ chars) in answer, log, --config.check", key_in_config),
-    ("sd-error-key", "a Stable Diffusion error message with the key at characters 95-110",
-     "0 fragments in the log", key_in_sd_error),
-    ("sd-stage-key", "a Stable Diffusion stage string holding the key",
-     "0 fragments in /metrics and the status page", key_in_sd_stage),
+    ("error-message-key", "an upstream error message (in a 200) with the key at characters 95-110",
+     "0 fragments in the log", key_in_error_message),
+    ("status-key", "an upstream status string holding the key",
+     "0 fragments in /metrics and the status page", key_in_status),
     ("auth-timing", "basic auth: unknown user vs known user with a wrong password (cost 12)",
      "medians within 20%", auth_timing),
     ("full-disk", "--storage.path on a small tmpfs, registrations, kill -9, restart",

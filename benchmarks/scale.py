@@ -1,8 +1,9 @@
 """How each cost grows with the number of jobs, side by side in one run, as ratios.
 
-For each size N: a real exporter process (`python -m exporter`) tracks N jobs (half Translator
-batches, half training jobs in ten projects, nine in ten finished), found by discovery from the
-simulator in this process. Then:
+For each size N: a real exporter process (`python -m exporter`) tracks N jobs (shared out among
+the providers whose part of the simulator takes the `listed` role, today Translator batches and
+training jobs in ten projects; nine in ten finished), found by discovery from the simulator in
+this process. Then:
 
 - `/metrics` p50, identity and gzip, against a minimal Python server sending the same bytes
   (the exporter's own answer, captured), over the same loopback: the ratio is what the exporter
@@ -12,8 +13,8 @@ simulator in this process. Then:
 - the status page's p50.
 
 Then, once: CPU per poll (the exporter's CPU time over the polls it made, per-job polling of
-running jobs), and the first poll cycle against the ideal N x latency / workers with the
-upstream answering in 20 ms.
+running jobs of the provider in the `polled` role, today Translator batches), and the first
+poll cycle against the ideal N x latency / workers with the upstream answering in 20 ms.
 """
 
 from __future__ import annotations
@@ -34,40 +35,65 @@ from typing import IO, TYPE_CHECKING, Any
 import urllib3
 import yaml
 
-from exporter.simulator import DEMO_KEY, Fault, ManualClock, SimJob, Simulator
+from exporter.simulator import DEMO_KEY, Fault, ManualClock, SimJob, Simulator, parts
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
+
+    from exporter.simulator.kit import Bench
 
 LATENCY = 0.02  # the upstream's answer time for the first-cycle figure
 WORKERS = 16
 SCRAPES = 15
 
 
+def roles(role: Callable[[Bench], bool]) -> list[tuple[str, Bench]]:
+    """(provider, its bench) of every simulator part that takes `role`, in the registry's
+    order: the benchmarks choose providers by role, never by name (kit.Bench)."""
+    return [(part.name, part.bench) for part in parts() if part.bench and role(part.bench)]
+
+
+def the_one(role: Callable[[Bench], bool]) -> tuple[str, Bench]:
+    """The one part that takes `role`."""
+    (found,) = roles(role)
+    return found
+
+
+def listed(bench: Bench) -> bool:
+    return bench.listed
+
+
+def polled(bench: Bench) -> bool:
+    return bench.polled
+
+
 def jobs_for(n: int, *, finished_every: int = 10) -> tuple[SimJob, ...]:
-    """n jobs: half batches, half training jobs in ten projects; one in ten running."""
+    """n jobs shared out among the listed providers (the first ones get n // k each, the last
+    the rest), in ten projects where their API has projects; one in ten running. Each
+    provider's IDs start with a letter of its own."""
 
     def duration(i: int) -> float:
         return 10.0**7 if i % finished_every == 0 else 5.0
 
-    batches = [SimJob(f"b-{i}", "translation", start_delay=0, units=4, created_at=-600 - i,
-                      duration=duration(i)) for i in range(n // 2)]  # fmt: skip
-    training = [SimJob(f"t-{i}", "training", start_delay=0, created_at=-600 - i,
-                       duration=duration(i), project=f"p{i % 10}")
-                for i in range(n - n // 2)]  # fmt: skip
-    return (*batches, *training)
+    providers = [name for name, _ in roles(listed)]
+    shares = [n // len(providers)] * (len(providers) - 1)
+    shares.append(n - sum(shares))
+    return tuple(
+        SimJob(f"{letter}-{i}", provider, start_delay=0, units=4, created_at=-600 - i,
+               duration=duration(i), project=f"p{i % 10}")
+        for letter, provider, share in zip("abcdefgh", providers, shares, strict=False)
+        for i in range(share)
+    )  # fmt: skip
 
 
 def config(sim: Simulator, **overrides: Any) -> dict[str, Any]:
-    auth = {"subscription_key": DEMO_KEY}
-    discovery = {"interval": "1h"}
+    """A source of each listed provider that finds its jobs by discovery, hourly."""
     return {
         "global": {"poll_interval": "30s", "max_concurrency": WORKERS, **overrides},
         "sources": [
-            {"name": "translator", "provider": "azure_document_translation", "endpoint": sim.url,
-             "auth": auth, "discovery": discovery, "max_jobs": 100_000},
-            {"name": "training", "provider": "azure_language_training", "endpoint": sim.url,
-             "auth": auth, "discovery": discovery, "max_jobs": 100_000},
+            {**bench.source(sim.url, DEMO_KEY), "discovery": {"interval": "1h"},
+             "max_jobs": 100_000}
+            for _, bench in roles(listed)
         ],
     }  # fmt: skip
 
@@ -270,23 +296,27 @@ def empty_rss() -> int:
         return process.status("VmRSS")
 
 
-def running_batches(n: int) -> tuple[SimJob, ...]:
-    return tuple(SimJob(f"r-{i}", "translation", start_delay=0, duration=10.0**7, units=4)
+def running_jobs(n: int) -> tuple[SimJob, ...]:
+    """n running jobs of the polled provider."""
+    provider, _ = the_one(polled)
+    return tuple(SimJob(f"r-{i}", provider, start_delay=0, duration=10.0**7, units=4)
                  for i in range(n))  # fmt: skip
 
 
 def per_job(sim: Simulator, jobs: Sequence[SimJob], **overrides: Any) -> dict[str, Any]:
-    """The config of one Translator source that lists `jobs` (no discovery): polled alone."""
+    """The config of one source of the polled provider that lists `jobs` (no discovery):
+    each polled alone."""
     raw = config(sim, **overrides)
-    translator = {k: v for k, v in raw["sources"][0].items() if k != "discovery"}
-    raw["sources"] = [{**translator, "job_ids": [job.job_id for job in jobs]}]
+    _, bench = the_one(polled)
+    source = {**bench.source(sim.url, DEMO_KEY), "max_jobs": 100_000}
+    raw["sources"] = [{**source, "job_ids": [job.job_id for job in jobs]}]
     return raw
 
 
 def cpu_per_poll(n: int = 2000, seconds: float = 10.0) -> tuple[float, int]:
-    """The exporter's CPU seconds per upstream poll, polling n running batches alone every
-    second (no scrapes meanwhile)."""
-    running = running_batches(n)
+    """The exporter's CPU seconds per upstream poll, polling n running jobs alone every second
+    (no scrapes meanwhile)."""
+    running = running_jobs(n)
     sim = Simulator(jobs=running, clock=ManualClock(60.0))
     with sim, exporter(per_job(sim, running, poll_interval="1s")) as process:
         until(lambda: len(sim.requests) >= n, what="the first cycle")
@@ -298,8 +328,8 @@ def cpu_per_poll(n: int = 2000, seconds: float = 10.0) -> tuple[float, int]:
 
 
 def first_cycle(n: int) -> tuple[float, float]:
-    """(seconds, ideal seconds) of `--once` over n running batches, upstream at LATENCY each."""
-    running = running_batches(n)
+    """(seconds, ideal seconds) of `--once` over n running jobs, upstream at LATENCY each."""
+    running = running_jobs(n)
     with Simulator(jobs=running, clock=ManualClock(60.0)) as sim:
         sim.set_fault("*", Fault(delay=LATENCY))
         raw = per_job(sim, running, timeout="30s")
@@ -335,7 +365,7 @@ def report(sizes: Sequence[int], cycle_jobs: int) -> None:
             flush=True,
         )
     per_poll, polls = cpu_per_poll()
-    print(f"CPU per poll: {per_poll * 1000:.2f} ms ({polls} polls of running batches, every 1 s)")
+    print(f"CPU per poll: {per_poll * 1000:.2f} ms ({polls} polls of running jobs, every 1 s)")
     took, ideal = first_cycle(cycle_jobs)
     print(f"first cycle, {cycle_jobs:,} jobs, upstream at {LATENCY * 1000:.0f} ms, {WORKERS} "
           f"workers: {took:.2f} s = {took / ideal:.2f}x the ideal {ideal:.2f} s")  # fmt: skip

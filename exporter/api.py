@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 import urllib3
 
 from exporter.logging import quoted, redactor
+from exporter.model import Origin, state_of
 from exporter.webhooks import SIGNATURE_HEADERS, WebhookCall
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1/jobs"
 MAX_BODY = 64 * 1024
-API = "api"  # the origin of a job registered here
 
 StartResponse = Any
 Environ = dict[str, Any]
@@ -74,10 +74,6 @@ def _window(query: dict[str, str]) -> tuple[int, int] | str:
     if not offset.isdigit():
         return f"offset must be a whole number, not {quoted(offset, 20)}"
     return int(limit), int(offset)
-
-
-def _state(record: JobRecord) -> str:
-    return record.snapshot.state.value if record.snapshot else "not_polled"
 
 
 def _answer(start_response: StartResponse, status: HTTPStatus, body: Any = None) -> list[bytes]:
@@ -177,7 +173,8 @@ class JobsApi:
         source, state = query.get("source"), query.get("state")
         jobs = sorted(
             (r for r in exporter.store.jobs()
-             if (source is None or r.source == source) and (state is None or _state(r) == state)),
+             if (source is None or r.source == source)
+             and (state is None or state_of(r.snapshot) == state)),
             key=lambda r: (r.source, r.job_id),
         )  # fmt: skip
         page = jobs[offset : offset + limit]
@@ -249,7 +246,7 @@ def _registration(exporter: Exporter, body: dict[str, Any]) -> Registration | st
         if isinstance(located, str):
             return located
         source, job = located
-        return exporter.register(source.name, job.job_id, job.project, API)
+        return exporter.register(source.name, job.job_id, job.project, Origin.API)
     source_name, job_id, project = (body.get(key) for key in ("source", "job_id", "project"))
     if (
         set(body) - {"source", "job_id", "project"}
@@ -258,7 +255,7 @@ def _registration(exporter: Exporter, body: dict[str, Any]) -> Registration | st
         or not (project is None or isinstance(project, str))
     ):
         return _SHAPE
-    return exporter.register(source_name, job_id, project, API)
+    return exporter.register(source_name, job_id, project, Origin.API)
 
 
 WEBHOOKS = "/api/v1/webhooks"

@@ -29,9 +29,10 @@ from exporter.config import ConfigError, load_config
 from exporter.exposition import Exposition
 from exporter.http import TokenBucket
 from exporter.logging import quoted
+from exporter.model import Origin
 from exporter.poller import SourcePoller, utcnow
 from exporter.sharding import Shard
-from exporter.store import CONFIG, SourceJobs, Store
+from exporter.store import KNOWN, SourceJobs, Store, WebhookOutcome
 from exporter.values import format_duration, is_path_safe_id
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from exporter.webhooks import WebhookCall
 
 log = structlog.get_logger(__name__)
-
-WEBHOOK = "webhook"  # the origin of a job a provider's webhook call brought
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +150,7 @@ class Exporter:
                     refused = len(source.job_ids) - source.max_jobs
                     log.warning("job limit reached", source=source.name,
                                 max_jobs=source.max_jobs, refused=refused)  # fmt: skip
-            self.store.configure(
+            self.store.replace(
                 SourceJobs(
                     s.provider,
                     s.name,
@@ -216,7 +215,8 @@ class Exporter:
     def register(
         self, source_name: str, job_id: str, project: str | None, origin: str
     ) -> Registration:
-        """Track a job that did not come from the config file, and poll it right away.
+        """Track a job that did not come from the config file; its source's scheduler, which
+        follows the store, polls it right away.
 
         With storage, the job's row is committed before this returns, so an answer of 201 (or
         200) means it survives a crash. When the commit fails the registration is `unsaved`:
@@ -245,9 +245,6 @@ class Exporter:
             if created and source.name in self._refusing:
                 refused = self._refusing.pop(source.name)
                 log.info("job limit no longer reached", source=source.name, refused=refused)
-            poller = self._pollers[source.name]
-        if created:
-            poller.schedule_now(job_id, project)
         storage = self.store.storage
         problem = None if storage is None else storage.wait_saved((source.name, job_id))
         if problem is not None:
@@ -285,7 +282,7 @@ class Exporter:
         ):
             self._wrong_tokens.pop(source.name, None)
             return source, hook
-        self.store.count_webhook(source.name, "unauthorized")
+        self.store.update(WebhookOutcome(source.name, "unauthorized"))
         streak = self._wrong_tokens[source.name] = self._wrong_tokens.get(source.name, 0) + 1
         if streak == 1:  # one line per streak: a flood of guesses is counted, not logged
             log.warning("webhook with a wrong token or signature; further ones counted until a "
@@ -311,23 +308,19 @@ class Exporter:
         if job_id is not None and not self.shard.owns(source.name, job_id):
             return self.shard.owner(source.name, job_id)
         result = "invalid" if job_id is None else self._webhook_job(source, job_id)
-        self.store.count_webhook(source.name, result)
+        self.store.update(WebhookOutcome(source.name, result, job_id))  # "known": polled at once
         log.info("webhook", source=source.name, result=result)
         return result
 
     def _webhook_job(self, source: SourceBase, job_id: str) -> str:
-        registration = self.register(source.name, job_id, None, WEBHOOK)
+        registration = self.register(source.name, job_id, None, Origin.WEBHOOK)
         if registration.at_limit:
             return "refused"
         if registration.unsaved:
             return "unsaved"
         if registration.record is None:
             return "invalid"
-        if registration.created:
-            return "registered"
-        if not registration.record.finished:
-            self._pollers[source.name].schedule_now(job_id, registration.record.project)
-        return "known"
+        return "registered" if registration.created else KNOWN
 
     def locate(self, url: str) -> tuple[SourceBase, Located] | str:
         """The one source whose endpoint and API a job status URL belongs to, and the job it
@@ -354,10 +347,9 @@ class Exporter:
             record = self.store.get(source_name, job_id)
             if record is None:
                 return None
-            if record.origin == CONFIG:
+            if record.origin == Origin.CONFIG:
                 return f"job {quoted(job_id)} is listed in the config file; remove it there"
-            self.store.remove(source_name, job_id)
-            self._pollers[source_name].forget(job_id)
+            self.store.delete(source_name, job_id)
         log.info("job unregistered", source=source_name, job_id=job_id)
         return record
 
@@ -406,7 +398,7 @@ class Exporter:
             for name, poller in self._pollers.items():
                 if poller.restart_if_dead():
                     log.error("scheduler thread had died; restarted", source=name)
-        for record in self.store.sweep(self._clock()):
+        for record in self.store.retire(self._clock()):
             log.info("job retired: retention ended", source=record.source, job_id=record.job_id)
 
     def _supervise_forever(self) -> None:

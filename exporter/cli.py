@@ -349,13 +349,8 @@ def _demo_arrivals(args: argparse.Namespace, web: WebConfig, port: int) -> None:
     local = "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host  # noqa: S104
     base = f"http://{local if ':' not in local else f'[{local}]'}:{port}"
     print("Jobs arriving by themselves (the demo just did these):", flush=True)  # noqa: T201
-    for line in demo_arrivals(base):
+    for line in demo_arrivals(base, DEMO_ARRIVALS):
         print(f"  {line}", flush=True)  # noqa: T201
-    print(  # noqa: T201
-        "  and discovery: sources translator and language-training list their APIs, where a "
-        f"new batch and a new training job start every {DEMO_ARRIVALS:g}s",
-        flush=True,
-    )
 
 
 def _announce(
@@ -378,7 +373,7 @@ def _announce(
         print(line, flush=True)  # noqa: T201 - the URLs a person asked for with --demo
 
 
-DEMO_ARRIVALS = 30.0  # seconds between the demo's new batches and training jobs
+DEMO_ARRIVALS = 30.0  # seconds between the demo's jobs that arrive by themselves
 
 
 def _plural(n: int, word: str) -> str:

@@ -3,6 +3,12 @@
 Providers turn vendor payloads into a `JobSnapshot`; the store keeps them; the collector
 renders them. Nothing here knows about HTTP, config or Prometheus; the redactor masks what
 upstream said before a snapshot holds it.
+
+The words are defined here once: the job states and their colours, the never-polled state,
+task and document states, how a job came to be tracked (its origin), when a running job is
+stalled and which jobs need attention. The status page, the jobs API, the dashboard and alert
+generators import them; tests/test_vocabulary.py fails when a shipped rule or dashboard names
+a state that is not here.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -41,6 +48,66 @@ class State(enum.StrEnum):
 TERMINAL_STATES = frozenset(
     {State.SUCCEEDED, State.PARTIALLY_SUCCEEDED, State.FAILED, State.CANCELLED}
 )
+UNFINISHED_STATES = tuple(state for state in State if state not in TERMINAL_STATES)
+"""Still polled: AsyncJobOverdue and the Overview's longest-running jobs look at these."""
+UNSUCCESSFUL_STATES = frozenset({State.FAILED, State.PARTIALLY_SUCCEEDED, State.CANCELLED})
+"""Finished without full success: kept for the longer retention, and the Overview lists them."""
+ATTENTION_STATES = frozenset({State.FAILED, State.PARTIALLY_SUCCEEDED, State.UNKNOWN})
+"""A job in one of these needs a person: the status page flags it (Attention.STATE), and an
+alert fires for each (AsyncJobFailed, AsyncJobPartiallySucceeded, AsyncJobStateUnknown)."""
+
+NOT_POLLED = "not_polled"
+"""A tracked job's state before its first answer. Not a `State`, since it has no asyncjob_state
+series; the jobs API and the status page name it so (`?state=not_polled`)."""
+RECORD_STATES = (*(state.value for state in State), NOT_POLLED)
+"""Every state a tracked job can be listed in, by the jobs API and the status page."""
+
+STATE_COLOURS: Mapping[str, str] = MappingProxyType(
+    {
+        State.NOT_STARTED: "#6b7280",
+        State.RUNNING: "#2563eb",
+        State.CANCELLING: "#d97706",
+        State.SUCCEEDED: "#16a34a",
+        State.PARTIALLY_SUCCEEDED: "#d97706",
+        State.FAILED: "#dc2626",
+        State.CANCELLED: "#6b7280",
+        State.UNKNOWN: "#7c3aed",
+        NOT_POLLED: "#9ca3af",
+    }
+)
+"""Each of RECORD_STATES' colour, the same on the status page and the dashboards."""
+
+STALL_AFTER = timedelta(minutes=30)
+"""A running job whose state and progress have not changed for this long is stalled: the
+status page's note and the AsyncJobStalled alert."""
+
+
+def state_of(snapshot: JobSnapshot | None) -> str:
+    """A tracked job's state (one of RECORD_STATES) from its last good snapshot, if any."""
+    return NOT_POLLED if snapshot is None else snapshot.state.value
+
+
+def state_words(state: str) -> str:
+    """A state as a person reads it, on the page and the dashboards: not_polled -> not polled."""
+    return state.replace("_", " ")
+
+
+class Attention(enum.StrEnum):
+    """Why a job needs attention (the status page's notes); a job with none does not."""
+
+    POLLING = "polling"  # its polls fail
+    STATE = "state"  # its state is one of ATTENTION_STATES
+    FAILURES = "failures"  # it finished with failed tasks or documents
+    STALLED = "stalled"  # it runs, and has not moved for STALL_AFTER
+
+
+class Origin(enum.StrEnum):
+    """How a job came to be tracked (the jobs API's `origin`, kept with the job)."""
+
+    CONFIG = "config"  # listed in the config file: never dropped for a 404
+    DISCOVERY = "discovery"  # a listing of its source found it
+    API = "api"  # registered through the jobs API
+    WEBHOOK = "webhook"  # a provider's webhook call named it
 
 
 class ErrorReason(enum.StrEnum):
@@ -57,11 +124,15 @@ class ErrorReason(enum.StrEnum):
 
 
 TASK_STATES = ("completed", "failed", "in_progress", "cancelled", "expired")
+"""The `state` label of asyncjob_tasks: a job's tasks (analyze jobs) or requests (LLM batches)."""
 MAX_LABEL_LENGTH = 200
 """Label values from upstream are cut to this many characters; parsers always see whole strings."""
 DOCUMENT_STATES = ("succeeded", "failed", "in_progress", "not_started", "cancelled")
+"""The `state` label of asyncjob_documents: a translation batch's documents."""
 TOKEN_KINDS = ("input", "output", "trained")
+"""The `kind` label of asyncjob_tokens_total: tokens read, written, or trained on."""
 LOSS_SPLITS = ("train", "valid")
+"""The `split` label of asyncjob_training_loss: the training data, or the validation data."""
 
 
 def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyType[str, float]:

@@ -1,30 +1,24 @@
 """Polls the configured jobs in the background; each poll is a value the store applies.
 
 Each source has its own scheduler thread and its own workers (`max_concurrency` of them), so a
-source whose upstream hangs cannot take workers from another. Within a source every job has its
-own due time: a slow job delays nobody. Intervals get +-10% jitter so jobs added together do not
-poll in lockstep. A job that reaches a terminal state is not polled again. After an auth failure
-a job waits AUTH_BACKOFF_FACTOR intervals: a revoked key must not turn into a request storm. A
-wait the upstream names (Retry-After, even on a 200) sets the earliest next poll of that job.
+source whose upstream hangs cannot take workers from another. When each job is polled is the
+`Scheduler`'s to say (exporter/scheduler.py): it follows the store's changes to the source, so
+a job registered, discovered, removed or finished is polled, or not, with nothing else to keep
+in step.
 
 `poll_job` is the whole life of one poll: it returns a `PollOutcome` and never writes anything.
-`SourcePoller` hands the outcome to the store (the one place it is applied), decides the next
-poll from it, and logs transitions only: one warning when a job starts failing, one line when it
-recovers, a traceback only for a bug in our own code.
+`SourcePoller` hands the outcome to the store (the one place it is applied; the scheduler learns
+of it from the change it made), and logs transitions only: one warning when a job starts
+failing, one line when it recovers, a traceback only for a bug in our own code.
 
 A source with `discovery` also lists its jobs: `list_jobs` walks a listing's pages and returns a
 `ListOutcome`, one more kind of poll, scheduled like a job (under the key LISTING) and applied
-by the store in one step. A job whose status a listing carried is polled by that listing, not
-alone; a job that drops off the listing while unfinished is polled alone once, which tells its
-final state (or that it is gone). Until the first listing, the jobs a listing will poll wait
-for it instead of being polled one by one.
+by the store in one step.
 """
 
 from __future__ import annotations
 
-import heapq
 import queue
-import random
 import threading
 import time
 import traceback
@@ -40,6 +34,8 @@ from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBu
 from exporter.logging import redactor
 from exporter.model import Attempt, ErrorReason, ListOutcome, PollOutcome
 from exporter.providers.base import ListQuery, ParseError
+from exporter.scheduler import AUTH_BACKOFF_FACTOR, LISTING, Scheduler
+from exporter.store import Added, Removed, Updated
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -47,14 +43,11 @@ if TYPE_CHECKING:
     from exporter.config import Config
     from exporter.model import JobSnapshot
     from exporter.providers.base import ListRequest, Provider, SourceBase
-    from exporter.store import JobRecord, ListingApplied, Store
+    from exporter.store import Change, JobRecord, Store
 
 log = structlog.get_logger(__name__)
 
-JITTER = 0.1
-AUTH_BACKOFF_FACTOR = 10
 STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving them behind
-LISTING = ""  # the scheduler's key for the source's listing (no job ID is empty)
 MAX_LIST_REQUESTS = 1000  # a listing that has not ended by then is read as a bad answer
 SETTLE_MARGIN = timedelta(minutes=5)  # clock skew and slow creation, between two listings
 OutcomeT = TypeVar("OutcomeT", PollOutcome, ListOutcome)
@@ -223,7 +216,7 @@ class Workers:
 
 
 class SourcePoller:
-    """Schedules the polls of one source's jobs."""
+    """Polls one source's jobs as its `Scheduler` says, which follows the store's changes."""
 
     def __init__(
         self,
@@ -232,14 +225,15 @@ class SourcePoller:
         store: Store,
         clock: Callable[[], datetime] = utcnow,
         budgets: Sequence[TokenBucket] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.provider = config.provider(source)
-        self._interval = config.poll_interval(source)
-        self._auth_backoff = self._interval * AUTH_BACKOFF_FACTOR
-        self._max_retry_wait = config.global_.max_retry_wait
+        interval = config.poll_interval(source)
+        self._auth_backoff = interval * AUTH_BACKOFF_FACTOR
         self._store = store
         self._clock = clock
+        self._monotonic = monotonic
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -247,16 +241,17 @@ class SourcePoller:
         workers = config.global_.max_concurrency
         self.client = HttpClient(http_settings(config), workers, self._stop, budgets)
         self._workers = Workers(workers, f"poll-{source.name}")
-        self._due: dict[str, float] = {}  # when each scheduled job is due (time.monotonic())
-        self._heap: list[tuple[float, str]] = []  # the same, soonest first; stale entries skipped
-        self._in_flight: set[str] = set()  # handed to a worker; rescheduled when its poll ends
-        self._again: set[str] = set()  # in flight, and asked for again: poll once it returns
-        self._projects: dict[str, str | None] = {}  # the project each job's requests go to
         lister = self.provider.lister if source.discovery is not None else None
         self._lister = lister
-        self._list_every = config.discovery_interval(source) or self._interval
+        self.scheduler = Scheduler(
+            interval,
+            config.global_.max_retry_wait,
+            clock=monotonic,
+            list_every=None if lister is None else config.discovery_interval(source) or interval,
+            covering=lister is not None and not self.provider.names_only,
+        )
+        self._unsubscribe: Callable[[], None] | None = None
         self._lookback = timedelta(seconds=source.discovery.lookback if source.discovery else 0)
-        self._covered: set[str] = set()  # unfinished jobs the listing polls: not polled alone
         self._listed_since: datetime | None = None  # when the last good listing began
         self._list_error: ErrorReason | None = None
         self._thread = self._new_thread()
@@ -270,54 +265,15 @@ class SourcePoller:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        """Poll every job the store tracks for this source, however it came, but finished
-        ones (kept across a reload or a restart). The first polls are spread over a tenth of
-        the interval (at most 1 s) instead of a burst."""
-        now = time.monotonic()
-        spread = min(self._interval * JITTER, 1.0)
-        covering = self._lister is not None and not self.provider.names_only
-        with self._lock:
-            for record in self._store.jobs_of(self.source.name):
-                if record.finished:
-                    continue
-                self._projects[record.job_id] = record.project
-                if covering:  # the first listing polls it, or says it must be polled alone
-                    self._covered.add(record.job_id)
-                else:
-                    self._set_due(record.job_id, now + random.uniform(0, spread))  # noqa: S311
-            if self._lister is not None:
-                self._set_due(LISTING, now)
+        """Follow the store's changes to the source, from the jobs it tracks now (however they
+        came; finished ones are not polled), and poll as the scheduler says."""
+        self._unsubscribe = self._store.subscribe(self.source.name, self._follow)
         self._thread.start()
         self.started = True
 
-    def _set_due(self, job_id: str, at: float) -> None:
-        """Schedule a job's next poll; the caller holds the lock. A heap keeps the wake-up
-        O(log n): no scan of every job. Entries left stale by a reschedule are skipped when they
-        surface, and dropped all at once if they come to outnumber the live ones."""
-        self._due[job_id] = at
-        heapq.heappush(self._heap, (at, job_id))
-        if len(self._heap) > 2 * len(self._due) + 1024:
-            self._heap = [(when, job) for job, when in self._due.items()]
-            heapq.heapify(self._heap)
-
-    def schedule_now(self, job_id: str, project: str | None) -> None:
-        """Poll this job right away (new to the store, or a webhook says it moved), not one
-        interval later. If its poll is in flight, the next one follows as soon as it returns:
-        never two at once, or an older answer could be applied after a newer one."""
-        with self._lock:
-            self._projects[job_id] = project
-            if job_id in self._in_flight:
-                self._again.add(job_id)
-            else:
-                self._set_due(job_id, time.monotonic())
-        self._wake.set()
-
-    def forget(self, job_id: str) -> None:
-        """A job no longer tracked: no further polls (one in flight is not rescheduled)."""
-        with self._lock:
-            self._due.pop(job_id, None)
-            self._again.discard(job_id)
-            self._projects.pop(job_id, None)
+    def _follow(self, changes: Sequence[Change]) -> None:
+        if self.scheduler.follow(changes):
+            self._wake.set()
 
     def restart_if_dead(self) -> bool:
         """Start a new scheduler thread if the old one died; True if it had to."""
@@ -330,6 +286,8 @@ class SourcePoller:
     def signal_stop(self) -> None:
         """Stop scheduling and cut backoffs short, without waiting for anything."""
         self._stop.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._wake.set()
 
     def stop(self, grace: float = STOP_GRACE) -> None:
@@ -340,54 +298,47 @@ class SourcePoller:
         self._workers.stop(grace)
         self.client.close()
 
+    def next_wait(self, outcome: PollOutcome | ListOutcome, every: float | None = None) -> float:
+        """The scheduler's wait before the next poll after `outcome`: see Scheduler.next_wait."""
+        return self.scheduler.next_wait(outcome, every)
+
     def poll_all_once(self) -> None:
-        """List the jobs (with discovery), then poll every job once whose status the listing
-        did not carry, concurrently; return when all are done (for --once)."""
+        """List the jobs (with discovery), then poll every job the store tracks once whose
+        status the listing did not carry, concurrently; return when all are done (for
+        --once)."""
         listing = self.list_now() if self._lister is not None else None
         polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
         jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
-        with self._lock:
-            self._projects.update((record.job_id, record.project) for record in jobs)
-        polls = [self._workers.submit(partial(self._poll_once, r.job_id)) for r in jobs]
+        polls = [self._workers.submit(partial(self._poll, r.job_id, r.project)) for r in jobs]
         for done in polls:
             done.wait()
-
-    def _poll_once(self, job_id: str) -> None:
-        self._poll(job_id)
 
     def _should_log_auth(self) -> bool:
         """Auth failures are logged once per backoff interval for the whole source."""
         with self._lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if now - self._last_auth_log < self._auth_backoff:
                 return False
             self._last_auth_log = now
             return True
 
-    def _poll(self, job_id: str) -> PollOutcome | None:
-        """Poll one job and apply the outcome; None if shutting down or the job is gone
-        (removed meanwhile, or expired with this poll)."""
+    def _poll(self, job_id: str, project: str | None) -> None:
+        """Poll one job and hand the outcome to the store (nothing if shutting down)."""
         try:
-            with self._lock:
-                project = self._projects.get(job_id)
             outcome = poll_job(
                 self.client, self.provider, self.source, job_id, self._clock, project
             )
         except Stopped:
-            return None
-        applied = self._store.apply(outcome)
-        if applied is None:  # removed while the poll was in flight
-            return None
-        before, after = applied
-        if after is None:  # expired: the API answers 404 for it, again and again
-            log.info("job expired; no longer tracked", source=self.source.name, job_id=job_id)
-            return None
-        self._log_transition(before, outcome)
-        return outcome
+            return
+        for change in self._store.update(outcome):
+            if isinstance(change, Updated):
+                self._log_transition(change.before, outcome)
+            elif isinstance(change, Removed):  # expired: the API answers 404, again and again
+                log.info("job expired; no longer tracked", source=self.source.name, job_id=job_id)
 
     def list_now(self) -> ListOutcome | None:
-        """List the source's jobs now and apply the listing (the scheduler's, --once's and the
-        benchmark's way in); None if shutting down."""
+        """List the source's jobs now and hand the listing to the store (the scheduler's,
+        --once's and the benchmark's way in); None if shutting down."""
         assert self._lister is not None
         now = self._clock()
         since = now - self._lookback
@@ -395,40 +346,24 @@ class SourcePoller:
         if self._listed_since is not None:
             any_state_since = max(since, self._listed_since - SETTLE_MARGIN)
         asks = self._lister(self.source, ListQuery(since, any_state_since))
-        with self._lock:
-            covers = frozenset(self._covered)
+        covers = self.scheduler.covers()
         try:
             outcome = list_jobs(self.client, asks, self.source, covers, self._clock)
         except Stopped:
             return None
-        applied = self._store.apply_listing(outcome)
-        self._log_listing(outcome, applied)
+        changes = self._store.update(outcome)
+        self._log_listing(outcome, sum(isinstance(change, Added) for change in changes))
         if outcome.error is None:
             self._listed_since = now
-            self._take_cover(applied)
         return outcome
 
-    def _take_cover(self, applied: ListingApplied) -> None:
-        """After a good listing: the jobs it polled are polled no more alone; those that
-        dropped off it unfinished, and new ones it named without a status, are polled now."""
-        with self._lock:
-            dropped = (self._covered - applied.covered) & applied.unfinished.keys()
-            for job_id in applied.covered:
-                self._projects[job_id] = applied.unfinished[job_id]
-                if job_id not in self._in_flight:
-                    self._due.pop(job_id, None)
-            self._covered = set(applied.covered)
-        named = {r.job_id for r in applied.added} & applied.unfinished.keys()
-        for job_id in dropped | (named - applied.covered):
-            self.schedule_now(job_id, applied.unfinished[job_id])
-
-    def _log_listing(self, outcome: ListOutcome, applied: ListingApplied) -> None:
+    def _log_listing(self, outcome: ListOutcome, added: int) -> None:
         bound = log.bind(source=self.source.name, provider=self.provider.name)
         if outcome.error is None:
             if self._list_error is not None:
                 bound.info("listing recovered", after=self._list_error.value)
-            if applied.added:
-                bound.info("jobs discovered", jobs=len(applied.added))
+            if added:
+                bound.info("jobs discovered", jobs=added)
         elif self._list_error is None:
             if outcome.bug is not None:
                 bound.error("bug in the exporter", error=outcome.message, exception=outcome.bug)
@@ -458,69 +393,27 @@ class SourcePoller:
                 soonest = self._schedule()
             except Exception:  # a scheduling bug must not end polling for the source
                 log.exception("scheduler failed", source=self.source.name)
-                soonest = time.monotonic() + self._interval
-            now = time.monotonic()
+                soonest = self._monotonic() + self.scheduler.interval
+            now = self._monotonic()
             self._wake.wait(None if soonest is None else max(0.0, soonest - now))
             self._wake.clear()
 
     def _schedule(self) -> float | None:
-        """Hand every due job to a worker; return when the next one is due (None: none left)."""
-        now, due = time.monotonic(), []
-        with self._lock:
-            heap = self._heap
-            while heap and (heap[0][0] <= now or self._due.get(heap[0][1]) != heap[0][0]):
-                at, job = heapq.heappop(heap)
-                if self._due.get(job) != at:
-                    continue  # stale: rescheduled since, or no longer scheduled
-                del self._due[job]  # in flight: rescheduled when its poll ends
-                self._in_flight.add(job)
-                due.append(job)
-            soonest = heap[0][0] if heap else None
-        for job in due:
-            task = (
-                self._list_and_reschedule
-                if job == LISTING
-                else partial(self._poll_and_reschedule, job)
-            )
-            self._workers.submit(task)
+        """Hand every due job (and the listing) to a worker; return when the next one is due
+        (None: none left)."""
+        due, soonest = self.scheduler.take_due()
+        for key, project in due:
+            task = self._list if key == LISTING else partial(self._poll, key, project)
+            self._workers.submit(partial(self._run_and_return, key, task))
         return soonest
 
-    def next_wait(self, outcome: PollOutcome | ListOutcome, every: float | None = None) -> float:
-        """The interval (`every`, else the poll interval; auth backoff after an auth failure),
-        or longer if the upstream asked for it; a server's wait is capped by max_retry_wait, as
-        its retries are."""
-        interval = self._interval if every is None else every
-        base = interval * AUTH_BACKOFF_FACTOR if outcome.error is ErrorReason.AUTH else interval
-        wait = base * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
-        asked = min(outcome.retry_after or 0.0, self._max_retry_wait)
-        return max(wait, asked)
+    def _list(self) -> None:
+        self.list_now()
 
-    def _list_and_reschedule(self) -> None:
-        wait: float | None = self._list_every  # if the listing itself raised (a bug)
+    def _run_and_return(self, key: str, task: Callable[[], None]) -> None:
+        """Run one poll or listing the scheduler handed out, and tell it that it returned."""
         try:
-            outcome = self.list_now()
-            wait = None if outcome is None else self.next_wait(outcome, self._list_every)
+            task()
         finally:
-            with self._lock:
-                self._in_flight.discard(LISTING)
-                if wait is not None and not self._stop.is_set():
-                    self._set_due(LISTING, time.monotonic() + wait)
-            self._wake.set()
-
-    def _poll_and_reschedule(self, job_id: str) -> None:
-        wait: float | None = self._interval  # if the poll itself raised (a bug): try again later
-        try:
-            outcome = self._poll(job_id)
-            # None: shutting down or no longer tracked; a finished job is polled no more.
-            wait = None if outcome is None or outcome.finished else self.next_wait(outcome)
-        finally:
-            with self._lock:
-                self._in_flight.discard(job_id)
-                if job_id in self._again:
-                    self._again.discard(job_id)
-                    wait = None if wait is None else 0.0
-                if wait is None:
-                    self._projects.pop(job_id, None)  # finished, expired or gone: no more polls
-                elif not self._stop.is_set():
-                    self._set_due(job_id, time.monotonic() + wait)
-            self._wake.set()
+            if self.scheduler.returned(key):
+                self._wake.set()

@@ -3,63 +3,62 @@
 It reads the same immutable records as /metrics, so what a person sees here is what Prometheus
 scrapes. It answers "what needs my attention?" first: a summary line, then per job a note for a
 failed job, failed documents or tasks of a finished job, a running job with no progress for
-STALL_AFTER (the threshold of the AsyncJobStalled alert), and a failing poll. Every value from
-an upstream API is HTML-escaped.
+STALL_AFTER (the threshold of the AsyncJobStalled alert), and a failing poll: the kinds of
+`Attention` in the vocabulary (exporter/model.py), whose states, colours and words it shows.
+Every value from an upstream API is HTML-escaped.
 
 At scale it shows a page of PAGE_SIZE jobs at a time, filtered by source and state (`?source=`,
-`?state=`, `?page=`), and `?view=attention` (only the jobs that need attention) or `?view=all`.
-With more than ATTENTION_FIRST jobs the attention view is the default.
+`?state=`, a state as the jobs API names it, `?page=`), and `?view=attention` (only the jobs
+that need attention) or `?view=all`. With more than ATTENTION_FIRST jobs the attention view is
+the default.
 """
 
 from __future__ import annotations
 
 import html
+import string
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
 from exporter import __version__
-from exporter.model import State
+from exporter.model import (
+    ATTENTION_STATES,
+    RECORD_STATES,
+    STALL_AFTER,
+    STATE_COLOURS,
+    Attention,
+    State,
+    state_of,
+    state_words,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from exporter.store import JobRecord
 
-STATE_COLOURS = {
-    State.NOT_STARTED: "#6b7280",
-    State.RUNNING: "#2563eb",
-    State.CANCELLING: "#d97706",
-    State.SUCCEEDED: "#16a34a",
-    State.PARTIALLY_SUCCEEDED: "#d97706",
-    State.FAILED: "#dc2626",
-    State.CANCELLED: "#6b7280",
-    State.UNKNOWN: "#7c3aed",
-}
-NOT_POLLED_COLOUR = "#9ca3af"
-NOT_POLLED = "not polled yet"
 PAGE_SIZE = 100
 ATTENTION_FIRST = 200  # with more jobs than this, the page opens on those needing attention
-STALL_AFTER = timedelta(minutes=30)  # as AsyncJobStalled: 1800 s without a change
 
-_STYLE = """
+_STYLE = string.Template("""
 body{font-family:system-ui,sans-serif;margin:2rem;color:#111827}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #e5e7eb;vertical-align:middle}
 td:nth-child(-n+2),td:nth-child(5),td:nth-child(7){white-space:nowrap}
 th{background:#f3f4f6}
 .state{color:#fff;border-radius:.3rem;padding:.1rem .45rem;font-size:.85rem;white-space:nowrap}
-.note{border:1px solid #d97706;color:#92400e;background:#fffbeb;border-radius:.3rem;
+.note{border:1px solid $warn;color:#92400e;background:#fffbeb;border-radius:.3rem;
 padding:.05rem .4rem;font-size:.8rem;white-space:nowrap;display:inline-block;margin:.1rem 0}
-.note.bad{border-color:#dc2626;color:#991b1b;background:#fef2f2}
+.note.bad{border-color:$bad;color:#991b1b;background:#fef2f2}
 .bar{background:#e5e7eb;border-radius:.3rem;width:10rem;height:.8rem;display:inline-block}
 .fill{border-radius:.3rem;height:100%;display:block}
 .summary{padding:.5rem .8rem;border-radius:.3rem;background:#f3f4f6;display:inline-block}
 .muted{color:#6b7280}
 .controls{margin:.8rem 0 .2rem}
 .pages{margin:.8rem 0}
-"""
+""").substitute(warn=STATE_COLOURS[State.PARTIALLY_SUCCEEDED], bad=STATE_COLOURS[State.FAILED])
 
 
 def duration(seconds: float) -> str:
@@ -98,19 +97,19 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def attention(record: JobRecord, now: datetime) -> list[tuple[str, str]]:
+def attention(record: JobRecord, now: datetime) -> list[tuple[Attention, str]]:
     """(kind, text) of everything about this job a person should look at; [] when nothing."""
-    notes: list[tuple[str, str]] = []
+    notes: list[tuple[Attention, str]] = []
     snap = record.snapshot
     if record.last_error is not None:
-        notes.append(("polling", f"polling failing: {record.last_error.value}"))
+        notes.append((Attention.POLLING, f"polling failing: {record.last_error.value}"))
     if snap is None:
         return notes
-    if snap.state in {State.FAILED, State.PARTIALLY_SUCCEEDED, State.UNKNOWN}:
-        text = f"job {snap.state.value.replace('_', ' ')}"
+    if snap.state in ATTENTION_STATES:
+        text = f"job {state_words(snap.state)}"
         if snap.errors:
             text += f" ({_plural(snap.errors, 'error')})"
-        notes.append(("state", text))
+        notes.append((Attention.STATE, text))
     if snap.state.terminal:
         failed_units = (
             ("document", snap.documents.get("failed", 0)),
@@ -118,29 +117,39 @@ def attention(record: JobRecord, now: datetime) -> list[tuple[str, str]]:
         )
         for unit, failed in failed_units:
             if failed:
-                notes.append(("failures", f"{_plural(failed, 'failed ' + unit)}"))
+                notes.append((Attention.FAILURES, f"{_plural(failed, 'failed ' + unit)}"))
     elif snap.state is State.RUNNING and record.last_progress_change is not None:
         still = now - record.last_progress_change
         if still >= STALL_AFTER:
-            notes.append(("stalled", f"stalled: no progress for {duration(still.total_seconds())}"))
+            notes.append(
+                (Attention.STALLED, f"stalled: no progress for {duration(still.total_seconds())}")
+            )
     return notes
+
+
+_BAD = frozenset({Attention.POLLING, Attention.STATE})  # red notes; the others are amber
+_SUMMARY = {
+    Attention.STATE: "failed or partly failed",
+    Attention.FAILURES: "finished with failed documents or tasks",
+    Attention.STALLED: "stalled",
+    Attention.POLLING: "polling failing",
+}
 
 
 def _row(record: JobRecord, now: datetime) -> str:
     snap = record.snapshot
     e = html.escape
-    if snap is None:
-        state, colour, progress, eta = NOT_POLLED, NOT_POLLED_COLOUR, 0.0, None
-    else:
-        state, colour = snap.state.value, STATE_COLOURS[snap.state]
-        progress, eta = snap.progress["overall"], snap.estimated_completion
+    state = state_of(snap)
+    colour = STATE_COLOURS[state]
+    progress = 0.0 if snap is None else snap.progress["overall"]
+    eta = None if snap is None else snap.estimated_completion
     percent = round(progress * 100)
     notes = attention(record, now)
     note_html = "<br>".join(
-        f'<span class="note{" bad" if kind in {"polling", "state"} else ""}">{e(text)}</span>'
+        f'<span class="note{" bad" if kind in _BAD else ""}">{e(text)}</span>'
         for kind, text in notes
     )
-    failures = any(kind == "failures" for kind, _ in notes)
+    failures = any(kind is Attention.FAILURES for kind, _ in notes)
     fill = STATE_COLOURS[State.PARTIALLY_SUCCEEDED] if failures else colour  # not plain green
     if snap is not None and snap.state.terminal and record.finished_at is None:
         updated = 'finished <span class="muted">before it was first seen</span>'
@@ -159,7 +168,10 @@ def _row(record: JobRecord, now: datetime) -> str:
         e(record.source),
         e(record.provider),
         f"{e(record.job_id)}<br><span class='muted'>{name}</span>",
-        f'<span class="state" style="background:{colour}" title="{title}">{e(state)}</span>',
+        (
+            f'<span class="state" style="background:{colour}" title="{title}">'
+            f"{e(state_words(state))}</span>"
+        ),
         f"{bar} {percent}%",
         _eta(eta, now),
         updated,
@@ -174,20 +186,14 @@ def _row(record: JobRecord, now: datetime) -> str:
 
 
 def _summary(records: list[JobRecord], now: datetime) -> str:
-    counts: dict[str, int] = {}
+    counts: dict[Attention, int] = {}
     for record in records:
         for kind, _ in attention(record, now):
             counts[kind] = counts.get(kind, 0) + 1
     needing = sum(1 for r in records if attention(r, now))
     if not needing:
         return f"<p class='summary'>{_plural(len(records), 'job')}; none needs attention.</p>"
-    labels = {
-        "state": "failed or partly failed",
-        "failures": "finished with failed documents or tasks",
-        "stalled": "stalled",
-        "polling": "polling failing",
-    }
-    parts = ", ".join(f"{n} {labels[kind]}" for kind, n in counts.items())
+    parts = ", ".join(f"{n} {_SUMMARY[kind]}" for kind, n in counts.items())
     verb = "needs" if needing == 1 else "need"
     return (
         f"<p class='summary'><strong>{_plural(needing, 'job')} of {len(records)} {verb} "
@@ -227,20 +233,17 @@ class View:
         return "?" + urlencode([(key, value) for key, value in pairs if value])
 
 
-def _state_of(record: JobRecord) -> str:
-    return record.snapshot.state.value if record.snapshot else NOT_POLLED
-
-
 def _controls(view: View, sources: list[str], attention_only: bool, shown: str) -> str:
     e = html.escape
 
-    def options(name: str, values: list[str], chosen: str) -> str:
+    def options(name: str, values: list[tuple[str, str]], chosen: str) -> str:
         opts = [f"<option value=''>every {name}</option>"] + [
-            f"<option{' selected' if v == chosen else ''}>{e(v)}</option>" for v in values
+            f"<option value='{e(v)}'{' selected' if v == chosen else ''}>{e(text)}</option>"
+            for v, text in values
         ]
         return f"<select name='{name}' aria-label='{name}'>{''.join(opts)}</select>"
 
-    states = [state.value for state in State] + [NOT_POLLED]
+    states = [(state, state_words(state)) for state in RECORD_STATES]
     views = [
         ("attention", "needing attention", attention_only),
         ("all", "all jobs", not attention_only),
@@ -252,7 +255,8 @@ def _controls(view: View, sources: list[str], attention_only: bool, shown: str) 
     )
     return (
         "<form method='get' class='controls'>"
-        f"{options('source', sources, view.source)} {options('state', states, view.state)} "
+        f"{options('source', [(s, s) for s in sources], view.source)} "
+        f"{options('state', states, view.state)} "
         f"{radios}<button type='submit'>Show</button></form><p class='muted'>{shown}</p>"
     )
 
@@ -282,7 +286,7 @@ def render(
     chosen = [
         r for r in every
         if (not view.source or r.source == view.source)
-        and (not view.state or _state_of(r) == view.state)
+        and (not view.state or state_of(r.snapshot) == view.state)
         and (not attention_only or attention(r, now))
     ]  # fmt: skip
     chosen.sort(key=lambda r: (r.source, r.job_id))

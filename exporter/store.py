@@ -1,26 +1,39 @@
-"""The only shared state: one immutable `JobRecord` per configured job, and request statistics.
+"""The only shared state, and the one owner of which jobs exist: one immutable `JobRecord` per
+tracked job, and request statistics.
 
-`apply(outcome)` is the one place a poll's result is written; the collector and the status page
-read. Writers replace a record whole under the lock; readers get a
-tuple of records that no later write can change, so a scrape never sees half an update.
+It has one write interface, as kube-state-metrics' MetricsStore: `replace` (the config's sources
+and their jobs), `add` (a job that came by another route), `update` (an outcome: a poll's, a
+listing's or a webhook call's), `delete` (a job removed through the jobs API); and `retire`, its
+own deletions when a finished job's retention ends. Each write tells the subscribers of the
+source what it changed, as frozen values (`Added`, `Updated`, `Removed`, `Listed`): the
+scheduler follows them, and nothing keeps a copy of which jobs exist in step by hand.
+
+Writers replace a record whole under the lock; readers get a tuple of records that no later
+write can change, so a scrape never sees half an update.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from exporter.model import ErrorReason, State
+import structlog
+
+from exporter.model import UNSUCCESSFUL_STATES, ErrorReason, ListOutcome, Origin, PollOutcome, State
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
-    from exporter.model import JobSnapshot, ListOutcome, PollOutcome
+    from exporter.model import JobSnapshot
     from exporter.storage import Storage, StoredJob
+
+log = structlog.get_logger(__name__)
 
 
 def _utcnow() -> datetime:
@@ -37,7 +50,6 @@ DROP_REASONS = ("retention", "expired", "deleted")
 """Why a job stopped being tracked: its retention after finishing ended, its status answered 404
 EXPIRE_AFTER polls in a row (the API discarded it), or it was removed through the jobs API."""
 EXPIRE_AFTER = 3
-UNSUCCESSFUL = frozenset({State.FAILED, State.PARTIALLY_SUCCEEDED, State.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,21 +217,66 @@ WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused", 
 """How a webhook call ended: a new job, one already tracked, a wrong or missing token, no
 usable job ID in it, the source at its max_jobs, or a job the storage could not commit."""
 
-CONFIG = "config"
-"""The origin of a job listed in the config file; others: "api", "discovery", "webhook"."""
-DISCOVERY = "discovery"
-"""The origin of a job a listing of its source found."""
+
+KNOWN = "known"
+"""The webhook result of a call about a job already tracked: the call says it moved."""
+UNCONFIGURED = "unconfigured"
+"""Why a job was removed by `replace`: the config no longer tracks it (nor its source)."""
 
 
 @dataclass(frozen=True, slots=True)
-class ListingApplied:
-    """What applying a listing came to, for the scheduler: the jobs it added, the unfinished
-    jobs whose status it carried (polled by it), and every unfinished job of the source with
-    the project its requests go to."""
+class WebhookOutcome:
+    """What one webhook call to a source came to, as the store counts it (webhooks.WebhookCall
+    is the call itself): how it ended (one of WEBHOOK_RESULTS), and the job it named, if any."""
 
-    added: tuple[JobRecord, ...] = ()
-    covered: frozenset[str] = frozenset()
-    unfinished: dict[str, str | None] = field(default_factory=dict)
+    source: str
+    result: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """The jobs a source tracked when a subscription to its changes began (its first change)."""
+
+    records: tuple[JobRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """A job is tracked from now on: configured, registered, discovered, or resumed."""
+
+    record: JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Updated:
+    """What an outcome did to a tracked job: a poll's (its own, or a listing's that carried its
+    status), a failed listing's that was to poll it, or a webhook call's that says it moved."""
+
+    before: JobRecord
+    record: JobRecord
+    outcome: PollOutcome | ListOutcome | WebhookOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A job is tracked no more: why (one of DROP_REASONS, or UNCONFIGURED), and its last record."""
+
+    record: JobRecord
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A listing of the source was applied, after the changes it made to its jobs."""
+
+    outcome: ListOutcome
+
+
+Change = Tracked | Added | Updated | Removed | Listed
+Follower = Callable[[tuple[Change, ...]], None]
+"""Told each write's changes to one source, in order, under the store's lock: it must be quick
+and must not call the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +323,45 @@ class Store:
         # Jobs of discovery sources that were let go, and when: a listing must not bring back
         # a job that finished and was retired (it would be polled and counted again).
         self._retired = storage.load_retired() if storage is not None else {}
+        # When each finished job's retention ends, and when each retired job may be forgotten,
+        # soonest first: what runs every second looks at what is due, not at every job. Entries
+        # a later write made stale are skipped when they surface; a reload heaps them afresh.
+        self._retention_ends: list[tuple[datetime, str, str]] = []
+        self._forget_at: list[tuple[datetime, str, str]] = []
+        self._followers: dict[str, list[Follower]] = {}  # by source
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, source: str, follower: Follower) -> Callable[[], None]:
+        """Tell `follower` every change to `source`'s jobs from now on, one call per write,
+        first `Tracked` with the jobs it tracks now (before this returns, so that no change
+        falls between the two). Returns the function that ends the subscription."""
+        with self._lock:
+            current = tuple(record for key, record in self._jobs.items() if key[0] == source)
+            self._followers.setdefault(source, []).append(follower)
+            self._tell(source, (Tracked(current),))
+
+        def end() -> None:
+            with self._lock:
+                followers = self._followers.get(source, [])
+                if follower in followers:
+                    followers.remove(follower)
+
+        return end
+
+    def _tell(self, source: str, changes: tuple[Change, ...]) -> None:
+        """Tell the source's followers what one write changed; the caller holds the lock, so
+        that every follower sees the writes in the order they were made. The write is done
+        whatever a follower does: a follower's bug is logged, not raised to the writer."""
+        if not changes:
+            return
+        for follower in self._followers.get(source, ()):
+            try:
+                follower(changes)
+            except Exception:
+                log.exception("a follower of the store failed", source=source)
+
+    # -- the write interface ------------------------------------------------------------------
 
     def _new_record(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str
@@ -276,7 +372,7 @@ class Store:
             return replace(restored, project=project or restored.project, origin=origin)
         return JobRecord(provider, source, job_id, self._clock(), project, origin)
 
-    def configure(self, sources: Iterable[SourceJobs]) -> None:
+    def replace(self, sources: Iterable[SourceJobs]) -> None:
         """Track these sources: exactly their config-listed jobs (the first `max_jobs`; the
         rest are refused and counted), plus the jobs that came by other routes while their
         source stays. Kept jobs keep their records; jobs new to this process resume from
@@ -286,8 +382,10 @@ class Store:
         with self._lock:
             # Jobs that came by other routes, now or before a restart, stay while their source
             # does (and while it has room).
-            others = [r for r in self._jobs.values() if r.origin != CONFIG]
-            others += [self._restore(s) for s in self._restored.values() if s.origin != CONFIG]
+            others = [r for r in self._jobs.values() if r.origin != Origin.CONFIG]
+            others += [
+                self._restore(s) for s in self._restored.values() if s.origin != Origin.CONFIG
+            ]
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
             for spec in specs:
@@ -298,10 +396,10 @@ class Store:
                 for job_id in listed:
                     old = self._jobs.get((spec.source, job_id))
                     if old is not None and old.provider == spec.provider:
-                        jobs[spec.source, job_id] = replace(old, origin=CONFIG)
+                        jobs[spec.source, job_id] = replace(old, origin=Origin.CONFIG)
                     else:
                         jobs[spec.source, job_id] = self._new_record(
-                            spec.provider, spec.source, job_id, spec.project, CONFIG
+                            spec.provider, spec.source, job_id, spec.project, Origin.CONFIG
                         )
                 room = spec.max_jobs - len(listed)
                 for record in others:
@@ -312,6 +410,7 @@ class Store:
                         room -= 1
             gone = [key for key in (*self._jobs, *self._restored) if key not in jobs]
             added = [record for key, record in jobs.items() if self._jobs.get(key) is not record]
+            changes = self._replaced(self._jobs, jobs)
             self._jobs, self._counters = jobs, counters
             self._generation += 1
             self._tracked = {}
@@ -321,9 +420,31 @@ class Store:
             self._retention = {spec.source: spec.retention for spec in specs}
             self._specs = {spec.source: spec for spec in specs}
             self._restored = {}
+            self._heap_deadlines()
             if self._storage is not None:
                 self._storage.delete(gone)
                 self._storage.save(added)
+            for source, changed in changes.items():
+                self._tell(source, tuple(changed))
+
+    def _replaced(
+        self, old: dict[tuple[str, str], JobRecord], new: dict[tuple[str, str], JobRecord]
+    ) -> dict[str, list[Change]]:
+        """The jobs a replace let go and took on (a job whose provider changed is both), by
+        source, for the sources someone follows; the caller holds the lock."""
+        followed = {source for source, followers in self._followers.items() if followers}
+        changes: dict[str, list[Change]] = {}
+        if not followed:
+            return changes
+        for key, record in old.items():
+            kept = new.get(key)
+            if key[0] in followed and (kept is None or kept.provider != record.provider):
+                changes.setdefault(key[0], []).append(Removed(record, UNCONFIGURED))
+        for key, record in new.items():
+            was = old.get(key)
+            if key[0] in followed and (was is None or was.provider != record.provider):
+                changes.setdefault(key[0], []).append(Added(record))
+        return changes
 
     def _counters_for(self, spec: SourceJobs) -> _Counters:
         """A source's counters: kept while its provider stays, with the families it has."""
@@ -373,16 +494,239 @@ class Store:
             )
             self._generation += 1
             self._tracked[source] = self._tracked.get(source, 0) + 1
+            self._heap_retention(None, record)  # resumed from storage, it may be finished
             if self._retired.get(source, {}).pop(job_id, None) and self._storage is not None:
                 self._storage.unretire(((source, job_id),))  # asked for again: track it anew
             if self._storage is not None:
                 self._storage.save((record,))
+            self._tell(source, (Added(record),))
             return record, True
 
-    def remove(self, source: str, job_id: str) -> JobRecord | None:
+    def update(self, outcome: PollOutcome | ListOutcome | WebhookOutcome) -> tuple[Change, ...]:
+        """Apply one outcome, in one step, and return what it changed (told to the source's
+        followers too). A poll's: the job's record, its source's request statistics and tally
+        (a finish, characters charged); `Updated`, and `Removed` as well when the job expired
+        (EXPIRE_AFTER polls in a row answered 404 and the config does not list it); nothing
+        when the job is no longer tracked (removed while the poll was in flight). A listing's:
+        see `_apply_listing`. A webhook call's: it is counted, and a call about a job already
+        tracked is an `Updated` that says it moved."""
+        with self._lock:
+            if isinstance(outcome, WebhookOutcome):
+                changes = self._count_webhook(outcome)
+            elif isinstance(outcome, ListOutcome):
+                changes = self._apply_listing(outcome)
+            else:
+                counters = self._counters.get(outcome.source)
+                if counters is None:
+                    return ()
+                counters.count(outcome)
+                changes = self._apply_poll(outcome, counters)
+            self._tell(outcome.source, changes)
+            return changes
+
+    def _apply_poll(self, outcome: PollOutcome, counters: _Counters) -> tuple[Change, ...]:
+        """update() of a poll but for counting its requests; the caller holds the lock."""
+        key = (outcome.source, outcome.job_id)
+        old = self._jobs.get(key)
+        if old is None:
+            return ()
+        new = self._jobs[key] = _updated(old, outcome)
+        self._generation += 1
+        self._heap_retention(old, new)
+        tallied = counters.tally.add(old, new)
+        if self._storage is not None:
+            tally = (outcome.source, counters.tally.to_json()) if tallied else None
+            self._storage.save((new,), tally)  # together: see Storage.save
+        updated = Updated(old, new, outcome)
+        if new.not_found_streak >= EXPIRE_AFTER and new.origin != Origin.CONFIG:
+            self._drop(key, "expired")  # its row's deletion supersedes the save
+            return updated, Removed(new, "expired")
+        return (updated,)
+
+    def _apply_listing(self, outcome: ListOutcome) -> tuple[Change, ...]:
+        """Apply one listing of a source, in one step: its requests are counted once; a job
+        new to the store is added (origin "discovery"; not one retired before, and not past
+        max_jobs, which is counted); a status the listing carries is applied as that job's poll
+        (but to finished jobs: they change no more). A failed listing marks the unfinished
+        jobs it was to poll as failing, keeping their last good values. `Listed` comes last.
+        The caller holds the lock."""
+        source = outcome.source
+        counters, spec = self._counters.get(source), self._specs.get(source)
+        if counters is None or spec is None:
+            return ()
+        counters.count(outcome)
+        changes: list[Change] = []
+        if outcome.error is not None:
+            for job_id in outcome.covers:
+                old = self._jobs.get((source, job_id))
+                if old is not None and not old.finished:
+                    failing = replace(old, up=False, last_error=outcome.error)
+                    self._jobs[source, job_id] = failing
+                    self._generation += 1
+                    if self._storage is not None:
+                        self._storage.save((failing,))
+                    changes.append(Updated(old, failing, outcome))
+        else:
+            changes += (Added(record) for record in self._discover(outcome, spec, counters))
+            for job_id, _, snapshot in outcome.listed:
+                record = self._jobs.get((source, job_id))
+                if snapshot is not None and record is not None and not record.finished:
+                    changes += self._apply_poll(outcome.poll_of(job_id, snapshot), counters)
+        changes.append(Listed(outcome))
+        return tuple(changes)
+
+    def _discover(
+        self, outcome: ListOutcome, spec: SourceJobs, counters: _Counters
+    ) -> list[JobRecord]:
+        """Track the listed jobs new to the store; the caller holds the lock."""
+        retired = self._retired.get(spec.source, {})
+        room = spec.max_jobs - self._tracked.get(spec.source, 0)
+        added = []
+        for job_id, project, _ in outcome.listed:
+            key = (spec.source, job_id)
+            if key in self._jobs or job_id in retired or not self._owns(*key):
+                continue
+            if room <= 0:
+                counters.rejected += 1
+                continue
+            record = self._new_record(spec.provider, spec.source, job_id, project, Origin.DISCOVERY)
+            self._jobs[spec.source, job_id] = record
+            self._generation += 1
+            self._tracked[spec.source] = self._tracked.get(spec.source, 0) + 1
+            self._heap_retention(None, record)
+            added.append(record)
+            room -= 1
+            counters.discovered = (counters.discovered or 0) + 1
+        if added and self._storage is not None:
+            self._storage.save(added)
+        return added
+
+    def _count_webhook(self, call: WebhookOutcome) -> tuple[Change, ...]:
+        """update() of a webhook call; the caller holds the lock. Calls to a source that takes
+        none (or is gone) are not counted: it has no such counter."""
+        counters = self._counters.get(call.source)
+        if counters is not None and counters.webhooks is not None:
+            counters.webhooks[call.result] += 1
+        record = None if call.job_id is None else self._jobs.get((call.source, call.job_id))
+        if record is None or call.result != KNOWN:
+            return ()
+        return (Updated(record, record, call),)
+
+    def delete(self, source: str, job_id: str) -> JobRecord | None:
         """Stop tracking a job (dropped as "deleted"); its record, or None if not tracked."""
         with self._lock:
-            return self._drop((source, job_id), "deleted")
+            record = self._drop((source, job_id), "deleted")
+            if record is not None:
+                self._tell(source, (Removed(record, "deleted"),))
+            return record
+
+    def retire(self, now: datetime) -> list[JobRecord]:
+        """Drop the finished jobs whose retention has ended (not those the config lists),
+        counted from the finish, or where that is not known from the poll that found the job
+        finished (a finished job is polled no more, so that poll is its last success); and
+        forget the retired jobs no listing can name any more. Runs every second: it looks at
+        the deadlines that passed, not at every job."""
+        with self._lock:
+            self._forget_retired(now)
+            retired = []
+            heap = self._retention_ends
+            while heap and heap[0][0] < now:
+                ends, source, job_id = heapq.heappop(heap)
+                record = self._jobs.get((source, job_id))
+                if record is None or self._retention_end(record) != ends:
+                    continue  # stale: gone, or its retention end moved (it has another entry)
+                self._drop((source, job_id), "retention")
+                retired.append(record)
+                self._tell(source, (Removed(record, "retention"),))
+            return retired
+
+    def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
+        """Stop tracking a job, counting why; on a discovery source a job that did not come
+        from the config is remembered, so that no listing brings it back. The caller holds
+        the lock, and tells the followers."""
+        record = self._jobs.pop(key, None)
+        self._generation += 1
+        if record is not None:
+            self._tracked[key[0]] -= 1
+            self._counters[key[0]].dropped[reason] += 1
+            spec = self._specs.get(key[0])
+            if spec is not None and spec.discovery and record.origin != Origin.CONFIG:
+                now = self._clock()
+                self._retired.setdefault(key[0], {})[key[1]] = now
+                keep = self._keep_retired(key[0])
+                if keep is not None:
+                    heapq.heappush(self._forget_at, (now + keep, *key))
+                if self._storage is not None:
+                    self._storage.retire(key[0], key[1], now)
+            if self._storage is not None:
+                self._storage.delete((key,))
+        return record
+
+    def _forget_retired(self, now: datetime) -> None:
+        """Forget retired jobs no listing can name any more (created before the lookback), and
+        those of sources that no longer discover. The caller holds the lock."""
+        forgotten = []
+        heap = self._forget_at
+        while heap and heap[0][0] < now:
+            when, source, job_id = heapq.heappop(heap)
+            jobs = self._retired.get(source, {})
+            at, keep = jobs.get(job_id), self._keep_retired(source)
+            if at is None or keep is None or at + keep != when:
+                continue  # stale: asked for again (and maybe retired again since)
+            del jobs[job_id]
+            forgotten.append((source, job_id))
+        if forgotten and self._storage is not None:
+            self._storage.unretire(forgotten)
+
+    def _keep_retired(self, source: str) -> timedelta | None:
+        """How long a retired job of `source` is remembered; None: for ever (its listing names
+        every job ever made)."""
+        spec = self._specs.get(source)
+        if spec is not None and spec.discovery and spec.remember_retired is None:
+            return None
+        return timedelta(seconds=spec.remember_retired or 0.0) if spec else timedelta(0)
+
+    def _retention_end(self, record: JobRecord) -> datetime | None:
+        """When a job's retention ends; None while it runs, and for a job the config lists."""
+        if record.origin == Origin.CONFIG or not record.finished:
+            return None
+        since = record.finished_at or record.last_poll_success
+        return None if since is None else since + self._retention_of(record)
+
+    def _heap_retention(self, old: JobRecord | None, new: JobRecord) -> None:
+        """Heap a job's retention end when a write gave it one, or moved it; the caller holds
+        the lock. Stale entries (of jobs gone, or moved) are dropped all at once if they come
+        to outnumber the jobs."""
+        ends = self._retention_end(new)
+        if ends is None or (old is not None and ends == self._retention_end(old)):
+            return
+        heapq.heappush(self._retention_ends, (ends, new.source, new.job_id))
+        if len(self._retention_ends) > 2 * len(self._jobs) + 1024:
+            self._heap_deadlines()
+
+    def _heap_deadlines(self) -> None:
+        """Every job's retention end and every retired job's forgetting, afresh: after a reload
+        (which can change both), and when stale entries pile up. The caller holds the lock."""
+        self._retention_ends = [
+            (ends, *key)
+            for key, record in self._jobs.items()
+            if (ends := self._retention_end(record)) is not None
+        ]
+        heapq.heapify(self._retention_ends)
+        self._forget_at = [
+            (at + keep, source, job_id)
+            for source, jobs in self._retired.items()
+            if (keep := self._keep_retired(source)) is not None
+            for job_id, at in jobs.items()
+        ]
+        heapq.heapify(self._forget_at)
+
+    def _retention_of(self, record: JobRecord) -> timedelta:
+        succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
+        state = record.snapshot.state if record.snapshot else State.SUCCEEDED
+        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL_STATES else succeeded)
+
+    # -- reads --------------------------------------------------------------------------------
 
     @property
     def storage(self) -> Storage | None:
@@ -406,165 +750,6 @@ class Store:
     def jobs(self) -> tuple[JobRecord, ...]:
         with self._lock:
             return tuple(self._jobs.values())
-
-    def apply(self, outcome: PollOutcome) -> tuple[JobRecord, JobRecord | None] | None:
-        """Apply one poll's outcome, in one step: the job's record, its source's request
-        statistics, and its source's tally (a finish, characters charged). Returns the record
-        before and after (after is None when the job expired: EXPIRE_AFTER polls in a row
-        answered 404 and the config does not list it), or None if the job is no longer tracked
-        (removed while the poll was in flight)."""
-        with self._lock:
-            counters = self._counters.get(outcome.source)
-            if counters is None:
-                return None
-            counters.count(outcome)
-            return self._apply_poll(outcome, counters)
-
-    def _apply_poll(
-        self, outcome: PollOutcome, counters: _Counters
-    ) -> tuple[JobRecord, JobRecord | None] | None:
-        """apply() but for counting the requests; the caller holds the lock."""
-        key = (outcome.source, outcome.job_id)
-        old = self._jobs.get(key)
-        if old is None:
-            return None
-        new = self._jobs[key] = _updated(old, outcome)
-        self._generation += 1
-        tallied = counters.tally.add(old, new)
-        if self._storage is not None:
-            tally = (outcome.source, counters.tally.to_json()) if tallied else None
-            self._storage.save((new,), tally)  # together: see Storage.save
-        if new.not_found_streak >= EXPIRE_AFTER and new.origin != CONFIG:
-            self._drop(key, "expired")  # its row's deletion supersedes the save
-            return old, None
-        return old, new
-
-    def apply_listing(self, outcome: ListOutcome) -> ListingApplied:
-        """Apply one listing of a source, in one step: its requests are counted once; a job
-        new to the store is added (origin "discovery"; not one retired before, and not past
-        max_jobs, which is counted); a status the listing carries is applied as that job's poll
-        (but to finished jobs: they change no more). A failed listing marks the unfinished
-        jobs it was to poll as failing, keeping their last good values."""
-        source = outcome.source
-        with self._lock:
-            counters, spec = self._counters.get(source), self._specs.get(source)
-            if counters is None or spec is None:
-                return ListingApplied()
-            counters.count(outcome)
-            if outcome.error is not None:
-                for job_id in outcome.covers:
-                    old = self._jobs.get((source, job_id))
-                    if old is not None and not old.finished:
-                        failing = replace(old, up=False, last_error=outcome.error)
-                        self._jobs[source, job_id] = failing
-                        self._generation += 1
-                        if self._storage is not None:
-                            self._storage.save((failing,))
-                return ListingApplied()  # nothing for the scheduler to take from it
-            added = self._discover(outcome, spec, counters)
-            for job_id, _, snapshot in outcome.listed:
-                record = self._jobs.get((source, job_id))
-                if snapshot is not None and record is not None and not record.finished:
-                    self._apply_poll(outcome.poll_of(job_id, snapshot), counters)
-            unfinished = self._unfinished(source)
-            covered = frozenset(
-                job_id for job_id, _, snap in outcome.listed if snap and job_id in unfinished
-            )
-            return ListingApplied(tuple(added), covered, unfinished)
-
-    def _discover(
-        self, outcome: ListOutcome, spec: SourceJobs, counters: _Counters
-    ) -> list[JobRecord]:
-        """Track the listed jobs new to the store; the caller holds the lock."""
-        retired = self._retired.get(spec.source, {})
-        room = spec.max_jobs - self._tracked.get(spec.source, 0)
-        added = []
-        for job_id, project, _ in outcome.listed:
-            key = (spec.source, job_id)
-            if key in self._jobs or job_id in retired or not self._owns(*key):
-                continue
-            if room <= 0:
-                counters.rejected += 1
-                continue
-            record = self._new_record(spec.provider, spec.source, job_id, project, DISCOVERY)
-            self._jobs[spec.source, job_id] = record
-            self._generation += 1
-            self._tracked[spec.source] = self._tracked.get(spec.source, 0) + 1
-            added.append(record)
-            room -= 1
-            counters.discovered = (counters.discovered or 0) + 1
-        if added and self._storage is not None:
-            self._storage.save(added)
-        return added
-
-    def _unfinished(self, source: str) -> dict[str, str | None]:
-        return {
-            key[1]: record.project
-            for key, record in self._jobs.items()
-            if key[0] == source and not record.finished
-        }
-
-    def _drop(self, key: tuple[str, str], reason: str) -> JobRecord | None:
-        """Stop tracking a job, counting why; on a discovery source a job that did not come
-        from the config is remembered, so that no listing brings it back. The caller holds
-        the lock."""
-        record = self._jobs.pop(key, None)
-        self._generation += 1
-        if record is not None:
-            self._tracked[key[0]] -= 1
-            self._counters[key[0]].dropped[reason] += 1
-            spec = self._specs.get(key[0])
-            if spec is not None and spec.discovery and record.origin != CONFIG:
-                now = self._clock()
-                self._retired.setdefault(key[0], {})[key[1]] = now
-                if self._storage is not None:
-                    self._storage.retire(key[0], key[1], now)
-            if self._storage is not None:
-                self._storage.delete((key,))
-        return record
-
-    def sweep(self, now: datetime) -> list[JobRecord]:
-        """Drop the finished jobs whose retention has ended (not those the config lists),
-        counted from the finish, or where that is not known from the poll that found the job
-        finished (a finished job is polled no more, so that poll is its last success)."""
-        with self._lock:
-            expired = [
-                key
-                for key, record in self._jobs.items()
-                if record.origin != CONFIG
-                and record.finished
-                and (since := record.finished_at or record.last_poll_success) is not None
-                and now - since > self._retention_of(record)
-            ]
-            self._forget_retired(now)
-            return [r for key in expired if (r := self._drop(key, "retention")) is not None]
-
-    def _forget_retired(self, now: datetime) -> None:
-        """Forget retired jobs no listing can name any more (created before the lookback), and
-        those of sources that no longer discover. The caller holds the lock."""
-        forgotten = []
-        for source, jobs in self._retired.items():
-            spec = self._specs.get(source)
-            if spec is not None and spec.discovery and spec.remember_retired is None:
-                continue
-            keep = timedelta(seconds=spec.remember_retired or 0.0) if spec else timedelta(0)
-            old = [job_id for job_id, at in jobs.items() if now - at > keep]
-            for job_id in old:
-                del jobs[job_id]
-            forgotten += [(source, job_id) for job_id in old]
-        if forgotten and self._storage is not None:
-            self._storage.unretire(forgotten)
-
-    def _retention_of(self, record: JobRecord) -> timedelta:
-        succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
-        state = record.snapshot.state if record.snapshot else State.SUCCEEDED
-        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL else succeeded)
-
-    def count_webhook(self, source: str, result: str) -> None:
-        with self._lock:
-            counters = self._counters.get(source)
-            if counters is not None and counters.webhooks is not None:
-                counters.webhooks[result] += 1
 
     def source_stats(self) -> tuple[SourceStats, ...]:
         with self._lock:

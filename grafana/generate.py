@@ -8,7 +8,9 @@ alerting/rules/asyncjob-recording.yaml. The scrape-job selector comes from monit
 the repository root), which the alert rules and the Kubernetes component read too.
 
 The files are committed (Grafana and Prometheus load them as they are); tests/test_dashboards.py
-fails when they and this generator disagree, and checks grafana/dashboard-linter's rules.
+fails when they and this generator disagree, and checks grafana/dashboard-linter's rules. The
+states, their colours and words, and which states are unfinished or unsuccessful come from the
+vocabulary (exporter/model.py), as on the status page.
 
 At 10,000 jobs the Overview must stay cheap: every query aggregates per source (never per
 instance, so a sharded exporter adds up the same), or lists at most a few jobs with topk, and
@@ -24,13 +26,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from exporter.model import State
-from exporter.status_page import STATE_COLOURS
-from exporter.store import UNSUCCESSFUL
+from exporter.model import (
+    STATE_COLOURS,
+    TERMINAL_STATES,
+    UNFINISHED_STATES,
+    UNSUCCESSFUL_STATES,
+    State,
+    state_words,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = REPO / "monitoring.yaml"
@@ -56,13 +66,20 @@ STAT_OPTIONS = {"reduceOptions": {"calcs": ["lastNotNull"]}, "graphMode": "none"
 LIST_LENGTH = 10  # jobs in each Overview list: the ones that need attention, never all
 
 
-def _states(states: list[State]) -> str:
-    return "|".join(state.value for state in states)
+def _states(states: Collection[State]) -> str:
+    """States as a regex alternation, in the vocabulary's order."""
+    return "|".join(state.value for state in State if state in states)
 
 
-UNFINISHED = _states([s for s in State if not s.terminal])
-FINISHED = _states([s for s in State if s.terminal])
-UNSUCCESSFUL_STATES = _states([s for s in State if s in UNSUCCESSFUL])
+def _words(states: Collection[State]) -> str:
+    """States as a person reads them: "failed, partially succeeded or cancelled"."""
+    *most, last = [state_words(state) for state in State if state in states]
+    return f"{', '.join(most)} or {last}" if most else last
+
+
+UNFINISHED = _states(UNFINISHED_STATES)
+FINISHED = _states(TERMINAL_STATES)
+UNSUCCESSFUL = _states(UNSUCCESSFUL_STATES)
 
 
 def in_state(states: str, sel: str) -> str:
@@ -79,7 +96,7 @@ RULES = [
     (
         STATE_COUNT,
         f"sum by (job, instance, provider, source, state) (asyncjob_state{{{SELECTOR}}})",
-        "Jobs in each state, per source: eight series per job summed to a handful.",
+        f"Jobs in each state, per source: {len(State)} series per job summed to a handful.",
     ),
     (
         UNFINISHED_CREATED,
@@ -95,15 +112,15 @@ RULES = [
         (
             f"asyncjob_finished_timestamp_seconds{{{SELECTOR}}}\n"
             f"  * on ({JOB_KEY}) group_left (state)\n"
-            f"  {in_state(UNSUCCESSFUL_STATES, SELECTOR)}"
+            f"  {in_state(UNSUCCESSFUL, SELECTOR)}"
         ),
-        "When each job that failed, partially succeeded or was cancelled finished.",
+        f"When each unsuccessful job ({_words(UNSUCCESSFUL_STATES)}) finished.",
     ),
 ]
 
 
 def _title(state: State) -> str:
-    return state.value.replace("_", " ").capitalize()
+    return state_words(state).capitalize()
 
 
 # asyncjob_state as one number per job (the Job dashboard's State), and the `state` label's
@@ -464,13 +481,13 @@ def overview() -> dict[str, Any]:
             "stat", "Failed share of finished jobs (time range)",
             "Of each source's jobs that finished in the time range, the share that failed (asyncjob_jobs_finished_total). Empty for a source where none finished.",
             "percentunit",
-            [target(f'sum by (source) (increase(asyncjob_jobs_finished_total{{state="failed", {SOURCE_SEL}}}[$__range]))\n/ ({finished_total} > 0)', "{{source}}", instant=True)],
+            [target(f'sum by (source) (increase(asyncjob_jobs_finished_total{{state="{State.FAILED}", {SOURCE_SEL}}}[$__range]))\n/ ({finished_total} > 0)', "{{source}}", instant=True)],
             (8, 8), defaults={"min": 0, "max": 1, "decimals": 0}, options=STAT_OPTIONS,
         ),
         lay.row("Jobs that need attention"),
         job_list(
             lay, "Longest-running jobs",
-            f"The {LIST_LENGTH} unfinished jobs (queued, running, cancelling or in a state the exporter does not know) created longest ago: state, age since creation and overall progress. Click a job ID for its dashboard.",
+            f"The {LIST_LENGTH} unfinished jobs ({_words(UNFINISHED_STATES)}) created longest ago: state, age since creation and overall progress. Click a job ID for its dashboard.",
             [longest, f'max by ({JOB_KEY}) (\n  asyncjob_progress_ratio{{phase="overall", {SOURCE_SEL}}}\n  and on ({JOB_KEY}) {longest}\n)'],
             (12, 9),
             {"state": ("State", STATE_COLUMN), "Value #A": ("Age", [{"id": "unit", "value": "s"}]),
@@ -480,7 +497,7 @@ def overview() -> dict[str, Any]:
         ),
         job_list(
             lay, "Latest unsuccessful jobs",
-            f"The {LIST_LENGTH} jobs that most recently finished failed, partially succeeded or cancelled, with when they finished (asyncjob_finished_timestamp_seconds). Click a job ID for its dashboard.",
+            f"The {LIST_LENGTH} jobs that most recently finished {_words(UNSUCCESSFUL_STATES)}, with when they finished (asyncjob_finished_timestamp_seconds). Click a job ID for its dashboard.",
             [f"topk({LIST_LENGTH}, {UNSUCCESSFUL_FINISHED}{{{SOURCE_SEL}}}) * 1000"], (12, 9),
             {"state": ("State", STATE_COLUMN), "Value": ("Finished", [{"id": "unit", "value": "dateTimeAsIso"}])},
             sort="Finished",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from exporter import logging as exporter_logging
 from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import parse_config
+from exporter.providers import PROVIDERS, package
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, DEMO_KEY, ManualClock, SimJob, Simulator, demo_config
 
@@ -34,18 +36,39 @@ if TYPE_CHECKING:
 
     from exporter.storage import Storage
 
-FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 
 
+def _fixtures(provider: str) -> Path:
+    folder = importlib.import_module(package(provider)).__file__
+    assert folder is not None, provider
+    return Path(folder).parent / "fixtures"
+
+
+# Each provider's real answers, in its folder (exporter/providers/<name>/fixtures/).
+FIXTURES = {provider: _fixtures(provider) for provider in PROVIDERS}
+
+
 def fixture(provider: str, name: str) -> Any:
-    return json.loads((FIXTURES / provider / name).read_text(encoding="utf-8"))
+    return json.loads((FIXTURES[provider] / name).read_text(encoding="utf-8"))
 
 
 def example_body(provider: str, name: str, status: str = "200") -> Any:
     """The response body of a vendor example file (they keep `responses[status].body`)."""
     return fixture(provider, name)["responses"][status]["body"]
+
+
+def source_of(provider: str, **keys: Any) -> Any:
+    """A validated `sources[]` entry of `provider` named s on https://x.example, with `keys`
+    (its `auth` among them)."""
+    raw = {"name": "s", "provider": provider, "endpoint": "https://x.example", **keys}
+    return PROVIDERS[provider].source_model.model_validate(raw)
+
+
+# Generated payloads per parser property (CI can raise it: issue #4 asks 10,000 per parser);
+# the default keeps `make test` quick.
+FUZZ_EXAMPLES = int(os.environ.get("PARSER_FUZZ_EXAMPLES", "300"))
 
 
 class Metrics:

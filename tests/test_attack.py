@@ -37,13 +37,13 @@ def test_a_key_in_a_failing_config_field_reaches_no_answer_log_or_check(rows: Ro
 
 
 def test_an_upstream_error_message_leaks_no_fragment_of_the_key(rows: Rows) -> None:
-    """A Stable Diffusion error holding the key near the 120-character cut leaves no 8-char fragment in the log."""
-    held(rows, "sd-error-key")
+    """An upstream error (Stable Diffusion's, in a 200) holding the key near the 120-character cut leaves no 8-char fragment in the log."""
+    held(rows, "error-message-key")
 
 
 def test_an_upstream_stage_string_leaks_no_key_into_labels_or_the_page(rows: Rows) -> None:
-    """A Stable Diffusion stage holding the key is masked in asyncjob_info and on the status page."""
-    held(rows, "sd-stage-key")
+    """An upstream status (a Stable Diffusion stage) holding the key is masked in asyncjob_info and on the status page."""
+    held(rows, "status-key")
 
 
 def test_basic_auth_does_not_tell_unknown_users_by_timing(rows: Rows) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from exporter.model import Attempt
-    from exporter.simulator import Simulator
+    from exporter.simulator import Seen, Simulator
 
 
 class FakeClock:
@@ -68,35 +68,50 @@ def test_a_request_over_budget_waits_and_is_sent(make_harness: Callable[..., Har
 def test_polls_beyond_the_budget_are_delayed_counted_and_sent(
     make_harness: Callable[..., Harness],
 ) -> None:
-    """60 requests a minute for a source of 62 jobs: 60 go at once, the other two wait their
-    turn, are counted in asyncjob_request_budget_delayed_total, and are sent, not dropped."""
+    """20 requests a minute for a source of 22 jobs: 20 go at once, the other two wait their
+    turn (a token every 3 s), are counted in asyncjob_request_budget_delayed_total, and are
+    sent, not dropped. A token takes 3 s to come back so that even a slow machine sends the
+    first 20 before one does: the count of delayed polls is the budget's, not the machine's."""
 
     def budgeted(sim: Simulator) -> dict[str, Any]:
         raw = demo_raw_config(sim, poll_interval="1h")
-        raw["sources"][3]["max_requests_per_minute"] = 60
-        raw["sources"][3]["job_ids"] = [f"batch-{n}" for n in range(62)]
+        raw["sources"][3]["max_requests_per_minute"] = 20
+        raw["sources"][3]["job_ids"] = [f"batch-{n}" for n in range(22)]
         return raw
 
     h = make_harness(budgeted, start_polling=True)
     labels = {"provider": "azure_document_translation", "source": "translator"}
     wait_until(
         lambda: h.scrape().get("asyncjob_request_budget_delayed_total", **labels) == 2 or None,
+        timeout=30.0,  # the second waits two tokens: 6 s
         what="two polls delayed by the budget",
     )
-    sent = [r for r in h.sim.requests if "/translator/" in r.path]
-    assert len({r.path for r in sent}) == 62  # every job polled: delayed, not dropped
-    # The budget, not the machine, spaced them: the last waited for two tokens, 1 s each.
-    assert sent[-1].at - sent[0].at >= 1.5
+
+    def translator_polls() -> list[Seen]:
+        return [r for r in list(h.sim.requests) if "/translator/" in r.path]
+
+    # A poll is counted delayed when it takes its place in the queue, and sent when its turn
+    # comes: wait for the sending, bounded, rather than read the requests at the counting.
+    wait_until(lambda: len({r.path for r in translator_polls()}) == 22 or None,
+               what="every job polled: delayed, not dropped")  # fmt: skip
+    sent = translator_polls()
+    assert len(sent) == 22  # each once
+    # The budget, not the machine, spaced them: the last waited for two tokens, 3 s each.
+    assert sent[-1].at - sent[0].at >= 4.5
     other = {"provider": "azure_language_analyze_text", "source": "language-analyze"}
     assert h.scrape().get("asyncjob_request_budget_delayed_total", **other) == 0
 
 
 def test_the_global_budget_is_shared_by_every_source(make_harness: Callable[..., Harness]) -> None:
-    """global.max_requests_per_minute 60 for 64 jobs across five sources: four are delayed."""
+    """global.max_requests_per_minute 20 for two sources of 22 jobs together (21 batches and an
+    analyze job): all but 20 are delayed, whichever source they belong to. A token takes 3 s to
+    come back, so even a slow machine sends the first 20 before one does."""
 
     def crowded(sim: Simulator) -> dict[str, Any]:
-        raw = demo_raw_config(sim, poll_interval="1h", max_requests_per_minute=60)
-        raw["sources"][3]["job_ids"] = [f"batch-{n}" for n in range(58)]
+        raw = demo_raw_config(sim, poll_interval="1h", max_requests_per_minute=20)
+        translator, analyze = raw["sources"][3], raw["sources"][1]
+        translator["job_ids"] = [f"batch-{n}" for n in range(21)]
+        raw["sources"] = [analyze, translator]
         return raw
 
     h = make_harness(crowded, start_polling=True)
@@ -107,5 +122,9 @@ def test_the_global_budget_is_shared_by_every_source(make_harness: Callable[...,
             v for (n, _), v in m.samples.items() if n == "asyncjob_request_budget_delayed_total"
         )
 
-    wait_until(lambda: delayed() == 4 or None, what="four polls delayed by the global budget")
-    assert len({r.path for r in h.sim.requests}) == 64
+    jobs = sum(len(source.job_ids) for source in h.exporter.config.sources)
+    assert jobs == 22
+    wait_until(lambda: delayed() == jobs - 20 or None, timeout=30.0,  # two tokens: 6 s
+               what="all but 20 polls delayed by the global budget")  # fmt: skip
+    wait_until(lambda: len({r.path for r in list(h.sim.requests)}) == jobs or None,
+               what="every job polled: delayed, not dropped")  # fmt: skip

@@ -17,18 +17,11 @@ import yaml
 from conftest import REPO, Metrics, demo_raw_config, free_port, wait_until
 
 from exporter.cli import build_parser, main
-from exporter.simulator import ManualClock, Simulator, demo_config
+from exporter.providers import PROVIDERS
+from exporter.simulator import DEMO_JOBS, ManualClock, Simulator, demo_config, parts
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-PROVIDERS = {
-    "azure_language_training",
-    "azure_language_analyze_text",
-    "azure_text_analytics_analyze",
-    "azure_document_translation",
-    "stable_diffusion_finetune",
-}
 
 
 def test_once_prints_metrics_and_exits_zero(
@@ -43,7 +36,7 @@ def test_once_prints_metrics_and_exits_zero(
         assert main(["--once", "--config.file", str(path)]) == 0
     out, err = capsys.readouterr()
     m = Metrics(out)
-    assert {s["provider"] for s in m.series("asyncjob_up")} == PROVIDERS
+    assert {s["provider"] for s in m.series("asyncjob_up")} == set(PROVIDERS)
     assert (
         m.get(
             "asyncjob_up",
@@ -66,8 +59,10 @@ def test_once_with_bad_config_exits_nonzero(
     assert "sources: expected a non-empty list of sources" in capsys.readouterr().err
 
 
-def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
+def test_demo_runs_every_provider_and_stops_on_sigterm() -> None:
     """`--demo` in its own process: URLs printed, every provider's jobs up, SIGTERM exits 0."""
+    calls = [call for part in parts() for call in part.demo_calls]
+    called = [job.job_id for part in parts() for job in part.called_jobs]
     process = subprocess.Popen(
         [
             sys.executable,
@@ -83,26 +78,34 @@ def test_demo_runs_all_five_providers_and_stops_on_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = [process.stdout.readline() for _ in range(7)]
+        banner = [process.stdout.readline() for _ in range(5 + len(calls))]
         assert banner[0].startswith("Simulator:")
         metrics_url = re.search(r"Metrics:\s+(\S+)", banner[1])
         assert metrics_url, banner
-        # The demo registers a job through the jobs API and calls the webhook, and prints both.
+        # The demo makes each part's calls (the jobs API, a webhook) and prints each one.
         assert banner[3] == "Jobs arriving by themselves (the demo just did these):\n"
-        assert banner[4].startswith("  curl -X POST http://127.0.0.1:"), banner[4]
-        assert '"job_id": "analyze-api"' in banner[4]
-        assert "-H 'X-Webhook-Token: " in banner[5]
-        assert '"model_id": "sd-webhook"' in banner[5]
-        assert "and discovery: sources translator and language-training" in banner[6]
+        curls = banner[4 : 4 + len(calls)]
+        assert all(line.startswith("  curl -X POST ") for line in curls), curls
+        assert all(" http://127.0.0.1:" in line for line in curls), curls
+        assert all(any(f'"{job_id}"' in line for line in curls) for job_id in called), curls
+        registered = next(line for line in curls if "/api/v1/jobs " in line)
+        assert '"job_id": "analyze-api"' in registered
+        webhook = next(line for line in curls if "/api/v1/webhooks/" in line)
+        assert "-H 'X-Webhook-Token: " in webhook
+        assert '"model_id": "sd-webhook"' in webhook
+        assert banner[-1].startswith("  and discovery: sources "), banner[-1]
+        assert "language-training" in banner[-1]
+        assert "translator" in banner[-1]
 
         def all_up() -> Metrics | None:
             m = Metrics(requests.get(metrics_url[1], timeout=5).text)
             ups = m.series("asyncjob_up")
-            ok = len(ups) >= 10 and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
+            ok = len(ups) >= len(DEMO_JOBS) + len(called)
+            ok = ok and all(m.get("asyncjob_up", **s) == 1.0 for s in ups)
             return m if ok else None
 
         m = wait_until(all_up, timeout=20, what="every demo job to be polled")
-        assert {s["provider"] for s in m.series("asyncjob_up")} == PROVIDERS
+        assert {s["provider"] for s in m.series("asyncjob_up")} == set(PROVIDERS)
         jobs_url = metrics_url[1].replace("/metrics", "/api/v1/jobs")
         origins = {
             j["job_id"]: j["origin"] for j in requests.get(jobs_url, timeout=5).json()["jobs"]

@@ -29,7 +29,7 @@ def batches(n: int, *, running: int = 0, prefix: str = "b") -> tuple[SimJob, ...
     started: the first `running` are still running at t=60 (the i-th ends at t=70+10*i), the
     others finished (one in five failed)."""
     return tuple(
-        SimJob(f"{prefix}-{i}", "translation", start_delay=0, units=2, created_at=-600 - 60 * i,
+        SimJob(f"{prefix}-{i}", "azure_document_translation", start_delay=0, units=2, created_at=-600 - 60 * i,
                duration=(70 + 10 * i) + (600 + 60 * i) if i < running else 5,  # end - creation
                outcome="failed" if i % 5 == 4 else "succeeded")
         for i in range(n)
@@ -102,7 +102,7 @@ def test_the_simulator_writes_each_link_spelling() -> None:
     assert "nextLink" not in old.json()
     assert "$skip=2" in old.json()["@nextLink"]
     assert [b["id"] for b in old.json()["value"]] == ["b-2", "b-1"]  # oldest first, 2 a page
-    assert [b["translationId"] for b in new.json()["value"]] == ["b-2", "b-1"]
+    assert [b["id"] for b in new.json()["value"]] == ["b-2", "b-1"]  # "id", as the live service
 
 
 def test_training_discovery_lists_every_recent_project_and_keeps_each_jobs_project(
@@ -112,10 +112,10 @@ def test_training_discovery_lists_every_recent_project_and_keeps_each_jobs_proje
     are skipped, a project's jobs come over several pages, and each job keeps its project: on
     `asyncjob_info`, and in the path of its own poll when it drops off the listing."""
     jobs = (
-        *(SimJob(f"loan-{i}", "training", duration=600, start_delay=0, created_at=-i)
+        *(SimJob(f"loan-{i}", "azure_language_training", duration=600, start_delay=0, created_at=-i)
           for i in range(6)),
-        SimJob("contract-1", "training", duration=5, start_delay=0, project="Contracts"),
-        SimJob("ancient", "training", duration=5, start_delay=0, project="Archive",
+        SimJob("contract-1", "azure_language_training", duration=5, start_delay=0, project="Contracts"),
+        SimJob("ancient", "azure_language_training", duration=5, start_delay=0, project="Archive",
                created_at=-3 * 86400),
     )  # fmt: skip
     h = make_harness(discovering(TRAINING, project=None), jobs=jobs, max_page_size=4)
@@ -139,8 +139,8 @@ def test_a_job_that_drops_off_the_listing_is_fetched_alone_once_at_its_project(
 ) -> None:
     """A job the listing no longer names (deleted upstream, say) while unfinished is polled
     alone once, at its own project's path; the listing's jobs are not."""
-    jobs = (SimJob("stays", "training", duration=600, start_delay=0, project="Contracts"),
-            SimJob("goes", "training", duration=600, start_delay=0, project="Contracts"))  # fmt: skip
+    jobs = (SimJob("stays", "azure_language_training", duration=600, start_delay=0, project="Contracts"),
+            SimJob("goes", "azure_language_training", duration=600, start_delay=0, project="Contracts"))  # fmt: skip
     h = make_harness(discovering(TRAINING, project=None), jobs=jobs, start_polling=True)
     wait_until(lambda: len(h.exporter.store.jobs_of("language-training")) == 2, what="discovery")
     h.sim.remove_jobs(["goes"])
@@ -163,7 +163,9 @@ def test_a_new_upstream_job_is_tracked_by_the_next_listing(
 ) -> None:
     h = make_harness(discovering(TRANSLATOR), jobs=batches(3), start_polling=True)
     wait_until(lambda: len(h.exporter.store.jobs_of("translator")) == 3, what="discovery")
-    h.sim.add_jobs([SimJob("fresh", "translation", duration=600, start_delay=0, created_at=60)])
+    h.sim.add_jobs(
+        [SimJob("fresh", "azure_document_translation", duration=600, start_delay=0, created_at=60)]
+    )
     added_after = len(h.sim.requests)
     wait_until(lambda: h.exporter.store.get("translator", "fresh") is not None, what="fresh")
     later = [r for r in list(h.sim.requests)[added_after:] if "statuses=" in r.path]
@@ -187,7 +189,7 @@ def test_steady_state_costs_at_most_a_twentieth_of_a_request_per_job_per_interva
         config, first_page = discovering(TRANSLATOR), re.compile(r"statuses=(?!.*skip)")
     else:
         jobs = tuple(
-            SimJob(f"t-{i}", "training", start_delay=0, created_at=-i,
+            SimJob(f"t-{i}", "azure_language_training", start_delay=0, created_at=-i,
                    duration=10.0 * (i + 1) + 60 if i < 20 else 5, project=f"p{i % 5}")
             for i in range(500)
         )  # fmt: skip
@@ -287,10 +289,10 @@ def test_training_without_project_needs_discovery_or_no_job_ids() -> None:
 
 
 SD_JOBS = (
-    SimJob("sd-done-1", "stable_diffusion", duration=5, start_delay=0, units=2),
-    SimJob("sd-done-2", "stable_diffusion", duration=5, start_delay=0, units=2, outcome="failed",
+    SimJob("sd-done-1", "stable_diffusion_finetune", duration=5, start_delay=0, units=2),
+    SimJob("sd-done-2", "stable_diffusion_finetune", duration=5, start_delay=0, units=2, outcome="failed",
            stop_at=0.5),
-    SimJob("sd-busy", "stable_diffusion", duration=600, start_delay=0, units=6),
+    SimJob("sd-busy", "stable_diffusion_finetune", duration=600, start_delay=0, units=6),
 )  # fmt: skip
 
 

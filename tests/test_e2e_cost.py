@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-BATCH = SimJob("cost-batch", "translation", duration=100.0, start_delay=0.0, units=10)
+BATCH = SimJob(
+    "cost-batch", "azure_document_translation", duration=100.0, start_delay=0.0, units=10
+)
 
 
 def charged_by_the_api(sim: Simulator) -> int:

@@ -110,14 +110,14 @@ def exporter_with_jobs() -> Exporter:
         for i, job_id in enumerate(source["job_ids"]):
             name = source["name"]
             if i % 250 == 7:  # never polled successfully: asyncjob_up 0 and a reason alone
-                exporter.store.apply(PollOutcome(name, job_id, NOW, (Attempt(0.1, ErrorReason.AUTH),),
+                exporter.store.update(PollOutcome(name, job_id, NOW, (Attempt(0.1, ErrorReason.AUTH),),
                                                  error=ErrorReason.AUTH))  # fmt: skip
                 continue
-            exporter.store.apply(
+            exporter.store.update(
                 PollOutcome(name, job_id, NOW, attempt, snapshot=snapshot(name, i))
             )
             if i % 100 == 10:  # running, and its latest poll failed
-                exporter.store.apply(PollOutcome(name, job_id, NOW, (Attempt(5.0, ErrorReason.TIMEOUT),),
+                exporter.store.update(PollOutcome(name, job_id, NOW, (Attempt(5.0, ErrorReason.TIMEOUT),),
                                                  error=ErrorReason.TIMEOUT))  # fmt: skip
     assert len(exporter.store.jobs()) == JOBS
     return exporter
@@ -137,7 +137,7 @@ def churn(exporter: Exporter, stop: threading.Event) -> None:
                        progress={**record.snapshot.progress, "overall": 1.0},
                        estimated_completion=None)  # fmt: skip
         attempts = (Attempt(0.3),) if k % 3 else (Attempt(0.1, ErrorReason.THROTTLED), Attempt(0.3))
-        exporter.store.apply(
+        exporter.store.update(
             PollOutcome(record.source, record.job_id, now, attempts, snapshot=done)
         )
 

@@ -42,16 +42,16 @@ DIFFERS = ("rate(", "increase(", "_timestamp_seconds", "asyncjob_request", "disc
 
 def jobs() -> tuple[SimJob, ...]:
     batches = tuple(
-        SimJob(f"b-{i}", "translation", start_delay=0, units=4, created_at=-60 - i,
+        SimJob(f"b-{i}", "azure_document_translation", start_delay=0, units=4, created_at=-60 - i,
                duration=10.0**7 if i % 4 == 0 else 5, outcome="failed" if i % 7 == 3 else "succeeded")
         for i in range(24)
     )  # fmt: skip
     training = tuple(
-        SimJob(f"t-{i}", "training", start_delay=0, created_at=-60 - i, project=f"p{i % 2}",
+        SimJob(f"t-{i}", "azure_language_training", start_delay=0, created_at=-60 - i, project=f"p{i % 2}",
                duration=10.0**7 if i % 3 == 0 else 5)
         for i in range(12)
     )  # fmt: skip
-    analyze = tuple(SimJob(f"a-{i}", "analyze_text", start_delay=0, duration=10.0**7)
+    analyze = tuple(SimJob(f"a-{i}", "azure_language_analyze_text", start_delay=0, duration=10.0**7)
                     for i in range(12))  # fmt: skip
     return (*batches, *training, *analyze)
 

@@ -29,6 +29,8 @@ from conftest import (
 )
 from promql import RECORDING_RULES, dashboard_queries
 
+from exporter.model import STALL_AFTER
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -46,9 +48,10 @@ def fast_rules(tmp_path: Path) -> Path:
     """The shipped rules with every `for:` at 1 s and the stall threshold at STALL_SECONDS."""
     text = (REPO / "alerting" / "rules" / "asyncjob-alerts.yaml").read_text()
     text = re.sub(r"^(\s+)for: \S+$", r"\1for: 1s", text, flags=re.MULTILINE)
-    stall = 'time() - asyncjob_last_progress_change_timestamp_seconds{job="asyncjob"} > 1800'
-    assert text.count(stall) == 1
-    text = text.replace(stall, stall.replace("1800", str(STALL_SECONDS)))
+    stall = 'time() - asyncjob_last_progress_change_timestamp_seconds{job="asyncjob"} > '
+    shipped = f"{stall}{round(STALL_AFTER.total_seconds())}\n"
+    assert text.count(shipped) == 1
+    text = text.replace(shipped, f"{stall}{STALL_SECONDS}\n")
     path = tmp_path / "rules.yaml"
     path.write_text(text)
     return path

@@ -1,8 +1,9 @@
 """Exporter and simulator over real HTTP on 127.0.0.1: exposed values, retries, faults, secrets.
 
 The simulator's clock is held still (ManualClock), so each job is at a known point of its
-timeline; the expected numbers below follow from the scenario definitions in
-exporter/simulator/scenarios.py (DEMO_JOBS), worked out by hand in the comments.
+timeline; the expected numbers below follow from the demo jobs (DEMO_JOBS) and renderers in each
+provider's part of the simulator (exporter/providers/*/simulator.py), worked out by hand in the
+comments.
 """
 
 from __future__ import annotations
@@ -17,33 +18,20 @@ import requests
 from conftest import Harness, demo_raw_config, wait_until, with_source
 
 from exporter.model import MAX_LABEL_LENGTH, ErrorReason, State
-from exporter.simulator import DEMO_JOBS, Fault, Simulator
-from exporter.simulator.scenarios import render
+from exporter.providers import PROVIDERS
+from exporter.simulator import DEMO_JOBS, Fault, Simulator, demo_config, render
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     MakeHarness = Callable[..., Harness]
 
-PROVIDER_OF = {
-    "train-ok": "azure_language_training",
-    "train-fail": "azure_language_training",
-    "analyze-ok": "azure_language_analyze_text",
-    "ta-ok": "azure_text_analytics_analyze",
-    "batch-ok": "azure_document_translation",
-    "batch-partial": "azure_document_translation",
-    "sd-ok": "stable_diffusion_finetune",
-    "sd-stalled": "stable_diffusion_finetune",
-}
+# Every demo job's provider and the demo source that names it.
+PROVIDER_OF = {demo.job_id: demo.api for demo in DEMO_JOBS}
 SOURCE_OF = {
-    "train-ok": "language-training",
-    "train-fail": "language-training",
-    "analyze-ok": "language-analyze",
-    "ta-ok": "text-analytics",
-    "batch-ok": "translator",
-    "batch-partial": "translator",
-    "sd-ok": "stable-diffusion",
-    "sd-stalled": "stable-diffusion",
+    job_id: source["name"]
+    for source in demo_config("http://127.0.0.1:1")["sources"]
+    for job_id in source.get("job_ids", [])
 }
 
 
@@ -64,8 +52,10 @@ def statuses(sim: Simulator, job_id: str) -> list[int]:
     return [r.status for r in sim.seen(job_id)]
 
 
-def test_all_five_providers_mid_flight(make_harness: MakeHarness) -> None:
+def test_every_provider_mid_flight(make_harness: MakeHarness) -> None:
     """At t=60 s every provider's job is exposed with the values its API gives."""
+    assert set(PROVIDER_OF.values()) == set(PROVIDERS)  # every provider has a demo job
+    assert set(SOURCE_OF) == set(PROVIDER_OF)  # which the demo config names
     h = make_harness(at=60.0)
     h.exporter.poll_once()
     m = h.scrape()
@@ -409,7 +399,7 @@ def test_requests_carry_the_keys_the_apis_expect(make_harness: MakeHarness) -> N
 
 
 def test_translation_v1_route(make_harness: MakeHarness) -> None:
-    """api_version v1.1 uses the older route, whose answer says "id" instead of "translationId"."""
+    """api_version v1.1 uses the older route."""
     h = make_harness(with_source(3, api_version="v1.1"))
     h.exporter.poll_once()
     assert h.sim.seen("batch-ok")[0].path == "/translator/text/batch/v1.1/batches/batch-ok"

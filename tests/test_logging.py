@@ -31,7 +31,7 @@ from exporter.app import Exporter
 from exporter.config import GlobalConfig, load_config
 from exporter.providers import PROVIDERS
 from exporter.server import HttpServer, make_app
-from exporter.simulator import LISTING, Fault, SimJob, Simulator, demo_config, scenarios
+from exporter.simulator import LISTING, Fault, SimJob, Simulator, demo_config, render
 from exporter.storage import Storage
 from exporter.values import is_path_safe_id
 
@@ -187,13 +187,13 @@ def leaks(secrets: Iterable[str], outputs: dict[str, str]) -> list[tuple[str, st
     ]
 
 
-APIS: dict[str, tuple[scenarios.Api, str]] = {
-    "language-training": ("training", "text"),
-    "language-analyze": ("analyze_text", "text"),
-    "text-analytics": ("text_analytics", "v3.2-preview.2"),
-    "translator": ("translation", ""),
-    "stable-diffusion": ("stable_diffusion", ""),
-    "stable-diffusion-2": ("stable_diffusion", ""),
+APIS: dict[str, tuple[str, str]] = {
+    "language-training": ("azure_language_training", "text"),
+    "language-analyze": ("azure_language_analyze_text", "text"),
+    "text-analytics": ("azure_text_analytics_analyze", "v3.2-preview.2"),
+    "translator": ("azure_document_translation", ""),
+    "stable-diffusion": ("stable_diffusion_finetune", ""),
+    "stable-diffusion-2": ("stable_diffusion_finetune", ""),
 }
 ECHOES = ("status", "date", "content-type", "error-body", "message")
 NESTED = {"retention": ("succeeded", "unsuccessful"), "discovery": ("interval", "lookback")}
@@ -259,8 +259,8 @@ def echo_upstream(sim: Simulator, secrets: Sequence[str]) -> None:
     echo = " | ".join(secrets)
     latin1 = " | ".join(s for s in secrets if s == s.encode("latin-1", "ignore").decode("latin-1"))
     for source, (api, variant) in APIS.items():
-        payload = scenarios.render(SimJob(source, api), 60.0, sim.started_at, variant)
-        if api == "stable_diffusion":
+        payload = render(SimJob(source, api), 60.0, sim.started_at, variant)
+        if api == "stable_diffusion_finetune":
             payload.update(messege=echo, data=f"Step:1 Training Done, 3 Steps to go\n{echo}")
         else:
             payload.update(status=echo, displayName=echo, result={"modelLabel": echo})

@@ -80,7 +80,7 @@ def test_demo_table_matches_the_simulator() -> None:
     """What the README says train-fail reaches is what the exporter reads from the simulator."""
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from exporter.simulator.scenarios import DEMO_JOBS, render  # noqa: PLC0415
+    from exporter.simulator import DEMO_JOBS, render  # noqa: PLC0415
 
     train_fail = next(j for j in DEMO_JOBS if j.job_id == "train-fail")
     now = datetime(2026, 1, 1, tzinfo=UTC)

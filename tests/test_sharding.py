@@ -65,11 +65,11 @@ def test_config_listed_and_listed_jobs_are_kept_only_by_their_shard() -> None:
     for index in range(3):
         store = Store(owns=Shard(index, 3).owns)
         source = config.sources[3]
-        store.configure([SourceJobs(source.provider, source.name, tuple(source.job_ids), None,
+        store.replace([SourceJobs(source.provider, source.name, tuple(source.job_ids), None,
                                     source.max_jobs, (3600.0, 3600.0), discovery=True)])  # fmt: skip
         listing = ListOutcome(source.name, T0, (), tuple(
             (f"new-{n}", None, running) for n in range(30)))  # fmt: skip
-        store.apply_listing(listing)
+        store.update(listing)
         kept.append({r.job_id for r in store.jobs()})
         assert all(Shard(index, 3).owns("translator", job_id) for job_id in kept[-1])
         assert sum(s.rejected for s in store.source_stats()) == 0

@@ -17,7 +17,7 @@ from conftest import REPO, Harness
 from prometheus_client import CollectorRegistry
 
 from exporter import status_page
-from exporter.model import ErrorReason, JobSnapshot, State
+from exporter.model import STATE_COLOURS, ErrorReason, JobSnapshot, State
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, Fault
 from exporter.store import JobRecord
@@ -204,11 +204,11 @@ def test_what_needs_attention_in_headless_chromium(tmp_path: Path) -> None:
         assert rows["failing-poll"].cells[7] == "polling failing: throttled"
         assert rows["broken"].cells[6] == "finished 3d4h ago"
         assert rows["broken"].cells[7] == "job failed (1 error)"
-        assert rows["ok-with-failures"].fill == status_page.STATE_COLOURS[State.PARTIALLY_SUCCEEDED]
-        assert rows["ok-clean"].fill == status_page.STATE_COLOURS[State.SUCCEEDED]
+        assert rows["ok-with-failures"].fill == STATE_COLOURS[State.PARTIALLY_SUCCEEDED]
+        assert rows["ok-clean"].fill == STATE_COLOURS[State.SUCCEEDED]
         # A failed job's bar is red, a running job's blue.
-        assert rows["broken"].fill == status_page.STATE_COLOURS[State.FAILED] == "#dc2626"
-        assert rows["moving"].fill == status_page.STATE_COLOURS[State.RUNNING]
+        assert rows["broken"].fill == STATE_COLOURS[State.FAILED] == "#dc2626"
+        assert rows["moving"].fill == STATE_COLOURS[State.RUNNING]
         assert "<script" not in dom
         assert "http" not in dom.replace(url, "").replace("http-equiv", "")  # no outside asset
         take_screenshot(url, "status-page-attention.png", tmp_path)

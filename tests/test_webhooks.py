@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import bcrypt
 import pytest
 import requests
-from conftest import FIXTURES, Harness, demo_raw_config, disk_full, wait_until
+from conftest import Harness, demo_raw_config, disk_full, fixture, wait_until
 
 from exporter.api import Api
 from exporter.config import ConfigError, parse_config
@@ -26,10 +25,8 @@ if TYPE_CHECKING:
     from exporter.simulator import Simulator
 
 TOKEN = "hook-secret-0123456789"
-PAYLOAD = json.loads(
-    (
-        FIXTURES / "stable_diffusion_finetune" / "modelslab_docs-v2_training_webhook_payload.json"
-    ).read_text()
+PAYLOAD = fixture(
+    "stable_diffusion_finetune", "modelslab_docs-v2_training_webhook_payload.json"
 )  # ModelsLab's own example: model_id F5jvdzGnYi, "deploying_gpu"
 SD = {"provider": "stable_diffusion_finetune", "source": "stable-diffusion"}
 

@@ -1,32 +1,47 @@
 """The provider registry: the one place that names every upstream API.
 
-Adding a provider is one module (see `base.py` for what it holds) and one line here.
+A provider is one folder, `exporter/providers/<name>/`, named as the provider, whose package
+exports its `PROVIDER` (see `base.py` for what that holds); adding one is its folder and one line
+in `FOLDERS`. The order of `FOLDERS` is the order providers are shown in.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-from exporter.providers import (
-    anthropic_message_batch,
-    azure_document_translation,
-    azure_language_analyze_text,
-    azure_language_training,
-    azure_text_analytics_analyze,
-    stable_diffusion_finetune,
-)
 from exporter.providers.base import ParseError, Provider, SourceBase, UpstreamRequest
 
-PROVIDERS: dict[str, Provider[Any]] = {
-    p.name: p
-    for p in (
-        azure_language_training.PROVIDER,
-        azure_language_analyze_text.PROVIDER,
-        azure_text_analytics_analyze.PROVIDER,
-        azure_document_translation.PROVIDER,
-        stable_diffusion_finetune.PROVIDER,
-        anthropic_message_batch.PROVIDER,
-    )
-}
+FOLDERS = (
+    "azure_language_training",
+    "azure_language_analyze_text",
+    "azure_text_analytics_analyze",
+    "azure_document_translation",
+    "stable_diffusion_finetune",
+    "anthropic_message_batch",
+)
 
-__all__ = ["PROVIDERS", "ParseError", "Provider", "SourceBase", "UpstreamRequest"]
+
+def package(name: str) -> str:
+    """The import path of provider `name`'s folder."""
+    return f"{__name__}.{name}"
+
+
+def _provider(name: str) -> Provider[Any]:
+    provider = import_module(package(name)).PROVIDER
+    if not isinstance(provider, Provider) or provider.name != name:
+        raise TypeError(f"{package(name)}.PROVIDER is not the provider {name!r}")
+    return provider
+
+
+PROVIDERS: dict[str, Provider[Any]] = {name: _provider(name) for name in FOLDERS}
+
+__all__ = [
+    "FOLDERS",
+    "PROVIDERS",
+    "ParseError",
+    "Provider",
+    "SourceBase",
+    "UpstreamRequest",
+    "package",
+]

@@ -1,20 +1,24 @@
-"""A loopback HTTP server that speaks the five job-status APIs, for --demo, tests and benchmarks.
+"""A loopback HTTP server that speaks every provider's job-status API, for --demo, tests and
+benchmarks.
 
-Routes are the real ones (see each provider module), list endpoints included (paged, with the
-Translator's `statuses` and `createdDateTimeUtcStart` filters, and both `nextLink` spellings).
-Jobs move along `SimJob` timelines; time is whatever `clock()` returns (seconds since start), so
-tests can hold or jump it. With `arrivals_every`, new translation batches and training jobs keep
-appearing, one of each per period, as a pipeline would start them. Faults are
-switched per job ID (or "*" for all): an HTTP status with Retry-After, a delay, a raw body, each
-for a number of answers or until cleared. Every request is logged in `requests` for assertions.
+This is the core; each provider brings its own part (`exporter/providers/<name>/simulator.py`,
+made of the kit in `kit.py`), found through the provider registry and imported on first use.
+The core routes each request to the part whose route it matches, checks the key as that part
+does, and answers a job's status or a list, filtered and paged as the part's API does. Jobs
+move along `SimJob` timelines; time is whatever `clock()` returns (seconds since start), so
+tests can hold or jump it. With `arrivals_every`, new jobs keep appearing, one per period for
+each part that has arrivals, as a pipeline would start them. Faults are switched per job ID (or
+"*" for all; `LISTING` for every list request): an HTTP status with Retry-After, a delay, a raw
+body, each for a number of answers or until cleared. Every request is logged in `requests` for
+assertions.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
-import re
 import socket
 import struct
 import sys
@@ -24,49 +28,72 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from exporter.simulator.scenarios import (
-    API_DEMO_JOB,
-    DEMO_JOBS,
-    WEBHOOK_DEMO_JOB,
+from exporter.providers import PROVIDERS, package
+from exporter.simulator.kit import (
+    DEMO_KEY,
+    DEMO_WEBHOOK_TOKEN,
+    Answer,
+    Call,
+    Demo,
+    Keys,
+    Listing,
+    ListRoute,
+    Moment,
+    Route,
     SimJob,
-    arrival,
-    created,
-    iso,
-    render,
-    translation_status,
+    SimPart,
+    error_answer,
+    json_answer,
+    rendered,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
-DEMO_KEY = "demo-key"
 _TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
 _CUT = "X-Simulator-Cut"  # internal: the handler breaks off the body after this many bytes
 _STALL = "X-Simulator-Stall"  # internal: ...and pauses this long instead of resetting
-Answer = tuple[int, dict[str, str], bytes]
-
-_AUTHORING = r"^/language/authoring/analyze-(text|conversations)/projects/[^/]+/train/jobs/([^/]+)$"
-_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("GET", re.compile(_AUTHORING), "training"),
-    ("GET", re.compile(r"^/language/analyze-(text|conversations)/jobs/([^/]+)$"), "analyze_text"),
-    ("GET", re.compile(r"^/text/analytics/(v3\.[^/]+)/analyze/jobs/([^/]+)$"), "text_analytics"),
-    ("GET", re.compile(r"^/translator/document/batches()/([^/]+)$"), "translation"),
-    ("GET", re.compile(r"^/translator/text/batch/(v1\.[^/]+)/batches/([^/]+)$"), "translation"),
-    ("POST", re.compile(r"^/api/v3/fine_tune_status()/([^/]+)$"), "stable_diffusion"),
-)
-_PROJECTS = r"^/language/authoring/analyze-(text|conversations)/projects"
-_LISTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("GET", re.compile(r"^/translator/document/batches()()$"), "translation"),
-    ("GET", re.compile(r"^/translator/text/batch/(v1\.[^/]+)/batches()$"), "translation"),
-    ("GET", re.compile(_PROJECTS + r"()$"), "projects"),
-    ("GET", re.compile(_PROJECTS + r"/([^/]+)/train/jobs$"), "training"),
-    ("POST", re.compile(r"^/api/v3/finetune_list()()$"), "stable_diffusion"),
-)
 LISTING = "(listing)"  # the fault key of every list request
-DEFAULT_PAGE_SIZE = 50
+
+
+@functools.cache
+def parts() -> tuple[SimPart, ...]:
+    """Every provider's part of the simulator, in the registry's order; imported on first use,
+    so that the exporter itself never imports simulator code."""
+    found = []
+    for name in PROVIDERS:
+        part = import_module(f"{package(name)}.simulator").PART
+        if not isinstance(part, SimPart) or part.name != name:
+            raise TypeError(f"{package(name)}.simulator.PART is not the part of {name!r}")
+        found.append(part)
+    return tuple(found)
+
+
+def part_of(api: str) -> SimPart:
+    """The part that serves jobs of provider `api`."""
+    return next(part for part in parts() if part.name == api)
+
+
+def render(job: SimJob, elapsed: float, started_at: datetime, variant: str = "") -> dict[str, Any]:
+    """The API's answer for `job`, `elapsed` seconds after the simulator started."""
+    return rendered(part_of(job.api).render, job, elapsed, started_at, variant)
+
+
+def __getattr__(name: str) -> tuple[SimJob, ...]:
+    """DEMO_JOBS, built from the parts when first asked for. Not on import: a part imported
+    first imports the kit, which runs this package first, and importing the parts then would
+    meet that part half made."""
+    if name == "DEMO_JOBS":
+        return tuple(job for part in parts() for job in part.demo_jobs)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    DEMO_JOBS: tuple[SimJob, ...]  # the jobs the demo config names, every part's
 
 
 @dataclass
@@ -82,6 +109,7 @@ class Fault:
     cut_after: int | None = None  # send this many body bytes, then reset the connection...
     stall: float = 0.0  # ...or, if set, pause this long there and then send the rest
     times: int | None = None  # answers left; None until cleared
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with the answer, any status
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,22 +136,26 @@ class ManualClock:
 
 @dataclass
 class Simulator:
-    jobs: Iterable[SimJob] = (*DEMO_JOBS, API_DEMO_JOB, WEBHOOK_DEMO_JOB)
+    jobs: Iterable[SimJob] | None = None  # default: the demo's, those only its calls name too
     key: str = DEMO_KEY
     keys: frozenset[str] = frozenset()  # more keys accepted like `key` (sources keyed apart)
-    bearer_tokens: frozenset[str] = frozenset()  # Entra ID tokens accepted like the key
+    bearer_tokens: frozenset[str] = frozenset()  # bearer tokens (Entra ID's) accepted like a key
     clock: Callable[[], float] | None = None
     host: str = "127.0.0.1"
     port: int = 0
     requests: list[Seen] = field(default_factory=list)  # answered, in the order answered
     arrivals: list[str] = field(default_factory=list)  # request paths as they arrive
     arrived_at: list[float] = field(default_factory=list)  # and when (time.monotonic())
-    arrivals_every: float | None = None  # seconds between new batches and training jobs
+    arrivals_every: float | None = None  # seconds between the jobs that arrive by themselves
     max_page_size: int = 100  # the most a list page holds, whatever the client asks
 
     def __post_init__(self) -> None:
-        self._jobs = {job.job_id: job for job in self.jobs}
-        self._arrived = 0  # jobs of each kind that arrived by themselves so far
+        jobs = self.jobs
+        if jobs is None:
+            jobs = [job for part in parts() for job in (*part.demo_jobs, *part.called_jobs)]
+        self._jobs = {job.job_id: job for job in jobs}
+        self._keys = Keys(frozenset({self.key, *self.keys}), self.bearer_tokens)
+        self._arrived = 0  # periods whose arrivals have arrived so far
         self._ordered: list[SimJob] | None = None  # the jobs by creation, while none changes
         self._faults: dict[str, Fault] = {}
         self.connections: set[socket.socket] = set()  # open keep-alive connections
@@ -189,20 +221,20 @@ class Simulator:
     def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         """Route one request: (status, headers, body)."""
         url = urlsplit(target)
-        for route_method, pattern, api in _ROUTES:
-            match = pattern.match(url.path)
-            if match and route_method == method:
-                return self._answer_job(api, match[1], match[2], headers, body)
-        for route_method, pattern, kind in _LISTS:
-            match = pattern.match(url.path)
-            if match and route_method == method:
-                query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                listing = _Listing(self, kind, match[1], match[2], url.path, query)
-                api = "stable_diffusion" if kind == "stable_diffusion" else "azure"
-                denied = self._check_key(api, headers, body)
-                fault = None if denied else self._take_fault(LISTING)
-                return denied or (fault and _fault_answer(fault)) or listing.answer()
-        return _error(404, "NotFound", "No such route (simulator).")
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+
+        def call(groups: dict[str, str | Any]) -> Call:
+            found = {key: value for key, value in groups.items() if value is not None}
+            return Call(method, url.path, query, headers, body, found)
+
+        for part, route in _routes():
+            match = route.path.fullmatch(url.path)
+            if match is None or route.method != method:
+                continue
+            if isinstance(route, ListRoute):
+                return self._answer_list(part, route, call(match.groupdict()))
+            return self._answer_job(part, call(match.groupdict()))
+        return error_answer(404, "NotFound", "No such route (simulator).")
 
     def elapsed(self) -> float:
         """Seconds since the simulator started, by its clock."""
@@ -216,10 +248,11 @@ class Simulator:
             every = self.arrivals_every
             while every and (self._arrived + 1) * every <= elapsed:
                 self._arrived += 1
-                for api in ("translation", "training"):
-                    job = arrival(api, self._arrived, every)
-                    self._jobs[job.job_id] = job
-                    self._ordered = None
+                for part in parts():
+                    if part.arrival is not None:
+                        job = part.arrival(self._arrived, every)
+                        self._jobs[job.job_id] = job
+                        self._ordered = None
             if self._ordered is None:  # kept sorted between changes: listings page through it
                 self._ordered = sorted(self._jobs.values(), key=lambda j: (j.created_at, j.job_id))
             jobs = self._ordered
@@ -238,46 +271,53 @@ class Simulator:
             self._jobs.update((job.job_id, job) for job in jobs)
             self._ordered = None
 
-    def _answer_job(
-        self, api: str, variant: str, job_id: str, headers: dict[str, str], body: bytes
-    ) -> Answer:
-        denied = self._check_key(api, headers, body)
+    def _answer_job(self, part: SimPart, call: Call) -> Answer:
+        job_id = call.groups["job_id"]
+        denied = part.check_key(call, self._keys)
         fault = None if denied else self._take_fault(job_id)
         answer = denied or (fault and _fault_answer(fault))
         if answer:
             return answer
-        status, extra, out = self._job_status(api, variant, job_id)
-        if fault and fault.retry_after:  # a normal answer that paces the client (Translator)
+        status, extra, out = self._job_status(part, call.variant, job_id)
+        if fault and fault.retry_after:  # a normal answer that paces the client
             extra = {**extra, "Retry-After": fault.retry_after}
+        if fault:
+            extra = {**extra, **fault.headers}
         return status, extra, out
 
-    def _job_status(self, api: str, variant: str, job_id: str) -> Answer:
+    def _job_status(self, part: SimPart, variant: str, job_id: str) -> Answer:
         job = self._jobs.get(job_id)
-        if job is None or job.api != api or job.created_at > self._clock():
-            if api == "stable_diffusion":
-                return 200, {}, _json({"status": "error", "messege": "No such training id"})
-            return _error(404, "NotFound", "Job ID not found.")
+        if job is None or job.api != part.name or job.created_at > self._clock():
+            return part.not_found()
         elapsed = self._clock()
         if job.throttle and job.throttle[0] <= elapsed < job.throttle[1]:
-            status, hdrs, out = _error(429, "RequestRateTooHigh", "User's request rate is too high")
+            status, hdrs, out = error_answer(
+                429, "RequestRateTooHigh", "User's request rate is too high"
+            )
             return status, {**hdrs, "Retry-After": str(job.retry_after)}, out
-        return 200, {}, _json(render(job, elapsed, self.started_at, variant))
+        return json_answer(rendered(part.render, job, elapsed, self.started_at, variant))
 
-    def _check_key(self, api: str, headers: dict[str, str], body: bytes) -> Answer | None:
-        accepted = {self.key, *self.keys}
-        if api != "stable_diffusion":
-            bearer = headers.get("authorization", "").removeprefix("Bearer ")
-            if headers.get("ocp-apim-subscription-key") in accepted or bearer in self.bearer_tokens:
-                return None
-            return _error(401, "Unauthorized", "User is not authorized")
-        try:
-            key = json.loads(body or b"{}").get("key")
-        except (ValueError, AttributeError):
-            key = None
-        if key in accepted:
-            return None
-        # The Stable Diffusion API reports a bad key with HTTP 200.
-        return 200, {}, _json({"status": "error", "message": "Invalid Api Key"})
+    def _answer_list(self, part: SimPart, route: ListRoute, call: Call) -> Answer:
+        """One list request: which jobs it names, filtered and paged as the part's API does."""
+        denied = part.check_key(call, self._keys)
+        fault = None if denied else self._take_fault(LISTING)
+        answer = denied or (fault and _fault_answer(fault))
+        if answer:
+            return answer
+        elapsed = self.elapsed()
+        jobs = [job for job in self.present() if job.api == part.name]
+        listing = Listing(call, jobs, part.render, elapsed, self.started_at, self.url,
+                          self.max_page_size)  # fmt: skip
+        return route.answer(listing)
+
+
+@functools.cache
+def _routes() -> tuple[tuple[SimPart, Route | ListRoute], ...]:
+    """Every part's routes: every job's status first, then every list."""
+    found: list[tuple[SimPart, Route | ListRoute]] = []
+    found += [(part, route) for part in parts() for route in part.routes]
+    found += [(part, route) for part in parts() for route in part.listings]
+    return tuple(found)
 
 
 class _Server(ThreadingHTTPServer):
@@ -289,109 +329,26 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-@dataclass
-class _Listing:
-    """One list request: which jobs it names, filtered and paged as the real API does."""
-
-    sim: Simulator
-    kind: str
-    variant: str  # the v1.x API version, or the workload
-    project: str
-    path: str
-    query: dict[str, str]
-
-    def answer(self) -> Answer:
-        sim, elapsed = self.sim, self.sim.elapsed()
-        jobs = sim.present()
-        if self.kind == "stable_diffusion":
-            listed = [
-                {"model_id": j.job_id, "status": render(j, elapsed, sim.started_at)["messege"]}
-                for j in jobs
-                if j.api == "stable_diffusion"
-            ]
-            return 200, {}, _json({"status": "success", "data": listed})
-        if self.kind == "projects":
-            return self._page(self._projects(jobs), "nextLink")
-
-        def rendered(job: SimJob) -> dict[str, Any]:
-            return render(job, elapsed, sim.started_at, self.variant)
-
-        if self.kind == "training":
-            mine = [j for j in jobs if j.api == "training" and j.project == self.project]
-            return self._page(mine, "nextLink", rendered)
-        batches = [j for j in jobs if j.api == "translation"]
-        start = self.query.get("createdDateTimeUtcStart")
-        if start:
-            since = datetime.fromisoformat(start)
-            batches = [j for j in batches if created(j, sim.started_at) >= since]
-        statuses = self.query.get("statuses")
-        if statuses:
-            wanted = {status.strip().casefold() for status in statuses.split(",")}
-            batches = [j for j in batches if translation_status(j, elapsed).casefold() in wanted]
-        link = "@nextLink" if self.variant.startswith("v1.") else "nextLink"
-        return self._page(batches, link, rendered)
-
-    def _projects(self, jobs: list[SimJob]) -> list[dict[str, Any]]:
-        latest: dict[str, SimJob] = {}
-        for job in jobs:
-            if job.api == "training":
-                latest[job.project] = job  # jobs are in creation order: the last is the latest
-        return [
-            {"projectName": name, "projectKind": "customNamedEntityRecognition", "language": "en",
-             "createdDateTimeUtc": iso(self.sim.started_at),
-             "lastModifiedDateTime": iso(created(job, self.sim.started_at)),
-             "lastTrainedDateTime": iso(created(job, self.sim.started_at))}
-            for name, job in sorted(latest.items())
-        ]  # fmt: skip
-
-    def _page(
-        self, entries: list[Any], link_key: str, show: Callable[[Any], Any] = lambda e: e
-    ) -> Answer:
-        """One page of `entries`, each shown by `show` (skip, then maxpagesize, with or without
-        `$`), and the link to the next page while there is one."""
-        q = self.query
-        asked = int(q.get("maxpagesize") or q.get("$maxpagesize") or DEFAULT_PAGE_SIZE)
-        size = max(1, min(asked, self.sim.max_page_size))
-        skip = int(q.get("skip") or q.get("$skip") or 0)
-        body: dict[str, Any] = {"value": [show(entry) for entry in entries[skip : skip + size]]}
-        if skip + size < len(entries):
-            follow = {
-                **q,
-                ("$skip" if "$skip" in q or link_key == "@nextLink" else "skip"): skip + size,
-            }
-            body[link_key] = f"{self.sim.url}{self.path}?{urlencode(follow, safe='$,:')}"
-        else:
-            body[link_key] = None
-        return 200, {}, _json(body)
-
-
 def _fault_answer(fault: Fault) -> Answer | None:
     if fault.delay:
         time.sleep(fault.delay)
     if fault.cut_after is not None:
-        body = fault.body or _json({"status": "running", "padding": "x" * 4096})
+        body = fault.body or json.dumps({"status": "running", "padding": "x" * 4096}).encode()
         return 200, {_CUT: str(fault.cut_after), _STALL: str(fault.stall)}, body
     if fault.trickle:
         body = fault.body or b'{"status": "running", "tasks": {}}'
         return fault.status or 200, {_TRICKLE: str(fault.trickle)}, body
     if fault.body is not None:
-        return fault.status or 200, {"Content-Type": fault.content_type}, fault.body
+        return (
+            fault.status or 200,
+            {"Content-Type": fault.content_type, **fault.headers},
+            fault.body,
+        )
     if fault.status is None:
-        return None  # a pure delay: answer normally, late
-    status, headers, out = _error(fault.status, "Simulated", f"Simulated HTTP {fault.status}")
-    return (
-        status,
-        {**headers, **({"Retry-After": fault.retry_after} if fault.retry_after else {})},
-        out,
-    )
-
-
-def _json(payload: Any) -> bytes:
-    return json.dumps(payload).encode()
-
-
-def _error(status: int, code: str, message: str) -> Answer:
-    return status, {}, _json({"error": {"code": code, "message": message}})
+        return None  # a pure delay (or headers on a normal answer): answer normally
+    status, headers, out = error_answer(fault.status, "Simulated", f"Simulated HTTP {fault.status}")
+    waits = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+    return status, {**headers, **waits, **fault.headers}, out
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -464,77 +421,68 @@ def _handler(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     return type("Handler", (_Handler,), {"sim": sim})
 
 
-DEMO_WEBHOOK_TOKEN = "demo-webhook-token"  # noqa: S105 - the demo's, on loopback
-
-
-def demo_arrivals(exporter_url: str) -> list[str]:
-    """What `--demo` shows of jobs that arrive by themselves: it registers one analyze-text job
-    through the exporter's jobs API, and calls the Stable Diffusion webhook for one fine-tune as
-    ModelsLab would. Returns the lines to print: the curl commands that do the same."""
-    register = {"source": "language-analyze", "job_id": API_DEMO_JOB.job_id}
-    hook = f"{exporter_url}/api/v1/webhooks/stable-diffusion/stable-diffusion"
-    payload = {
-        "status": "success",
-        "training_status": "deploying_gpu",
-        "logs": "it will take upto 25 minutes",
-        "model_id": WEBHOOK_DEMO_JOB.job_id,
-    }
-    calls: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (
-        (f"{exporter_url}/api/v1/jobs", {}, register),
-        (hook, {"X-Webhook-Token": DEMO_WEBHOOK_TOKEN}, payload),
-    )
+def demo_arrivals(exporter_url: str, every: float) -> list[str]:
+    """What `--demo` shows of jobs that arrive by themselves: it makes each part's demo calls
+    to the exporter (a job registered through its jobs API, a webhook called as the upstream
+    would), and says which sources discover the jobs that start every `every` seconds. Returns
+    the lines to print: the curl commands that do the same, then the discovery line."""
     lines = []
-    for url, headers, body in calls:
-        data = json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310 - the exporter's own loopback URL
-            url, data=data, headers={"Content-Type": "application/json", **headers}
+    for part in parts():
+        for demo_call in part.demo_calls:
+            url = f"{exporter_url}{demo_call.path}"
+            headers = dict(demo_call.headers)
+            data = json.dumps(demo_call.body).encode()
+            request = urllib.request.Request(  # noqa: S310 - the exporter's own loopback URL
+                url, data=data, headers={"Content-Type": "application/json", **headers}
+            )
+            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                pass
+            header = "".join(f" -H '{k}: {v}'" for k, v in headers.items())
+            lines.append(f"curl -X POST{header} {url} -d '{data.decode()}'")
+    demo = Demo("", discovery=True)
+    discovering = [
+        source["name"]
+        for part in parts()
+        if part.arrival is not None
+        for source in part.demo_sources(demo)
+        if "discovery" in source
+    ]
+    if discovering:
+        lines.append(
+            f"and discovery: sources {' and '.join(discovering)} list their APIs, where a new "
+            f"job of each starts every {every:g}s"
         )
-        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5):  # noqa: S310
-            pass
-        header = "".join(f" -H '{k}: {v}'" for k, v in headers.items())
-        lines.append(f"curl -X POST{header} {url} -d '{data.decode()}'")
     return lines
 
 
 def demo_config(
     base_url: str, key: str = DEMO_KEY, poll_interval: str = "5s", *, discovery: bool = False
 ) -> dict[str, Any]:
-    """The raw config --demo runs: one source per provider, all pointed at the simulator. With
-    `discovery`, the Translator and training sources find their jobs themselves (the training
-    source in every project) instead of listing them."""
-    azure_auth = {"subscription_key": key}
-    training: dict[str, Any] = {"project": "LoanAgreements", "job_ids": ["train-ok", "train-fail"]}
-    translator: dict[str, Any] = {"job_ids": ["batch-ok", "batch-partial"]}
-    if discovery:
-        training = translator = {"discovery": {"interval": poll_interval}}
+    """The raw config --demo runs: each part's demo sources, in the registry's order, all
+    pointed at the simulator. With `discovery`, sources whose API lists jobs find them
+    themselves instead of naming them."""
+    demo = Demo(base_url, key, poll_interval, discovery)
     return {
         "global": {"poll_interval": poll_interval, "timeout": "5s", "max_retry_wait": "5s"},
-        "sources": [
-            {"name": "language-training", "provider": "azure_language_training",
-             "endpoint": base_url, "auth": azure_auth, **training},
-            {"name": "language-analyze", "provider": "azure_language_analyze_text",
-             "endpoint": base_url, "auth": azure_auth, "job_ids": ["analyze-ok"]},
-            {"name": "text-analytics", "provider": "azure_text_analytics_analyze",
-             "endpoint": base_url, "api_version": "v3.2-preview.2", "auth": azure_auth,
-             "job_ids": ["ta-ok"]},
-            {"name": "translator", "provider": "azure_document_translation",
-             "endpoint": base_url, "auth": {**azure_auth, "region": "westeurope"}, **translator},
-            {"name": "stable-diffusion", "provider": "stable_diffusion_finetune",
-             "endpoint": base_url, "auth": {"api_key": key}, "job_ids": ["sd-ok", "sd-stalled"],
-             "webhook_token": DEMO_WEBHOOK_TOKEN},
-        ],
-    }  # fmt: skip
+        "sources": [source for part in parts() for source in part.demo_sources(demo)],
+    }
 
 
 __all__ = [
     "DEMO_JOBS",
     "DEMO_KEY",
     "DEMO_WEBHOOK_TOKEN",
+    "LISTING",
     "Fault",
     "ManualClock",
+    "Moment",
     "Seen",
     "SimJob",
+    "SimPart",
     "Simulator",
     "demo_arrivals",
     "demo_config",
+    "part_of",
+    "parts",
+    "render",
 ]

@@ -1,0 +1,2 @@
+"""The tests of this provider alone (`azure_document_translation`): its parser against the
+vendor's examples and the real answers in ../fixtures/, its requests, listings, finish times."""

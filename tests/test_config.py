@@ -76,13 +76,13 @@ def test_example_config_passes_its_own_check(tmp_path: Path) -> None:
     """The example as shipped, unedited: with the variables it names set, --config.check is OK."""
     env = example_env(tmp_path)
     assert set(env) == {"AZURE_LANGUAGE_KEY", "AZURE_TRANSLATOR_KEY", "SD_API_KEY",
-                        "TEXT_ANALYTICS_KEY_FILE"}  # fmt: skip
+                        "TEXT_ANALYTICS_KEY_FILE", "ANTHROPIC_API_KEY"}  # fmt: skip
     checked = subprocess.run(
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", "config.example.yaml"],
         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (checked.returncode, checked.stderr) == (0, "")
-    assert checked.stdout == "config.example.yaml: OK (5 sources, 5 jobs, 2 discovering)\n"
+    assert checked.stdout == "config.example.yaml: OK (6 sources, 5 jobs, 3 discovering)\n"
     config = load_config(REPO / "config.example.yaml", env=env)
     assert config.global_.poll_interval == 30.0
     assert config.poll_interval(config.sources[3]) == 60.0

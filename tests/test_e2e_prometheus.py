@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
-from conftest import Harness, Processes, free_port, tool, wait_ready, wait_until
+from conftest import (
+    Harness,
+    Processes,
+    demo_raw_config,
+    free_port,
+    named_jobs,
+    tool,
+    wait_ready,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -88,7 +97,8 @@ def test_prometheus_scrapes_expected_values(
     (state,) = query(url, 'asyncjob_state{job_id="ta-ok",state="succeeded"}')
     assert state["metric"]["job"] == "asyncjob"
     assert state["metric"]["provider"] == "azure_text_analytics_analyze"
-    assert value_of(url, 'count(asyncjob_state{job="asyncjob"} == 1)') == 8.0
+    demo = named_jobs(demo_raw_config(h.sim))
+    assert value_of(url, 'count(asyncjob_state{job="asyncjob"} == 1)') == demo
 
 
 def test_promtool_check_metrics_is_silent(make_harness: Callable[..., Harness]) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 import yaml
-from conftest import Harness, Metrics, demo_raw_config, free_port, wait_until
+from conftest import Harness, Metrics, demo_raw_config, free_port, named_jobs, wait_until
 
 from exporter.server import HttpServer, make_app
 from exporter.simulator import Fault, ManualClock, Simulator
@@ -97,7 +97,7 @@ def test_invalid_file_is_refused_and_the_old_config_keeps_running(
         assert "sources[0].provider: unknown provider 'azure_foo'" in refused.text
         m = scrape(base)
         assert m.get("asyncjob_config_last_reload_successful") == 0
-        assert len(m.series("asyncjob_up")) == 8  # still the old eight jobs
+        assert len(m.series("asyncjob_up")) == named_jobs(demo_raw_config(h.sim))  # the old ones
         polls = len(h.sim.seen("sd-stalled"))
         wait_until(lambda: len(h.sim.seen("sd-stalled")) > polls, what="polling to go on")
     finally:

@@ -196,7 +196,7 @@ def demo_sources(demo: Demo) -> list[dict[str, Any]]:
 def arrival(n: int, every: float) -> SimJob:
     """The n-th batch (from 1) that starts by itself, every `every` seconds; one in four has
     requests that error."""
-    return SimJob(f"msgbatch_new_{n:04d}", NAME, duration=80, units=25,
+    return SimJob(f"msgbatch_new_{n}", NAME, duration=80, units=25,
                   failed_units=2 if n % 4 == 0 else 0, start_delay=0.0,
                   created_at=n * every)  # fmt: skip
 

@@ -16,6 +16,7 @@ import yaml
 
 from exporter.cli import main
 from exporter.config import ConfigError, load_config, parse_config, secret_values
+from exporter.providers import PROVIDERS
 from exporter.values import format_duration, parse_duration
 
 CASES = sorted((Path(__file__).parent / "configs").glob("*.yaml"))
@@ -24,7 +25,8 @@ REPO = Path(__file__).parent.parent
 
 def expected_problems(path: Path) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+    expected = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+    return [line.replace("{providers}", ", ".join(PROVIDERS)) for line in expected]
 
 
 def test_there_are_many_cases() -> None:
@@ -74,13 +76,14 @@ def test_example_config_passes_its_own_check(tmp_path: Path) -> None:
     """The example as shipped, unedited: with the variables it names set, --config.check is OK."""
     env = example_env(tmp_path)
     assert set(env) == {"AZURE_LANGUAGE_KEY", "AZURE_TRANSLATOR_KEY", "SD_API_KEY",
-                        "OPENAI_API_KEY", "AZURE_OPENAI_KEY", "TEXT_ANALYTICS_KEY_FILE"}  # fmt: skip
+                        "OPENAI_API_KEY", "AZURE_OPENAI_KEY", "TEXT_ANALYTICS_KEY_FILE",
+                        "ANTHROPIC_API_KEY"}  # fmt: skip
     checked = subprocess.run(
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", "config.example.yaml"],
         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (checked.returncode, checked.stderr) == (0, "")
-    assert checked.stdout == "config.example.yaml: OK (7 sources, 7 jobs, 3 discovering)\n"
+    assert checked.stdout == "config.example.yaml: OK (8 sources, 7 jobs, 4 discovering)\n"
     config = load_config(REPO / "config.example.yaml", env=env)
     assert config.global_.poll_interval == 30.0
     assert config.poll_interval(config.sources[3]) == 60.0

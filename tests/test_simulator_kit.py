@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,6 +27,7 @@ def test_a_job_that_does_not_succeed_stops_at_stop_at(outcome: Outcome, phase: s
 
 
 def test_the_default_throttled_answer_names_its_wait() -> None:
-    status, headers, body = too_many_requests(SimJob("j", "api", retry_after=3))
+    clock = datetime(2026, 1, 1, tzinfo=UTC)
+    status, headers, body = too_many_requests(SimJob("j", "api", retry_after=3), clock)
     assert (status, headers["Retry-After"]) == (429, "3")
     assert json.loads(body)["error"]["code"] == "RequestRateTooHigh"

@@ -20,6 +20,7 @@ FOLDERS = (
     "stable_diffusion_finetune",
     "openai_batch",
     "openai_fine_tuning",
+    "anthropic_message_batch",
 )
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Self
@@ -291,7 +291,7 @@ class Simulator:
             return part.not_found()
         elapsed = self._clock()
         if job.throttle and job.throttle[0] <= elapsed < job.throttle[1]:
-            return part.throttled(job)
+            return part.throttled(job, self.started_at + timedelta(seconds=elapsed))
         return json_answer(rendered(part.render, job, elapsed, self.started_at, variant))
 
     def _answer_list(self, part: SimPart, route: ListRoute, call: Call) -> Answer:

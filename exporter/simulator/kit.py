@@ -112,8 +112,10 @@ def job_not_found() -> Answer:
     return error_answer(404, "NotFound", "Job ID not found.")
 
 
-def too_many_requests(job: SimJob) -> Answer:
-    """A job's answer in its `throttle` window: 429 with Retry-After (the default)."""
+def too_many_requests(job: SimJob, clock: datetime) -> Answer:
+    """The default answer of a job in its throttle window: a 429 with Retry-After (seconds) and
+    the common error body; a part whose API answers otherwise brings its own."""
+    del clock  # this answer names no time
     status, headers, body = error_answer(
         429, "RequestRateTooHigh", "User's request rate is too high"
     )
@@ -254,7 +256,8 @@ class SimPart:
     check_key: Callable[[Call, Keys], Answer | None]  # None: let in; else the API's refusal
     listings: tuple[ListRoute, ...] = ()
     not_found: Callable[[], Answer] = job_not_found  # the answer for a job it does not have
-    throttled: Callable[[SimJob], Answer] = too_many_requests  # in a job's `throttle` window
+    # A job's answer inside its `throttle` window (the job, the simulator's time now).
+    throttled: Callable[[SimJob, datetime], Answer] = too_many_requests
     headers: Mapping[str, str] = field(default_factory=dict)  # on its answers (rate limits)
     demo_jobs: tuple[SimJob, ...] = ()  # jobs the demo config names
     demo_sources: Callable[[Demo], list[dict[str, Any]]] = no_sources  # its `sources[]` entries

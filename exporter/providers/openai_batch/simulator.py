@@ -85,8 +85,9 @@ def check_key(call: Call, keys: Keys) -> Answer | None:
                         "invalid_api_key")  # fmt: skip
 
 
-def throttled(job: SimJob) -> Answer:
+def throttled(job: SimJob, clock: datetime) -> Answer:
     """429 with the requests limit exhausted, resetting in the job's `retry_after` seconds."""
+    del clock  # OpenAI names the reset as a duration, not a time
     status, headers, body = openai_error(
         429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"
     )

@@ -210,6 +210,13 @@ def _poll_error(record: JobRecord) -> Iterable[Sample]:
     return () if error is None else (({"reason": error.value}, 1.0),)
 
 
+def _last_progress_change(record: JobRecord) -> float | None:
+    """Where the API tells how far the job is: else no stall can be told from it, and none is
+    claimed (an alert on this time would fire for every long job of such an API)."""
+    snap = record.snapshot
+    return _seconds(record.last_progress_change) if snap and snap.shows_progress else None
+
+
 def _snapshot_time(key: str) -> Callable[[JobRecord], Iterable[Sample]]:
     when = attrgetter(key)
     return _of_snapshot(lambda snap: _seconds(when(snap)))
@@ -275,7 +282,7 @@ FAMILIES = (
               (), _of_polled(lambda record: _seconds(record.last_poll_success))),
     JobFamily("asyncjob_last_progress_change_timestamp_seconds", "gauge",
               "Unix time the exporter last saw the job's state or progress change.",
-              (), _of_polled(lambda record: _seconds(record.last_progress_change))),
+              (), _of_polled(_last_progress_change)),
 )  # fmt: skip
 Chunks = tuple[bytes, ...]  # one per FAMILIES entry
 

@@ -228,7 +228,12 @@ class _Families:
             *((family, _seconds(getattr(snap, name))) for name, family in self.times.items()),
             (self.finished_time, _seconds(record.finished_at)),
             (self.last_success, _seconds(record.last_poll_success)),
-            (self.last_change, _seconds(record.last_progress_change)),
+            (
+                self.last_change,
+                _seconds(record.last_progress_change)
+                if snap.progress or snap.training_step is not None
+                else None,
+            ),
         ]
         for target, value in optional:
             if value is not None:  # absent where the API does not give it

@@ -22,9 +22,11 @@ cookbook's recorded polls show it). So an `ended` batch's state comes from its c
   that came after it does not make it one to ignore.
 
 `canceling` is `cancelling`; `in_progress` is `running`. Progress is the share of requests that
-finished, succeeded or errored, which the API only tells at the end: 0 while the batch runs or is
-being cancelled (nothing is known to be done, so nothing is claimed), the share at the end, 1 for
-a succeeded batch. The API gives no estimate of when a batch will end.
+finished, succeeded or errored, which the API only tells at the end: while the batch runs or is
+being cancelled there is none (no ratio is made up, and since nothing the API says moves, no
+stall can be told: asyncjob_last_progress_change_timestamp_seconds is absent, and
+AsyncJobStalled never fires for a running batch), the share at the end, 1 for a succeeded
+batch. The API gives no estimate of when a batch will end.
 
 Yields, for a batch that ended with 7 of 10 requests succeeded::
 
@@ -161,7 +163,11 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     state = ended_state(counts) if status == ENDED else STATUSES.get(status, State.UNKNOWN)
     # Nothing is known to be done until the batch ends: its counts only move then.
     done = counts["succeeded"] + counts["errored"]
-    overall = finished_progress(state, ratio(done, sum(counts.values()))) if state.terminal else 0.0
+    # While it runs the counts stay put (a request leaves `processing` when the batch ends), so
+    # the API does not say how far it is: no ratio, rather than a made-up 0.
+    overall = (
+        finished_progress(state, ratio(done, sum(counts.values()))) if state.terminal else None
+    )
     created = timestamp(batch, "created_at")
     ended = timestamp(batch, "ended_at")
     changes = (created, timestamp(batch, "cancel_initiated_at"), ended,
@@ -169,7 +175,7 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
-        progress={"overall": overall},
+        progress={} if overall is None else {"overall": overall},
         tasks={TASKS[key]: value for key, value in counts.items()},
         created=created,
         started=created,  # a batch "begins processing immediately" once created

@@ -19,9 +19,11 @@ While a job runs (or is paused) each poll makes one more request, for its newest
 where there is validation data) gives asyncjob_training_step and
 asyncjob_training_loss{split="train"|"valid"}. The total number of steps is only in the
 message: OpenAI writes `Step 10/100: training loss=0.40`, and progress is step over total;
-Azure writes `Step 100: ...` without one, and then progress stays 0 while the job runs (there is
-no honest ratio to give: watch the step instead). A finished job's answer has no steps, so its
-progress is 1 when it succeeded and 0 otherwise, and no request is made for its events.
+Azure writes `Step 100: ...` without one, and then the job has no progress ratio while it runs
+(there is no honest one to give: the step says how far it is, and a new step is progress for the
+stall alert). A running job with no metrics event yet has none either. A finished job's answer
+has no steps, so its progress is 1 when it succeeded and 0 otherwise, and no request is made for
+its events.
 
 `created_at` is the creation; `finished_at` the finish, of a finished job only (Azure's pause
 and cancel answers carry one too); `estimated_finish` the estimated completion while the job
@@ -116,7 +118,8 @@ def parse(payload: Any, polled_at: datetime) -> JobSnapshot:  # noqa: ARG001 - s
     return JobSnapshot(
         state=state,
         vendor_status=vendor_status,
-        progress={"overall": finished_progress(state, 0.0)},
+        # Running: how far only its newest metrics event can say (`with_events`); none yet.
+        progress={} if state is State.RUNNING else {"overall": finished_progress(state, 0.0)},
         display_name=text(job, "user_provided_suffix"),
         errors=1 if error_message(job) else 0,
         created=created,
@@ -182,12 +185,12 @@ def read_events(payload: Any, snapshot: JobSnapshot, _at: datetime) -> JobSnapsh
     losses = {
         split: loss for split, keys in LOSSES if (loss := _loss(event["data"], keys)) is not None
     }
-    progress = snapshot.progress["overall"]
+    progress = dict(snapshot.progress)  # running with no total: none, the step says how far
     if total:
-        progress = finished_progress(snapshot.state, ratio(step, total))
+        progress["overall"] = finished_progress(snapshot.state, ratio(step, total))
     return dataclasses.replace(
         snapshot,
-        progress={**snapshot.progress, "overall": progress},
+        progress=progress,
         training_step=step,
         training_loss=losses,
         last_update=last_update,

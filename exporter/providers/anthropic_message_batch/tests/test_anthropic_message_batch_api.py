@@ -52,7 +52,8 @@ def test_in_progress_from_the_docs() -> None:
     snap = parse(fixture("anthropic-docs_batch-processing_create_in_progress.json"), POLLED_AT)
     assert snap.state is State.RUNNING
     assert snap.vendor_status == "in_progress"
-    assert snap.progress == {"overall": 0.0}
+    assert snap.progress == {}  # the API does not say how far it is
+    assert not snap.shows_progress
     assert snap.tasks == {"in_progress": 2, "completed": 0, "failed": 0, "cancelled": 0,
                           "expired": 0}  # fmt: skip
     assert snap.created == snap.started == at("2024-09-24T18:37:24.100435Z")
@@ -71,7 +72,7 @@ def test_canceling_from_the_docs() -> None:
     """`canceling` is cancelling; its cancel time is the last update."""
     snap = parse(fixture("anthropic-docs_batch-processing_cancel_canceling.json"), POLLED_AT)
     assert snap.state is State.CANCELLING
-    assert snap.progress["overall"] == 0.0
+    assert snap.progress == {}
     assert snap.last_update == at("2024-09-24T18:39:03.114875Z")
     assert snap.finished is None
 
@@ -167,7 +168,7 @@ def test_running_answer_with_an_end_time_has_no_finish() -> None:
     snap = parse(fixture("anthropic-api-reference_retrieve_all_fields.json"), POLLED_AT)
     assert snap.state is State.RUNNING
     assert snap.finished is None
-    assert snap.progress["overall"] == 0.0
+    assert snap.progress == {}
     assert snap.tasks == {"in_progress": 100, "completed": 50, "failed": 30, "cancelled": 10,
                           "expired": 10}  # fmt: skip
 

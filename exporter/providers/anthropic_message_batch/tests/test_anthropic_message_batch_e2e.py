@@ -55,7 +55,8 @@ def tasks_of(h: Harness, job_id: str) -> dict[str, float | None]:
 
 def test_running_batches_claim_no_progress(make_harness: MakeHarness) -> None:
     """At t=5 every demo batch runs: every request counted in_progress, all five task series
-    there, progress 0, an expiry a day after creation and no finish."""
+    there, no progress ratio and no last progress change (the API does not say how far a batch
+    is, so no stall can be told), an expiry a day after creation and no finish."""
     h = make_harness(mine(), at=5.0, jobs=DEMO_JOBS)
     h.exporter.poll_once()
     metrics = h.scrape()
@@ -64,7 +65,8 @@ def test_running_batches_claim_no_progress(make_harness: MakeHarness) -> None:
         assert state_of(h, job.job_id) == "running"
         assert tasks_of(h, job.job_id) == {"completed": 0, "failed": 0, "in_progress": job.units,
                                            "cancelled": 0, "expired": 0}  # fmt: skip
-        assert metrics.get("asyncjob_progress_ratio", phase="overall", **labels) == 0
+        assert metrics.get("asyncjob_progress_ratio", phase="overall", **labels) is None
+        assert metrics.get("asyncjob_last_progress_change_timestamp_seconds", **labels) is None
         created = metrics.get("asyncjob_created_timestamp_seconds", **labels)
         expires = metrics.get("asyncjob_expiration_timestamp_seconds", **labels)
         assert created is not None

@@ -52,7 +52,7 @@ from exporter.simulator.kit import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
 _TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
 _CUT = "X-Simulator-Cut"  # internal: the handler breaks off the body after this many bytes
@@ -109,6 +109,7 @@ class Fault:
     cut_after: int | None = None  # send this many body bytes, then reset the connection...
     stall: float = 0.0  # ...or, if set, pause this long there and then send the rest
     times: int | None = None  # answers left; None until cleared
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with the answer, any status
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,8 @@ class Simulator:
         status, extra, out = self._job_status(part, call.variant, job_id)
         if fault and fault.retry_after:  # a normal answer that paces the client
             extra = {**extra, "Retry-After": fault.retry_after}
+        if fault:
+            extra = {**extra, **fault.headers}
         return status, extra, out
 
     def _job_status(self, part: SimPart, variant: str, job_id: str) -> Answer:
@@ -336,15 +339,16 @@ def _fault_answer(fault: Fault) -> Answer | None:
         body = fault.body or b'{"status": "running", "tasks": {}}'
         return fault.status or 200, {_TRICKLE: str(fault.trickle)}, body
     if fault.body is not None:
-        return fault.status or 200, {"Content-Type": fault.content_type}, fault.body
+        return (
+            fault.status or 200,
+            {"Content-Type": fault.content_type, **fault.headers},
+            fault.body,
+        )
     if fault.status is None:
-        return None  # a pure delay: answer normally, late
+        return None  # a pure delay (or headers on a normal answer): answer normally
     status, headers, out = error_answer(fault.status, "Simulated", f"Simulated HTTP {fault.status}")
-    return (
-        status,
-        {**headers, **({"Retry-After": fault.retry_after} if fault.retry_after else {})},
-        out,
-    )
+    waits = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+    return status, {**headers, **waits, **fault.headers}, out
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -467,9 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = parse_config(demo_config(simulator.url, discovery=True))
             banner = (f"Simulator:      {simulator.url} (demo upstream APIs)",)
-            return (
-                serve(config, args, banner) if not args.once else _once(config, selection_of(args))
-            )
+            return serve(config, args, banner) if not args.once else _once(config, args)
         finally:
             simulator.stop()
     try:
@@ -478,12 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(exc, args.config_file, sys.stderr)
         return 1
     if args.once:
-        return _once(config, selection_of(args))
+        return _once(config, args)
     return serve(config, args)
 
 
-def _once(config: Config, selection: Selection) -> int:
-    exporter = Exporter(config, selection=selection)
+def _once(config: Config, args: argparse.Namespace) -> int:
+    exporter = Exporter(config, selection=selection_of(args))
     try:
         exporter.poll_once()
         sys.stdout.write(

@@ -53,10 +53,11 @@ def parse_patterns(value: str, families: Iterable[tuple[str, str]]) -> tuple[re.
             problems.append(f'"{text}" matches no metric family')
             unmatched = True
         patterns.append(pattern)
-    if unmatched:  # say what there is to match
-        problems[-1] += f" (families: {', '.join(names[0] for names in known)})"
     if problems:
-        raise ValueError("; ".join(problems))
+        message = "; ".join(problems)
+        if unmatched:  # say what there is to match
+            message += f" (families: {', '.join(names[0] for names in known)})"
+        raise ValueError(message)
     return tuple(patterns)
 
 

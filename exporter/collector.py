@@ -94,6 +94,13 @@ class _Families:
             "dropped.",
             labels=SOURCE_LABELS,
         )
+        self.tokens = CounterMetricFamily(
+            "asyncjob_source_tokens",
+            "Tokens the source's jobs have used, by kind (input and output of LLM batches, "
+            "trained of fine-tuning jobs): each job's increase counted once, as polls report it; "
+            "across restarts too, and after the job is dropped.",
+            labels=[*SOURCE_LABELS, "kind"],
+        )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
             "Jobs no longer tracked, by reason (retention, expired, deleted).",
@@ -129,6 +136,8 @@ class _Families:
                 tally.seconds[state],
             )  # fmt: skip
         self.characters.add_metric(key, tally.characters)
+        for kind, used in tally.tokens.items():
+            self.tokens.add_metric([*key, kind], used)
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -150,6 +159,7 @@ class _Families:
         yield self.finished
         yield self.job_duration
         yield self.characters
+        yield self.tokens
         yield self.dropped
         yield self.discovered
         yield self.webhooks

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.logging import redactor
-from exporter.model import DOCUMENT_STATES, TASK_STATES, State
+from exporter.model import DOCUMENT_STATES, LOSS_SPLITS, TASK_STATES, TOKEN_KINDS, State
 from exporter.selection import Selection
 
 if TYPE_CHECKING:
@@ -235,10 +235,8 @@ FINISHED_HELP = (
     "runs, and for a job first seen finished whose API gives no time."
 )
 
-# Every job family, in the order /metrics lists them. A new one is one more entry, such as
-#   JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
-#             _each(lambda snap: snap.tokens, "kind", TOKEN_KINDS)),
-# with the snapshot field it reads (storage keeps every field without being told).
+# Every job family, in the order /metrics lists them. A new one is one more entry, with the
+# snapshot field it reads (storage keeps every field without being told).
 FAMILIES = (
     JobFamily("asyncjob_info", "gauge",
               "Job facts: the raw vendor status, the job's name, and its project (training jobs).",
@@ -254,6 +252,17 @@ FAMILIES = (
     JobFamily("asyncjob_translation_characters_charged", "counter",
               "Characters the Translator API has charged for the batch.",
               (), _of_snapshot(lambda snap: snap.characters_charged)),
+    JobFamily("asyncjob_tokens", "counter",
+              "Tokens the job has used, by kind: input and output (LLM batches), trained "
+              "(fine-tuning).",
+              ("kind",), _each(lambda snap: snap.tokens, "kind", TOKEN_KINDS)),
+    JobFamily("asyncjob_training_step", "gauge",
+              "The step of the job's newest training metrics (fine-tuning, while it runs).",
+              (), _of_snapshot(lambda snap: snap.training_step)),
+    JobFamily("asyncjob_training_loss", "gauge",
+              "The loss at the job's newest training step, on the training data (train) and "
+              "the validation data (valid).",
+              ("split",), _each(lambda snap: snap.training_loss, "split", LOSS_SPLITS)),
     JobFamily("asyncjob_errors", "gauge", "Errors the API reports for the job.",
               (), _of_snapshot(lambda snap: snap.errors)),
     JobFamily("asyncjob_warnings", "gauge", "Warnings the API reports for the job.",

@@ -307,6 +307,7 @@ class JobRecord:
     finished_at: datetime | None = None  # when it finished, where known: see store._finished_at
     not_found_streak: int = 0  # polls in a row answered 404
     characters_counted: int = 0  # of its characters charged, those in its source's tally
+    tokens_counted: Mapping[str, int] = field(default_factory=dict)  # the same, of its tokens
 
     @property
     def finished(self) -> bool:

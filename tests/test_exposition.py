@@ -35,7 +35,16 @@ from exporter import exposition as exposition_module
 from exporter.app import metric_families
 from exporter.collector import SourceCollector
 from exporter.exposition import FAMILIES, JOB_LABELS, Exposition, JobFamily
-from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobRecord, JobSnapshot, State
+from exporter.model import (
+    DOCUMENT_STATES,
+    LOSS_SPLITS,
+    TASK_STATES,
+    TOKEN_KINDS,
+    ErrorReason,
+    JobRecord,
+    JobSnapshot,
+    State,
+)
 from exporter.selection import Selection, parse_patterns
 
 if TYPE_CHECKING:
@@ -76,6 +85,7 @@ times = st.none() | st.datetimes(
 )
 ratios = st.floats(min_value=0.0, max_value=1.0)
 counts = st.integers(min_value=0, max_value=2**53)
+losses = st.floats(min_value=0.0, max_value=1e6) | st.floats(allow_nan=False, allow_infinity=False)
 
 
 @st.composite
@@ -93,6 +103,9 @@ def snapshots(draw: Any) -> JobSnapshot:
         characters_charged=draw(st.none() | counts),
         errors=draw(st.none() | counts),
         warnings=draw(st.none() | counts),
+        tokens=draw(st.dictionaries(st.sampled_from(TOKEN_KINDS), counts)),
+        training_step=draw(st.none() | counts),
+        training_loss=draw(st.dictionaries(st.sampled_from(LOSS_SPLITS), losses)),
         created=draw(times), last_update=draw(times), started=draw(times),
         estimated_completion=draw(times), expiration=draw(times),
         finished=draw(times) if state.terminal else None,
@@ -233,30 +246,30 @@ def test_a_new_family_is_one_definition(monkeypatch: pytest.MonkeyPatch) -> None
     """What the next fact about a job takes: one JobFamily. Its header, its samples named as
     its type wants, its labels sorted among the job's and escaped, in both formats, and
     selectable by name, with nothing else to change."""
-    tokens = JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
+    widgets = JobFamily("asyncjob_widgets", "counter", "Widgets the job used, by kind.", ("kind",),
                        lambda record: [({"kind": "input"}, 12), ({"kind": 'a"b'}, 2.5)]
                        if record.snapshot else ())  # fmt: skip
-    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, tokens))
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, widgets))
     running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
     record = JobRecord("azure_document_translation", "a", "j1", T0, snapshot=running, up=True)
     exposition = Exposition(CollectorRegistry(), FakeStore((record,)), lambda: NOTE)
     text = rendered(exposition).decode()
-    assert f"# HELP asyncjob_tokens_total Tokens the job used, by kind. {NOTE}\n" in text
-    assert "# TYPE asyncjob_tokens_total counter\n" in text
+    assert f"# HELP asyncjob_widgets_total Widgets the job used, by kind. {NOTE}\n" in text
+    assert "# TYPE asyncjob_widgets_total counter\n" in text
     assert (
-        'asyncjob_tokens_total{job_id="j1",kind="input",provider="azure_document_translation",'
+        'asyncjob_widgets_total{job_id="j1",kind="input",provider="azure_document_translation",'
         'source="a"} 12.0\n' in text
     )
     assert 'kind="a\\"b"' in text
     openmetrics = rendered(exposition, openmetrics=True).decode()
-    assert "# TYPE asyncjob_tokens counter\n" in openmetrics
+    assert "# TYPE asyncjob_widgets counter\n" in openmetrics
     strict: Callable[[str], Iterable[Any]] = parse_openmetrics  # the strict parser accepts it
     families = {family.name: family for family in strict(openmetrics)}
-    assert [s.value for s in families["asyncjob_tokens"].samples] == [12.0, 2.5]
+    assert [s.value for s in families["asyncjob_widgets"].samples] == [12.0, 2.5]
     only = b"".join(
-        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_tokens_total"])
+        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_widgets_total"])
     ).decode()
-    assert only.startswith("# HELP asyncjob_tokens_total ")
+    assert only.startswith("# HELP asyncjob_widgets_total ")
     assert "asyncjob_state" not in only
 
 
@@ -357,10 +370,10 @@ def test_a_family_left_out_is_never_rendered(monkeypatch: pytest.MonkeyPatch) ->
     def never(record: JobRecord) -> Iterable[tuple[Any, float]]:
         raise AssertionError(record)
 
-    loss = JobFamily("asyncjob_training_loss", "gauge", "Loss.", ("split",), never)
-    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, loss))
-    families = (*metric_families(), ("asyncjob_training_loss", "gauge"))
-    denied = Selection.of(None, parse_patterns("asyncjob_training_loss,asyncjob_up", families))
+    unasked = JobFamily("asyncjob_unasked", "gauge", "Never asked.", ("split",), never)
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, unasked))
+    families = (*metric_families(), ("asyncjob_unasked", "gauge"))
+    denied = Selection.of(None, parse_patterns("asyncjob_unasked,asyncjob_up", families))
     running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
     jobs = tuple(JobRecord("azure_document_translation", "a", f"j{i}", T0, snapshot=running,
                            up=True) for i in range(300))  # fmt: skip
@@ -369,7 +382,7 @@ def test_a_family_left_out_is_never_rendered(monkeypatch: pytest.MonkeyPatch) ->
         f.name for f in FAMILIES if f.name != "asyncjob_up"
     ]
     text = gzip.decompress(rendered(exposition, gzipped=True)).decode()
-    assert "asyncjob_training_loss" not in text
+    assert "asyncjob_unasked" not in text
     assert "asyncjob_up" not in text
     assert all(len(chunks) == len(FAMILIES) - 1 for _, chunks in exposition._cache.values())
     only = b"".join(

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Self
@@ -283,7 +283,7 @@ class Simulator:
             extra = {**extra, "Retry-After": fault.retry_after}
         if fault:
             extra = {**extra, **fault.headers}
-        return status, extra, out
+        return status, {**part.headers, **extra}, out
 
     def _job_status(self, part: SimPart, variant: str, job_id: str) -> Answer:
         job = self._jobs.get(job_id)
@@ -291,10 +291,7 @@ class Simulator:
             return part.not_found()
         elapsed = self._clock()
         if job.throttle and job.throttle[0] <= elapsed < job.throttle[1]:
-            status, hdrs, out = error_answer(
-                429, "RequestRateTooHigh", "User's request rate is too high"
-            )
-            return status, {**hdrs, "Retry-After": str(job.retry_after)}, out
+            return part.throttled(job, self.started_at + timedelta(seconds=elapsed))
         return json_answer(rendered(part.render, job, elapsed, self.started_at, variant))
 
     def _answer_list(self, part: SimPart, route: ListRoute, call: Call) -> Answer:
@@ -308,7 +305,8 @@ class Simulator:
         jobs = [job for job in self.present() if job.api == part.name]
         listing = Listing(call, jobs, part.render, elapsed, self.started_at, self.url,
                           self.max_page_size)  # fmt: skip
-        return route.answer(listing)
+        status, extra, out = route.answer(listing)
+        return status, {**part.headers, **extra}, out
 
 
 @functools.cache

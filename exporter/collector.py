@@ -24,7 +24,7 @@ from exporter.storage import OPERATIONS
 from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from prometheus_client.metrics_core import Metric
 
@@ -165,6 +165,13 @@ class _Families:
         yield self.webhooks
 
 
+def described() -> Iterator[Metric]:
+    """Every family the collectors here can yield, without samples: some appear only after an
+    event (the first webhook call, a discovery source, --storage.path)."""
+    yield from _Families().all()
+    yield StorageCollector.family({})
+
+
 class SourceCollector(Collector):
     """Exposes every source's request statistics, and the build info."""
 
@@ -197,7 +204,8 @@ class StorageCollector(Collector):
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    def _family(self, errors: dict[str, int]) -> CounterMetricFamily:
+    @staticmethod
+    def family(errors: Mapping[str, int]) -> CounterMetricFamily:
         family = CounterMetricFamily(
             "asyncjob_storage_errors",
             "Failed storage attempts by operation: open (opening the database for writing, at "
@@ -210,7 +218,7 @@ class StorageCollector(Collector):
         return family
 
     def describe(self) -> Iterator[Metric]:
-        yield self._family({})
+        yield self.family({})
 
     def collect(self) -> Iterator[Metric]:
-        yield self._family(self._storage.errors())
+        yield self.family(self._storage.errors())

@@ -12,6 +12,10 @@ Each job family is one `JobFamily` in FAMILIES: its name, type, help, labels and
 that yields a job's samples, together (as kube-state-metrics' FamilyGenerator). A new fact about
 a job is one more entry there, reading the field of the snapshot or record that holds it.
 
+Which `asyncjob_` families are exported at all is an Exposition's `selection` (the flags
+--metric-allowlist and --metric-denylist; selection.py): a job family left out is not rendered,
+so none of its bytes are held, and the registry's families are filtered on the way out.
+
 The sample lines are the same in the text format and in OpenMetrics (sorted labels, the same
 escaping, Go float formatting), so one set of chunks serves both; only the headers differ, and
 OpenMetrics ends with `# EOF`.
@@ -33,16 +37,19 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.logging import redactor
 from exporter.model import DOCUMENT_STATES, LOSS_SPLITS, TASK_STATES, TOKEN_KINDS, State
+from exporter.selection import Selection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from datetime import datetime
 
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
     from exporter.model import JobRecord, JobSnapshot
 
@@ -284,15 +291,33 @@ FAMILIES = (
               "Unix time the exporter last saw the job's state or progress change.",
               (), _of_polled(_last_progress_change)),
 )  # fmt: skip
-Chunks = tuple[bytes, ...]  # one per FAMILIES entry
+Chunks = tuple[bytes, ...]  # one per family rendered
 
 
-def render_job(record: JobRecord) -> Chunks:
-    """One job's sample lines, one chunk per family (empty where it has none)."""
+def render_job(record: JobRecord, families: Sequence[JobFamily]) -> Chunks:
+    """One job's sample lines, one chunk per family of `families` (empty where it has none)."""
     # A job ID comes from the config, the jobs API or a webhook: masked like every label, in
     # case a secret was pasted there (the record keeps the real one).
     job = (_escape(redactor.mask(record.job_id)), _escape(record.provider), _escape(record.source))
-    return tuple(family.render(record, job) for family in FAMILIES)
+    return tuple(family.render(record, job) for family in families)
+
+
+class _Collects(Protocol):
+    """A registry, or a part of one (client_python's restricted registry)."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Selected(Collector):
+    """What a registry collects, less the families the selection leaves out."""
+
+    def __init__(self, registry: _Collects, selection: Selection) -> None:
+        self._registry = registry
+        self._selection = selection
+
+    def collect(self) -> Iterator[Metric]:
+        keeps = self._selection.keeps
+        return (metric for metric in self._registry.collect() if keeps(metric.name, metric.type))
 
 
 class Jobs(Protocol):
@@ -317,15 +342,22 @@ class _Rendered:
 
 class Exposition:
     """Renders /metrics: pre-rendered job families, then `registry` fresh. One render at a time
-    (its lock guards the caches); SharedRender lets concurrent scrapes share a render."""
+    (its lock guards the caches); SharedRender lets concurrent scrapes share a render.
+
+    `selection` (--metric-allowlist, --metric-denylist) says which `asyncjob_` families are
+    exported, of the jobs' and of the registry's: a job family left out is never rendered, so
+    no byte of it is held."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         store: Jobs | None = None,
         poll_note: Callable[[], str] = lambda: "",
+        selection: Selection | None = None,
     ) -> None:
         self.registry = registry
+        self._selection = selection or Selection()
+        self.families = tuple(f for f in FAMILIES if self._selection.keeps(f.name, f.type))
         self._store = store
         self._poll_note = poll_note
         self._lock = threading.Lock()
@@ -336,16 +368,21 @@ class Exposition:
     def render(self, openmetrics: bool, gzipped: bool, names: Sequence[str] = ()) -> list[bytes]:
         """The body, as parts to send in order (gzip members when `gzipped`)."""
         with self._lock:
+            families = self.families
             wanted = [
-                i for i, f in enumerate(FAMILIES) if not names or f.sample_name in names
+                i for i, f in enumerate(families) if not names or f.sample_name in names
             ]  # fmt: skip
             jobs = self._jobs(gzipped)
             note = self._poll_note()
-            registry = self.registry.restricted_registry(names) if names else self.registry
+            registry: _Collects = (
+                self.registry.restricted_registry(names) if names else self.registry
+            )
+            if self._selection.patterns:
+                registry = _Selected(registry, self._selection)
             fresh = (generate_openmetrics if openmetrics else generate_latest)(registry)
             parts: list[bytes] = []
             for i in wanted:  # a family no job has yet still gets its HELP and TYPE
-                header = FAMILIES[i].header(note, openmetrics).encode()
+                header = families[i].header(note, openmetrics).encode()
                 if gzipped:
                     assert jobs.members is not None
                     parts.append(gzip.compress(header, GZIP_LEVEL))
@@ -367,11 +404,11 @@ class Exposition:
                 key = (record.source, record.job_id)
                 cached = self._cache.get(key)
                 if cached is None or cached[0] is not record:
-                    cached = (record, render_job(record))
+                    cached = (record, render_job(record, self.families))
                 cache[key] = cached
                 chunks.append(cached[1])
             self._cache = cache
-            joined = tuple(b"".join(job[i] for job in chunks) for i in range(len(FAMILIES)))
+            joined = tuple(b"".join(job[i] for job in chunks) for i in range(len(self.families)))
             rendered = self._rendered = _Rendered(generation, records, tuple(chunks), joined)
         if gzipped and rendered.members is None:
             rendered.members = self._compress(rendered)
@@ -382,7 +419,7 @@ class Exposition:
         blocks: dict[tuple[int, int], tuple[tuple[JobRecord, ...], bytes]] = {}
         members: list[tuple[bytes, ...]] = []
         records, chunks = rendered.records, rendered.chunks
-        for i in range(len(FAMILIES)):
+        for i in range(len(self.families)):
             family: list[bytes] = []
             for start in range(0, len(records), BLOCK):
                 block = records[start : start + BLOCK]

@@ -18,7 +18,12 @@ import pytest
 from conftest import run_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -27,6 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from reference_render import JobCollector
 
 from exporter import exposition as exposition_module
+from exporter.app import metric_families
+from exporter.collector import SourceCollector
 from exporter.exposition import FAMILIES, JOB_LABELS, Exposition, JobFamily
 from exporter.model import (
     DOCUMENT_STATES,
@@ -38,6 +45,7 @@ from exporter.model import (
     JobSnapshot,
     State,
 )
+from exporter.selection import Selection, parse_patterns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -299,3 +307,111 @@ def test_promtool_accepts_a_large_render() -> None:
     assert text.count(b"\n") > 5000 * 20
     result = run_tool("promtool", "check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Metric selection. What each list keeps is said here from the families' names and types, not
+# by the selection's own code; the oracle knows nothing of lists, and its render is filtered here.
+SELECTIONS = {
+    "allowlist": (
+        "asyncjob_state, asyncjob_.*_timestamp_seconds, asyncjob_.*_total",  # counters: _total
+        lambda f: f.name == "asyncjob_state" or f.name.endswith("_timestamp_seconds")
+        or f.type == "counter",
+    ),
+    "denylist": (
+        ("asyncjob_info,asyncjob_state,asyncjob_progress_ratio,"
+         "asyncjob_translation_characters_charged"),  # a counter by client_python's name
+        lambda f: f.name not in {"asyncjob_info", "asyncjob_state", "asyncjob_progress_ratio",
+                                 "asyncjob_translation_characters_charged"},
+    ),
+}  # fmt: skip
+
+
+def selection(kind: str) -> Selection:
+    patterns = parse_patterns(SELECTIONS[kind][0], metric_families())
+    return Selection.of(patterns, None) if kind == "allowlist" else Selection.of(None, patterns)
+
+
+def keeps(kind: str) -> list[JobFamily]:
+    keep: Callable[[JobFamily], bool] = SELECTIONS[kind][1]
+    return [f for f in FAMILIES if keep(f)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=stores)
+@pytest.mark.parametrize("kind", SELECTIONS)
+def test_a_selection_renders_only_its_families_byte_for_byte(
+    kind: str, records: tuple[JobRecord, ...]
+) -> None:
+    """With an allowlist and with a denylist, over stores of every shape: a family left out
+    has no HELP, no TYPE and no sample; the body is the kept families' blocks, byte for byte
+    as the oracle writes them, in both formats; gzipped, the same bytes."""
+    kept = keeps(kind)
+    dropped = [f for f in FAMILIES if f not in kept]
+    assert kept
+    assert dropped
+    exposition = Exposition(CollectorRegistry(), FakeStore(records), lambda: NOTE, selection(kind))
+    for openmetrics in (False, True):
+        text = rendered(exposition, openmetrics).decode()
+        oracle = blocks(reference(records, openmetrics))
+        end = "# EOF\n" if openmetrics else ""
+        assert text == "".join(f"# HELP {oracle[f.name]}" for f in kept) + end
+        written = {line.split("{")[0].split(" ")[0] for line in text.splitlines()}
+        for family in dropped:
+            assert family.sample_name not in written, family.name
+            assert f" {family.name} " not in text
+            assert f" {family.sample_name} " not in text
+        zipped = rendered(exposition, openmetrics, gzipped=True)
+        assert gzip.decompress(zipped) == text.encode()
+
+
+def test_a_family_left_out_is_never_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither rendered nor held: a denied family's samples are never asked for, and each job's
+    cached chunks are the kept families' only; ?name[]= still narrows what is kept."""
+
+    def never(record: JobRecord) -> Iterable[tuple[Any, float]]:
+        raise AssertionError(record)
+
+    unasked = JobFamily("asyncjob_unasked", "gauge", "Never asked.", ("split",), never)
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, unasked))
+    families = (*metric_families(), ("asyncjob_unasked", "gauge"))
+    denied = Selection.of(None, parse_patterns("asyncjob_unasked,asyncjob_up", families))
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
+    jobs = tuple(JobRecord("azure_document_translation", "a", f"j{i}", T0, snapshot=running,
+                           up=True) for i in range(300))  # fmt: skip
+    exposition = Exposition(CollectorRegistry(), FakeStore(jobs), lambda: NOTE, denied)
+    assert [f.name for f in exposition.families] == [
+        f.name for f in FAMILIES if f.name != "asyncjob_up"
+    ]
+    text = gzip.decompress(rendered(exposition, gzipped=True)).decode()
+    assert "asyncjob_unasked" not in text
+    assert "asyncjob_up" not in text
+    assert all(len(chunks) == len(FAMILIES) - 1 for _, chunks in exposition._cache.values())
+    only = b"".join(
+        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_state", "asyncjob_up"])
+    )
+    assert only.decode().startswith("# HELP asyncjob_state ")
+    assert "asyncjob_up" not in only.decode()
+
+
+def test_a_selection_filters_the_registry_but_never_process_or_python() -> None:
+    """The registry's asyncjob_ families are selected as the jobs' are (a counter by its
+    README name); client_python's process_ and python_ families always stay."""
+    registry = CollectorRegistry()
+    registry.register(SourceCollector(FakeStore(())))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    patterns = parse_patterns("asyncjob_requests_total,asyncjob_tracked_jobs", metric_families())
+    selected = Exposition(registry, selection=Selection.of(patterns, None))
+    for openmetrics in (False, True):
+        parse = parse_openmetrics if openmetrics else parse_text
+        every = {
+            family.name for family in parse(rendered(Exposition(registry), openmetrics).decode())
+        }
+        names = {family.name for family in parse(rendered(selected, openmetrics).decode())}
+        assert "asyncjob_build_info" in every
+        assert {n for n in names if n.startswith("asyncjob_")} == {
+            "asyncjob_requests", "asyncjob_tracked_jobs"
+        }  # fmt: skip
+        assert {n for n in every if not n.startswith("asyncjob_")} <= names
+        assert any(n.startswith("process_") for n in names)
+        assert "python_info" in names

@@ -135,6 +135,21 @@ LOSS_SPLITS = ("train", "valid")
 """The `split` label of asyncjob_training_loss: the training data, or the validation data."""
 
 
+_NAMES: dict[tuple[str, ...], frozenset[str]] = {
+    names: frozenset(names) for names in (TASK_STATES, DOCUMENT_STATES, TOKEN_KINDS)
+}
+_LOSS_SPLITS = frozenset(LOSS_SPLITS)
+
+
+def _check_counts(counts: Mapping[str, int], names: tuple[str, ...]) -> None:
+    if min(counts.values()) < 0:
+        msg = "counts must not be negative"
+        raise ValueError(msg)
+    if not counts.keys() <= _NAMES[names]:
+        msg = f"counts of {sorted(set(counts) - set(names))} are not in {names}"
+        raise ValueError(msg)
+
+
 def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyType[str, float]:
     return MappingProxyType(dict(mapping))
 
@@ -188,14 +203,11 @@ class JobSnapshot:
             (self.documents, DOCUMENT_STATES),
             (self.tokens, TOKEN_KINDS),
         ):
-            if any(v < 0 for v in counts.values()):
-                msg = "counts must not be negative"
-                raise ValueError(msg)
-            if not names or not set(counts) <= set(names):
-                msg = f"counts of {sorted(set(counts) - set(names))} are not in {names}"
-                raise ValueError(msg)
-        if not set(self.training_loss) <= set(LOSS_SPLITS) or not all(
-            math.isfinite(v) for v in self.training_loss.values()
+            if counts:  # most have none: a snapshot is made per job per poll, and per restore
+                _check_counts(counts, names)
+        if self.training_loss and (
+            not self.training_loss.keys() <= _LOSS_SPLITS
+            or not all(math.isfinite(v) for v in self.training_loss.values())
         ):
             msg = f"training loss must be finite, by {LOSS_SPLITS}"
             raise ValueError(msg)

@@ -151,7 +151,8 @@ def _arguments() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--cost-jobs", type=int, default=10_000,
-        help="jobs of the polled provider for the request-cost figure (default %(default)s)",
+        help="jobs of the polled provider (one in ten running) for the request-cost and the "
+        "CPU-per-poll figures (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--prometheus-jobs", type=int, default=10_000,
@@ -164,7 +165,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true",
         help="the CI form, under two minutes: 200 jobs, 20 scrapers, sizes 1000 and 5000, "
-        "2000 jobs for the first cycle and the request cost, 1000 for the Prometheus cost",
+        "2000 jobs for the first cycle, the request cost and CPU per poll, 1000 for the "
+        "Prometheus cost",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
@@ -222,7 +224,7 @@ def main() -> int:
         f"scrape, {args.scrapers} at once    {_percentiles(latencies)}   "
         f"({len(latencies)} scrapes, {failures} failed)"
     )
-    scale.report([int(n) for n in args.sizes.split(",")], args.cycle_jobs)
+    scale.report([int(n) for n in args.sizes.split(",")], args.cycle_jobs, args.cost_jobs)
     per_job, listed = request_cost(args.cost_jobs)
     provider, _ = scale.the_one(scale.polled)
     print(f"upstream requests per tracked job per interval, {args.cost_jobs:,} jobs of {provider} "

@@ -10,11 +10,16 @@ this process. Then:
   adds to sending its bytes. Nothing changes between these scrapes (discovery lists hourly).
 - the exporter's peak RSS (VmHWM, after 8 concurrent scrapes too), and RSS per job over an
   exporter tracking no job;
-- the status page's p50.
+- the status page's p50;
+- a restart from the store the first process left: the time from starting the process to a
+  `/metrics` that holds all N jobs (interpreter start, imports, loading the store, the first
+  render), and the restarted process's peak RSS (loading, then the same scrapes: one identity,
+  one gzip, 8 concurrent).
 
-Then, once: CPU per poll (the exporter's CPU time over the polls it made, per-job polling of
-running jobs of the provider in the `polled` role, today Translator batches), and the first
-poll cycle against the ideal N x latency / workers with the upstream answering in 20 ms.
+Then, once: CPU per poll (the exporter's CPU time, all its background work counted, over the
+polls it made: per-job polling of jobs of the provider in the `polled` role, today Translator
+batches, one in ten running), and the first poll cycle against the ideal N x latency / workers
+with the upstream answering in 20 ms.
 """
 
 from __future__ import annotations
@@ -263,31 +268,58 @@ class Size:
     status_page: float
     rss: int
     peak_rss: int
+    restart: float
+    restart_peak_rss: int
+
+
+def jobs_in(body: bytes) -> int:
+    """The jobs a /metrics body holds: every tracked job has an asyncjob_up sample."""
+    return body.count(b"\nasyncjob_up{")
+
+
+def concurrent_scrapes(process: Process, count: int = 8) -> None:
+    threads = [threading.Thread(target=process.get, args=("/metrics",)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def restart(sim: Simulator, storage: str, n: int) -> tuple[float, int]:
+    """(seconds from process start to a /metrics holding all n jobs, peak RSS) of an exporter
+    resuming from `storage`; then the same scrapes as `measure` before its peak is read."""
+    started = time.perf_counter()
+    with exporter(config(sim), storage=storage) as process:
+        while jobs_in(process.get("/metrics")) < n:
+            if time.perf_counter() - started > 600:
+                raise SystemExit(f"timed out waiting for a /metrics holding {n} jobs")
+        took = time.perf_counter() - started
+        process.get("/metrics", gzipped=True)
+        concurrent_scrapes(process)
+        return took, process.status("VmHWM")
 
 
 def measure(n: int, empty_rss: int) -> Size:
     sim = Simulator(jobs=jobs_for(n), clock=ManualClock(60.0), max_page_size=100)
-    with sim, exporter(config(sim)) as process:
-        until(lambda: tracked(process) >= n, what=f"{n} jobs discovered")
-        started = time.perf_counter()
-        identity = process.get("/metrics")
-        first = time.perf_counter() - started
-        zipped = process.get("/metrics", gzipped=True)
-        exporter_identity = p50(lambda: process.get("/metrics"))
-        exporter_gzip = p50(lambda: process.get("/metrics", gzipped=True))
-        threads = [threading.Thread(target=process.get, args=("/metrics",)) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        page = p50(lambda: process.get("/"), count=10)
-        rss, peak = process.status("VmRSS"), process.status("VmHWM")
+    with sim, tempfile.TemporaryDirectory() as storage:
+        with exporter(config(sim), storage=storage) as process:
+            until(lambda: tracked(process) >= n, what=f"{n} jobs discovered")
+            started = time.perf_counter()
+            identity = process.get("/metrics")
+            first = time.perf_counter() - started
+            zipped = process.get("/metrics", gzipped=True)
+            exporter_identity = p50(lambda: process.get("/metrics"))
+            exporter_gzip = p50(lambda: process.get("/metrics", gzipped=True))
+            concurrent_scrapes(process)
+            page = p50(lambda: process.get("/"), count=10)
+            rss, peak = process.status("VmRSS"), process.status("VmHWM")
+        restarted, restart_peak = restart(sim, storage, n)
     http = urllib3.PoolManager(maxsize=4)
     with static_server(identity, zipped) as url:
         static_identity = p50(lambda: fetch(http, f"{url}/metrics", gzipped=False))
         static_gzip = p50(lambda: fetch(http, f"{url}/metrics", gzipped=True))
     return Size(n, len(identity), exporter_identity, static_identity, exporter_gzip, static_gzip,
-                first, page, rss - empty_rss, peak)  # fmt: skip
+                first, page, rss - empty_rss, peak, restarted, restart_peak)  # fmt: skip
 
 
 def empty_rss() -> int:
@@ -313,12 +345,17 @@ def per_job(sim: Simulator, jobs: Sequence[SimJob], **overrides: Any) -> dict[st
     return raw
 
 
-def cpu_per_poll(n: int = 2000, seconds: float = 10.0) -> tuple[float, int]:
-    """The exporter's CPU seconds per upstream poll, polling n running jobs alone every second
-    (no scrapes meanwhile)."""
-    running = running_jobs(n)
-    sim = Simulator(jobs=running, clock=ManualClock(60.0))
-    with sim, exporter(per_job(sim, running, poll_interval="1s")) as process:
+def cpu_per_poll(n: int = 10_000, seconds: float = 10.0) -> tuple[float, int]:
+    """The exporter's CPU seconds per upstream poll, all its work counted (scheduling, the
+    store, storage, retention, the threads that wait), tracking n jobs of the polled provider
+    of which one in ten runs, each polled alone every second (no scrapes meanwhile), after the
+    first cycle."""
+    provider, _ = the_one(polled)
+    jobs = tuple(SimJob(f"r-{i}", provider, start_delay=0, units=4,
+                        duration=10.0**7 if i % 10 == 0 else 5.0)
+                 for i in range(n))  # fmt: skip
+    sim = Simulator(jobs=jobs, clock=ManualClock(60.0))
+    with sim, exporter(per_job(sim, jobs, poll_interval="1s")) as process:
         until(lambda: len(sim.requests) >= n, what="the first cycle")
         time.sleep(2.0)
         cpu, polls = process.cpu(), len(sim.requests)
@@ -349,11 +386,12 @@ def first_cycle(n: int) -> tuple[float, float]:
     return took - startup, n * LATENCY / WORKERS
 
 
-def report(sizes: Sequence[int], cycle_jobs: int) -> None:
+def report(sizes: Sequence[int], cycle_jobs: int, cpu_jobs: int = 10_000) -> None:
     base = empty_rss()
     print(f"exporter RSS tracking no job: {base / 2**20:.0f} MiB")
     print(f"{'jobs':>7} {'/metrics':>9} {'identity p50':>22} {'gzip p50':>22} {'1st scrape':>10} "
-          f"{'status /':>9} {'RSS/job':>8} {'peak RSS':>9}")  # fmt: skip
+          f"{'status /':>9} {'RSS/job':>8} {'peak RSS':>9} {'restart':>8} "
+          f"{'its peak':>8}")  # fmt: skip
     for n in sizes:
         s = measure(n, base)
         print(
@@ -361,11 +399,14 @@ def report(sizes: Sequence[int], cycle_jobs: int) -> None:
             f"{s.identity * 1000:>7.1f}ms = {s.identity / s.identity_static:4.1f}x static "
             f"{s.gzipped * 1000:>7.1f}ms = {s.gzipped / s.gzipped_static:4.1f}x static "
             f"{s.first_scrape * 1000:>8.0f}ms {s.status_page * 1000:>7.1f}ms "
-            f"{s.rss / s.jobs / 1024:>6.1f}KB {s.peak_rss / 2**20:>7.0f}MB",
+            f"{s.rss / s.jobs / 1024:>6.1f}KB {s.peak_rss / 2**20:>7.0f}MB "
+            f"{s.restart:>7.2f}s {s.restart_peak_rss / 2**20:>6.0f}MB",
             flush=True,
         )
-    per_poll, polls = cpu_per_poll()
-    print(f"CPU per poll: {per_poll * 1000:.2f} ms ({polls} polls of running jobs, every 1 s)")
+    print("restart: from process start to a /metrics holding every job, resumed from the store")
+    per_poll, polls = cpu_per_poll(cpu_jobs)
+    print(f"CPU per poll: {per_poll * 1000:.2f} ms, all background work counted ({polls} polls "
+          f"of the running tenth of {cpu_jobs:,} jobs, every 1 s)")  # fmt: skip
     took, ideal = first_cycle(cycle_jobs)
     print(f"first cycle, {cycle_jobs:,} jobs, upstream at {LATENCY * 1000:.0f} ms, {WORKERS} "
           f"workers: {took:.2f} s = {took / ideal:.2f}x the ideal {ideal:.2f} s")  # fmt: skip

@@ -392,6 +392,10 @@ class Exporter:
         return []
 
     def start(self) -> None:
+        # The jobs resumed from storage are rendered before the first poll: at 50,000 jobs the
+        # first listing parses every job again, and the first scrape, rendering them all at
+        # the same time, took twice as long (a scrape waits for this render instead).
+        self.exposition.prime()
         with self._lock:
             for poller in self._pollers.values():
                 poller.start()

@@ -18,6 +18,13 @@ HTTP layer reports what happened and counts nothing itself.
   `connection`, a stall is `timeout`, an undecodable or absurdly nested body is `bad_response`.
 - The whole exchange, body included, has one deadline, so a server that trickles bytes cannot
   hold a worker for ever.
+
+Requests go through urllib3's pools directly, not through `requests`: a Session's per-request
+work (merging settings, preparing, cookies, hooks, redirect checks) was a third of the HTTP
+cost of a poll, and a poll is mostly HTTP (at 10,000 jobs with a tenth running, the exporter's
+CPU per poll went from about 0.85 ms to about 0.6 ms). What requests did that the exporter
+relies on is done here: the proxies the environment names (HTTPS_PROXY, NO_PROXY; read once
+per host), a JSON body, the default Accept-Encoding, no redirects, no retries of its own.
 """
 
 from __future__ import annotations
@@ -35,11 +42,10 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 import structlog
+import urllib3
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
+from requests.utils import get_environ_proxies, select_proxy
 
 from exporter import __version__
 from exporter.logging import redactor
@@ -71,6 +77,13 @@ _WAIT_IN_WORDS = re.compile(
 # What a broken connection looks like from inside a body read, by library layer.
 _BROKEN = (urllib3.exceptions.ProtocolError, http.client.HTTPException, OSError)
 _STALLED = (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError)
+_NO_ANSWER = (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ReadTimeoutError,
+              urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)  # fmt: skip
+_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "application/json",
+    **urllib3.util.make_headers(accept_encoding=True),  # what urllib3 can decode, as requests
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,20 +259,21 @@ class HttpClient:
         self.settings = settings
         self._stop = stop
         self._budgets = tuple(budgets)
-        self._session = requests.Session()
-        # The environment (HTTPS_PROXY, NO_PROXY, ~/.netrc) is read once per host, not on every
-        # request: requests would otherwise walk os.environ and stat files each time, the
-        # largest share of a poll's CPU.
-        self._session.trust_env = False
+        self._pool_size = pool_size
+        self._timeout = urllib3.Timeout(connect=settings.timeout, read=settings.timeout)
+        # Pools by scheme://host (a source talks to one or two hosts), and by proxy URL; the
+        # environment (HTTPS_PROXY, NO_PROXY) is read once per host.
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._proxied: dict[str, urllib3.ProxyManager] = {}
         self._proxies: dict[str, dict[str, str]] = {}
-        self._session.headers["User-Agent"] = USER_AGENT
-        self._session.headers["Accept"] = "application/json"
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._session.close()
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            for manager in self._proxied.values():
+                manager.clear()
 
     def fetch_json(self, request: UpstreamRequest, attempts: list[Attempt]) -> Fetched:
         """Send `request`, retrying what is worth retrying; every attempt goes into `attempts`."""
@@ -290,15 +304,32 @@ class HttpClient:
                 attempts.append(Attempt(time.monotonic() - started, delayed=delayed))
                 return fetched
 
-    def _proxies_for(self, url: str) -> dict[str, str]:
-        """The proxies the environment names for the URL's scheme and host (NO_PROXY applied),
-        found once per host."""
+    def _route(self, url: str) -> tuple[urllib3.HTTPConnectionPool | urllib3.ProxyManager, str]:
+        """Where to send `url`, and what to ask there: a proxy's pools with the whole URL, where
+        the environment names a proxy for the URL's scheme and host (NO_PROXY applied); else
+        the host's own pool with the path. Found once per host."""
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
+        target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
+        pool = self._pools.get(key)
+        if pool is not None:
+            return pool, target
         proxies = self._proxies.get(key)
         if proxies is None:
             proxies = self._proxies[key] = get_environ_proxies(key)
-        return proxies
+        proxy = select_proxy(url, proxies) if proxies else None
+        with self._lock:
+            if proxy is not None:
+                manager = self._proxied.get(proxy)
+                if manager is None:
+                    manager = self._proxied[proxy] = urllib3.ProxyManager(
+                        proxy, num_pools=4, maxsize=self._pool_size
+                    )
+                return manager, url
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = urllib3.connection_from_url(key, maxsize=self._pool_size)
+            return pool, target
 
     def _within_budget(self) -> bool:
         """Wait for a token of every budget (interrupted by shutdown); True if it had to."""
@@ -328,36 +359,25 @@ class HttpClient:
             except AuthUnavailable as exc:
                 # Token services fail for passing reasons too (IMDS not ready): worth a retry.
                 raise FetchError(ErrorReason.AUTH, str(exc), retryable=True) from None
+        response = self._send(request, headers)
         try:
-            response = self._session.request(
-                request.method,
-                request.url,
-                headers=headers,
-                json=request.json,
-                proxies=self._proxies_for(request.url),
-                timeout=settings.timeout,
-                stream=True,
-                allow_redirects=False,  # a redirect would carry the key header to another host
-            )
-        except requests.Timeout:
-            raise FetchError(
-                ErrorReason.TIMEOUT, f"no answer within {settings.timeout:g}s"
-            ) from None
-        except requests.RequestException as exc:
-            raise FetchError(ErrorReason.CONNECTION, _describe(exc)) from None
-        with response:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if retry_after is None:
                 retry_after = rate_limit_wait(response.headers)
-            reason = classify_status(response.status_code)
+            reason = classify_status(response.status)
             if reason is not None:
                 if reason is ErrorReason.THROTTLED and retry_after is None:
-                    body = self._read(response, deadline, _ERROR_BODY_BYTES, truncate=True)
-                    retry_after = wait_in_words(body.decode("utf-8", "replace"))
-                raise FetchError(reason, f"HTTP {response.status_code}", retry_after)
-            body = self._read(response, deadline, settings.max_response_bytes)
+                    text = self._read(response, deadline, _ERROR_BODY_BYTES, truncate=True)
+                    retry_after = wait_in_words(text.decode("utf-8", "replace"))
+                raise FetchError(reason, f"HTTP {response.status}", retry_after)
+            data = self._read(response, deadline, settings.max_response_bytes)
+        finally:
+            # As requests did: a body read whole has given its connection back already; one
+            # that was not is closed, so that no leftover of it is read as the next answer.
+            response.close()
+            response.release_conn()
         try:
-            return Fetched(json.loads(body), retry_after)
+            return Fetched(json.loads(data), retry_after)
         except (ValueError, UnicodeDecodeError):
             # Masked before it is cut at ";", so no cut leaves part of a secret behind.
             kind = redactor.mask(response.headers.get("Content-Type", "no content type"))
@@ -366,8 +386,39 @@ class HttpClient:
         except RecursionError:
             raise FetchError(ErrorReason.BAD_RESPONSE, "body nested too deeply") from None
 
+    def _send(self, request: UpstreamRequest, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        """Send the request; its answer's head has come. No retries here, nor redirects: a
+        redirect would carry the key header to another host."""
+        merged = urllib3.HTTPHeaderDict(_HEADERS)  # names are case-insensitive
+        for name, value in headers.items():
+            merged[name] = value
+        body = None
+        if request.json is not None:
+            body = json.dumps(request.json, allow_nan=False).encode()
+            merged.setdefault("Content-Type", "application/json")
+        pool, target = self._route(request.url)
+        try:
+            return pool.urlopen(
+                request.method, target, body=body, headers=merged,
+                timeout=self._timeout, retries=False, redirect=False, preload_content=False,
+            )  # fmt: skip
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError, oddly
+            raise FetchError(ErrorReason.CONNECTION, _name(exc)) from None
+        except _NO_ANSWER:
+            raise FetchError(
+                ErrorReason.TIMEOUT, f"no answer within {self.settings.timeout:g}s"
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # The exception text can be long and nested; its class name says what happened.
+            raise FetchError(ErrorReason.CONNECTION, _name(exc)) from None
+
     def _read(
-        self, response: requests.Response, deadline: float, cap: int, *, truncate: bool = False
+        self,
+        response: urllib3.BaseHTTPResponse,
+        deadline: float,
+        cap: int,
+        *,
+        truncate: bool = False,
     ) -> bytes:
         """The body, up to `cap` bytes (over it: an error, or with `truncate` the first `cap`)."""
         chunks: list[bytes] = []
@@ -375,7 +426,7 @@ class HttpClient:
         try:
             # read1 returns what has arrived (up to _CHUNK), so the deadline is checked between
             # reads even when a server trickles its answer a byte at a time.
-            while chunk := response.raw.read1(_CHUNK, decode_content=True):
+            while chunk := response.read1(_CHUNK, decode_content=True):
                 size += len(chunk)
                 chunks.append(chunk)
                 if size > cap:
@@ -390,10 +441,6 @@ class HttpClient:
             raise FetchError(ErrorReason.TIMEOUT, "body stalled (read timed out)") from None
         except urllib3.exceptions.DecodeError:
             raise FetchError(ErrorReason.BAD_RESPONSE, "body cannot be decoded") from None
-        except requests.Timeout:
-            raise FetchError(ErrorReason.TIMEOUT, "read timed out") from None
-        except requests.RequestException as exc:
-            raise FetchError(ErrorReason.CONNECTION, _describe(exc)) from None
         except _BROKEN as exc:
             raise FetchError(ErrorReason.CONNECTION, f"connection broken ({_name(exc)})") from None
         return b"".join(chunks)[:cap] if truncate else b"".join(chunks)
@@ -401,8 +448,3 @@ class HttpClient:
 
 def _name(exc: BaseException) -> str:
     return type(exc).__name__
-
-
-def _describe(exc: requests.RequestException) -> str:
-    # The exception text can be long and nested; its class name says what happened.
-    return _name(exc)

@@ -575,16 +575,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 WRITE_CHUNK = 256 * 1024
+WRITE_AS_IS = 64 * 1024
 
 
 def _chunks(parts: Iterable[bytes]) -> Iterator[bytes | memoryview]:
-    """The body in pieces of about WRITE_CHUNK: small parts (gzip members) joined, so that a
-    scrape is not hundreds of sends, and large ones (a family's lines, megabytes) sliced without
-    a copy, so that a slow reader holds at most a piece in the transport's buffer."""
+    """The body in pieces of at most about WRITE_CHUNK: small parts (a family's header, a
+    deflate segment) joined, so that a scrape is not thousands of sends; parts of WRITE_AS_IS
+    or more (a block of a family's lines) sent as they are, without a copy, the largest sliced,
+    so that a slow reader holds at most a piece in the transport's buffer."""
     pending: list[bytes] = []
     size = 0
     for part in parts:
-        if len(part) >= WRITE_CHUNK:
+        if len(part) >= WRITE_AS_IS:
             if pending:
                 yield b"".join(pending)
                 pending, size = [], 0

@@ -316,8 +316,13 @@ class Store:
         self._counters: dict[str, _Counters] = {}
         self._storage = storage
         self._clock = clock
-        stored = storage.load() if storage is not None else []
-        self._restored = {(job.source, job.job_id): job for job in stored}
+        # What storage holds, as records, until the config (replace) or a route (add) asks for
+        # them: made row by row as they are read, so that the rows and their parsed JSON are
+        # never all held at once (at 50,000 jobs they came to more than the records).
+        self._restored = {
+            (job.source, job.job_id): self._restore(job)
+            for job in (storage.stored() if storage is not None else ())
+        }
         self._limits: dict[str, int] = {}
         self._retention: dict[str, tuple[float, float]] = {}
         self._tallies = storage.load_tallies() if storage is not None else {}
@@ -370,10 +375,12 @@ class Store:
     def _new_record(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str
     ) -> JobRecord:
-        stored = self._restored.pop((source, job_id), None)
-        if stored is not None and stored.provider == provider:
-            restored = self._restore(stored)
-            return replace(restored, project=project or restored.project, origin=origin)
+        restored = self._restored.pop((source, job_id), None)
+        if restored is not None and restored.provider == provider:
+            project = project or restored.project
+            if (project, origin) == (restored.project, restored.origin):
+                return restored  # as stored: the same object, so that it is not saved again
+            return replace(restored, project=project, origin=origin)
         return JobRecord(provider, source, job_id, self._clock(), project, origin)
 
     def replace(self, sources: Iterable[SourceJobs]) -> None:
@@ -387,9 +394,8 @@ class Store:
             # Jobs that came by other routes, now or before a restart, stay while their source
             # does (and while it has room).
             others = [r for r in self._jobs.values() if r.origin != Origin.CONFIG]
-            others += [
-                self._restore(s) for s in self._restored.values() if s.origin != Origin.CONFIG
-            ]
+            others += [r for r in self._restored.values() if r.origin != Origin.CONFIG]
+            as_stored = {id(record) for record in self._restored.values()}
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
             for spec in specs:
@@ -427,7 +433,9 @@ class Store:
             self._heap_deadlines()
             if self._storage is not None:
                 self._storage.delete(gone)
-                self._storage.save(added)
+                # A job resumed as it was stored needs no write (at 50,000 jobs a restart
+                # wrote every row again, a second of CPU and the rows' JSON in memory).
+                self._storage.save(r for r in added if id(r) not in as_stored)
             for source, changed in changes.items():
                 self._tell(source, tuple(changed))
 

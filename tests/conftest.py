@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from urllib3.response import GzipDecoder, GzipDecoderState
 
 from exporter import logging as exporter_logging
 from exporter.api import Api
@@ -348,28 +346,6 @@ def make_harness() -> Iterator[Callable[..., Harness]]:
         harness.exporter.stop()
         harness.server.stop()
         harness.sim.stop()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _multi_member_gzip_reads_whole() -> Iterator[None]:
-    """/metrics gzipped is a stream of gzip members (exposition.py; RFC 1952, as Go's reader
-    and so Prometheus read it). urllib3 2.6+ corrupts such a body when a member ends exactly
-    where a read's output limit (`max_length`) does: it keeps the finished member's
-    decompressor, which then takes the next member's first bytes twice, so a requests scrape
-    gets garbled lines or a cut body depending on the sizes. Start the next member where
-    urllib3 forgets to, so that tests read what the exporter sent."""
-    original = GzipDecoder.decompress
-
-    def decompress(self: GzipDecoder, data: bytes, max_length: int = -1) -> bytes:
-        out = original(self, data, max_length)
-        if self._obj.eof and self._unconsumed_tail:
-            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            self._state = GzipDecoderState.OTHER_MEMBERS
-        return out
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(GzipDecoder, "decompress", decompress)
-        yield
 
 
 @pytest.fixture(autouse=True)

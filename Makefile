@@ -39,8 +39,9 @@ unit: $(STAMP) $(TOOLS)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+# BENCH_ARGS="--only prometheus" for the cost to a scraping Prometheus alone.
+bench: $(STAMP) $(TOOLS)
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # Issue 14's attacks against real exporter processes on loopback, one table; exit 1 if any
 # did not hold. ATTACK_ARGS=--quick is the short form the test suite runs. Needs root (tmpfs).

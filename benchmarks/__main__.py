@@ -14,6 +14,9 @@ source lists its jobs (discovery), side by side.
 
 The providers are chosen by the roles their simulator parts take (exporter/simulator/kit.py,
 `Bench`), never by name; the load test takes every provider's demo source.
+
+Last, what `--prometheus-jobs` jobs cost the Prometheus that scrapes them (benchmarks/
+prometheus_cost.py); `--only prometheus` runs that part alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import requests
 
-from benchmarks import scale
+from benchmarks import prometheus_cost, scale
 from exporter import logging as exporter_logging
 from exporter.app import Exporter
 from exporter.config import parse_config
@@ -152,20 +155,33 @@ def _arguments() -> argparse.Namespace:
         "CPU-per-poll figures (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--prometheus-jobs", type=int, default=10_000,
+        help="jobs for the cost to a scraping Prometheus (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--only", choices=("prometheus",),
+        help="run only this part: the cost to a scraping Prometheus",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="the CI form, under two minutes: 200 jobs, 20 scrapers, sizes 1000 and 5000, "
-        "2000 jobs for the first cycle, the request cost and CPU per poll",
+        "2000 jobs for the first cycle, the request cost and CPU per poll, 1000 for the "
+        "Prometheus cost",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.jobs, args.scrapers, args.rounds = 200, 20, 1
         args.sizes, args.cycle_jobs, args.cost_jobs = "1000,5000", 2000, 2000
+        args.prometheus_jobs = 1000
     return args
 
 
 def main() -> int:
     args = _arguments()
     exporter_logging.configure("error", "console")
+    if args.only == "prometheus":
+        prometheus_cost.report(args.prometheus_jobs)
+        return 0
 
     templates = {job.api: job for job in DEMO_JOBS}  # the last demo job of each provider
     per_source = args.jobs // len(templates)
@@ -215,6 +231,7 @@ def main() -> int:
           "(one in ten running):")  # fmt: skip
     print(f"  polled one by one       {per_job:8.4f}   (1.0 per running job; finished: none)")
     print(f"  listed (discovery)      {listed:8.4f}   ({per_job / listed:,.0f}x fewer)")
+    prometheus_cost.report(args.prometheus_jobs)
     return 1 if failures else 0
 
 

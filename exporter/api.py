@@ -55,7 +55,7 @@ def job_json(record: JobRecord) -> dict[str, Any]:
         "project": record.project,
         "origin": record.origin,
         "state": None if snap is None else snap.state.value,
-        "progress": None if snap is None else snap.progress["overall"],
+        "progress": None if snap is None else snap.progress.get("overall"),
         "up": record.up,
         "first_seen": _time(record.first_seen),
         "finished_at": _time(record.finished_at),

@@ -24,9 +24,9 @@ from prometheus_client import (
 )
 
 from exporter import webhooks
-from exporter.collector import SourceCollector, StorageCollector
+from exporter.collector import SourceCollector, StorageCollector, described
 from exporter.config import ConfigError, load_config
-from exporter.exposition import Exposition
+from exporter.exposition import FAMILIES, Exposition
 from exporter.http import TokenBucket
 from exporter.logging import quoted
 from exporter.model import Origin
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from exporter.config import Config
     from exporter.model import JobRecord
     from exporter.providers.base import Located, Retention, SourceBase, Webhook
+    from exporter.selection import Selection
     from exporter.storage import Storage
     from exporter.webhooks import WebhookCall
 
@@ -87,6 +88,39 @@ def _remember_retired(config: Config, source: SourceBase) -> float | None:
     return source.discovery.lookback + 86400.0
 
 
+def _own_metrics(registry: CollectorRegistry, shard: Shard) -> tuple[Gauge, Gauge]:
+    """The exporter's own gauges: its shard, and whether (and when) a reload last worked."""
+    Gauge(
+        "asyncjob_shard_info",
+        "This exporter's shard: it keeps and polls the jobs whose hash modulo total_shards "
+        "is shard.",
+        ["shard", "total_shards"],
+        registry=registry,
+    ).labels(str(shard.index), str(shard.total)).set(1)
+    reload_ok = Gauge(
+        "asyncjob_config_last_reload_successful",
+        "Whether the last configuration reload attempt was successful.",
+        registry=registry,
+    )
+    reload_time = Gauge(
+        "asyncjob_config_last_reload_success_timestamp_seconds",
+        "Timestamp of the last successful configuration reload.",
+        registry=registry,
+    )
+    return reload_ok, reload_time
+
+
+def metric_families() -> tuple[tuple[str, str], ...]:
+    """Every `asyncjob_` family the exporter can export, as (name, client_python type): the
+    jobs', the sources' statistics, the storage's and its own, those too that appear only after
+    an event or with a flag. --metric-allowlist and --metric-denylist are checked against it."""
+    own = CollectorRegistry()
+    _own_metrics(own, Shard())
+    families = [(f.name, f.type) for f in FAMILIES]
+    families += [(m.name, m.type) for m in (*described(), *own.collect())]
+    return tuple(families)
+
+
 def _project(source: SourceBase) -> str | None:
     project = getattr(source, "project", None)
     return project if isinstance(project, str) else None
@@ -100,6 +134,7 @@ class Exporter:
         supervise_every: float = 1.0,
         storage: Storage | None = None,
         shard: Shard | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.config = config
         self.shard = shard or Shard()
@@ -115,24 +150,8 @@ class Exporter:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        Gauge(
-            "asyncjob_shard_info",
-            "This exporter's shard: it keeps and polls the jobs whose hash modulo total_shards "
-            "is shard.",
-            ["shard", "total_shards"],
-            registry=self.registry,
-        ).labels(str(self.shard.index), str(self.shard.total)).set(1)
-        self._reload_ok = Gauge(
-            "asyncjob_config_last_reload_successful",
-            "Whether the last configuration reload attempt was successful.",
-            registry=self.registry,
-        )
-        self._reload_time = Gauge(
-            "asyncjob_config_last_reload_success_timestamp_seconds",
-            "Timestamp of the last successful configuration reload.",
-            registry=self.registry,
-        )
-        self.exposition = Exposition(self.registry, self.store, self._poll_note)
+        self._reload_ok, self._reload_time = _own_metrics(self.registry, self.shard)
+        self.exposition = Exposition(self.registry, self.store, self._poll_note, selection)
         self._lock = threading.RLock()
         self._pollers: dict[str, SourcePoller] = {}
         self._buckets: dict[str, TokenBucket] = {}  # by source name; "" is the global budget

@@ -16,9 +16,10 @@ import structlog
 from exporter import __version__
 from exporter import logging as exporter_logging
 from exporter.api import Api
-from exporter.app import Exporter
+from exporter.app import Exporter, metric_families
 from exporter.config import ConfigError, json_schema, load_config, parse_config
 from exporter.logging import redactor
+from exporter.selection import ALLOW, DENY, Selection, parse_patterns
 from exporter.server import (
     MAX_CONNECTIONS,
     READ_TIMEOUT,
@@ -33,6 +34,7 @@ from exporter.values import parse_duration
 from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
+    import re
     from collections.abc import Sequence
 
     from exporter.config import Config
@@ -67,6 +69,13 @@ def _listen_address(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def _patterns(value: str) -> tuple[re.Pattern[str], ...]:
+    try:
+        return parse_patterns(value, metric_families())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
         "http://asyncjob-exporter-{shard}.asyncjob-exporter:9879): the jobs API and webhooks "
         "forward a job another shard owns there",
     )
+    lists = parser.add_mutually_exclusive_group()
+    lists.add_argument(
+        ALLOW,
+        dest="metric_allowlist",
+        default=None,
+        type=_patterns,
+        metavar="REGEX,...",
+        help="export only the asyncjob_ families these regular expressions match, each a whole "
+        "name (process_ and python_ families are always exported)",
+    )
+    lists.add_argument(
+        DENY,
+        dest="metric_denylist",
+        default=None,
+        type=_patterns,
+        metavar="REGEX,...",
+        help="export every asyncjob_ family but those these regular expressions match, each a "
+        "whole name; not with --metric-allowlist",
+    )
     add(
         "--log.level",
         dest="log_level",
@@ -261,6 +289,11 @@ def _noted(_signum: int, _frame: Any) -> None:
     """The Python-level handler does nothing: the signal number is already in the socket."""
 
 
+def selection_of(args: argparse.Namespace) -> Selection:
+    """The families the flags select (the parser has checked their patterns)."""
+    return Selection.of(args.metric_allowlist, args.metric_denylist)
+
+
 def shard_of(args: argparse.Namespace) -> Shard:
     """The Shard the flags name; ValueError says what is wrong with them."""
     peer = args.shard_peer_url
@@ -302,7 +335,7 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         except ValueError as exc:
             log.error("bad sharding flags", error=str(exc))  # noqa: TRY400 - it says all
             return 1
-        exporter = Exporter(config, storage=storage, shard=shard)
+        exporter = Exporter(config, storage=storage, shard=shard, selection=selection_of(args))
         opened.callback(exporter.stop)
         reload = None if args.demo else partial(exporter.reload, args.config_file)
         app = make_app(
@@ -410,6 +443,12 @@ def _check(args: argparse.Namespace) -> int:
         else:
             features = [f for f, on in (("TLS", web.tls), ("basic auth", web.auth)) if on]
             _say(f"{args.web_config_file}: OK ({', '.join(features) or 'no TLS, no auth'})")
+    selection = selection_of(args)
+    if selection.patterns:  # the parser refused a pattern that matches no family
+        families = metric_families()
+        kept = sum(1 for name, kind in families if selection.keeps(name, kind))
+        flag = ALLOW if selection.allow else DENY
+        _say(f"{flag}: OK ({kept} of {len(families)} asyncjob_ families exported)")
     return 0 if ok else 1
 
 
@@ -428,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = parse_config(demo_config(simulator.url, discovery=True))
             banner = (f"Simulator:      {simulator.url} (demo upstream APIs)",)
-            return serve(config, args, banner) if not args.once else _once(config)
+            return serve(config, args, banner) if not args.once else _once(config, args)
         finally:
             simulator.stop()
     try:
@@ -437,12 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(exc, args.config_file, sys.stderr)
         return 1
     if args.once:
-        return _once(config)
+        return _once(config, args)
     return serve(config, args)
 
 
-def _once(config: Config) -> int:
-    exporter = Exporter(config)
+def _once(config: Config, args: argparse.Namespace) -> int:
+    exporter = Exporter(config, selection=selection_of(args))
     try:
         exporter.poll_once()
         sys.stdout.write(

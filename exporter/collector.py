@@ -24,7 +24,7 @@ from exporter.storage import OPERATIONS
 from exporter.store import DURATION_BUCKETS, REQUEST_BUCKETS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from prometheus_client.metrics_core import Metric
 
@@ -94,6 +94,13 @@ class _Families:
             "dropped.",
             labels=SOURCE_LABELS,
         )
+        self.tokens = CounterMetricFamily(
+            "asyncjob_source_tokens",
+            "Tokens the source's jobs have used, by kind (input and output of LLM batches, "
+            "trained of fine-tuning jobs): each job's increase counted once, as polls report it; "
+            "across restarts too, and after the job is dropped.",
+            labels=[*SOURCE_LABELS, "kind"],
+        )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
             "Jobs no longer tracked, by reason (retention, expired, deleted).",
@@ -129,6 +136,8 @@ class _Families:
                 tally.seconds[state],
             )  # fmt: skip
         self.characters.add_metric(key, tally.characters)
+        for kind, used in tally.tokens.items():
+            self.tokens.add_metric([*key, kind], used)
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -150,9 +159,17 @@ class _Families:
         yield self.finished
         yield self.job_duration
         yield self.characters
+        yield self.tokens
         yield self.dropped
         yield self.discovered
         yield self.webhooks
+
+
+def described() -> Iterator[Metric]:
+    """Every family the collectors here can yield, without samples: some appear only after an
+    event (the first webhook call, a discovery source, --storage.path)."""
+    yield from _Families().all()
+    yield StorageCollector.family({})
 
 
 class SourceCollector(Collector):
@@ -195,7 +212,8 @@ class StorageCollector(Collector):
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    def _family(self, errors: dict[str, int]) -> CounterMetricFamily:
+    @staticmethod
+    def family(errors: Mapping[str, int]) -> CounterMetricFamily:
         family = CounterMetricFamily(
             "asyncjob_storage_errors",
             "Failed storage attempts by operation: open (opening the database for writing, at "
@@ -208,7 +226,7 @@ class StorageCollector(Collector):
         return family
 
     def describe(self) -> Iterator[Metric]:
-        yield self._family({})
+        yield self.family({})
 
     def collect(self) -> Iterator[Metric]:
-        yield self._family(self._storage.errors())
+        yield self.family(self._storage.errors())

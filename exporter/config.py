@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 Location = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECRET_KEYS = frozenset({"subscription_key", "api_key", "client_secret", "webhook_token"})
+SECRET_KEYS = frozenset(
+    {"subscription_key", "api_key", "client_secret", "webhook_token", "webhook_secret"}
+)
 
 
 class GlobalConfig(StrictModel):

@@ -22,6 +22,10 @@ Each job family is one `JobFamily` in FAMILIES: its name, type, help, labels and
 that yields a job's samples, together (as kube-state-metrics' FamilyGenerator). A new fact about
 a job is one more entry there, reading the field of the snapshot or record that holds it.
 
+Which `asyncjob_` families are exported at all is an Exposition's `selection` (the flags
+--metric-allowlist and --metric-denylist; selection.py): a job family left out is not rendered,
+so none of its bytes are held, and the registry's families are filtered on the way out.
+
 The sample lines are the same in the text format and in OpenMetrics (sorted labels, the same
 escaping, Go float formatting), so one set of blocks serves both; only the headers differ, and
 OpenMetrics ends with `# EOF`.
@@ -61,10 +65,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from exporter.logging import redactor
-from exporter.model import DOCUMENT_STATES, TASK_STATES, State
+from exporter.model import DOCUMENT_STATES, LOSS_SPLITS, TASK_STATES, TOKEN_KINDS, State
+from exporter.selection import Selection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -296,6 +302,13 @@ def _poll_error(record: JobRecord) -> Iterable[Sample]:
     return () if error is None else (({"reason": error.value}, 1.0),)
 
 
+def _last_progress_change(record: JobRecord) -> float | None:
+    """Where the API tells how far the job is: else no stall can be told from it, and none is
+    claimed (an alert on this time would fire for every long job of such an API)."""
+    snap = record.snapshot
+    return _seconds(record.last_progress_change) if snap and snap.shows_progress else None
+
+
 def _snapshot_time(key: str) -> Callable[[JobRecord], Iterable[Sample]]:
     when = attrgetter(key)
     return _of_snapshot(lambda snap: _seconds(when(snap)))
@@ -314,10 +327,8 @@ FINISHED_HELP = (
     "runs, and for a job first seen finished whose API gives no time."
 )
 
-# Every job family, in the order /metrics lists them. A new one is one more entry, such as
-#   JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
-#             _each(lambda snap: snap.tokens, "kind", TOKEN_KINDS)),
-# with the snapshot field it reads (storage keeps every field without being told).
+# Every job family, in the order /metrics lists them. A new one is one more entry, with the
+# snapshot field it reads (storage keeps every field without being told).
 FAMILIES = (
     JobFamily("asyncjob_info", "gauge",
               "Job facts: the raw vendor status, the job's name, and its project (training jobs).",
@@ -333,6 +344,17 @@ FAMILIES = (
     JobFamily("asyncjob_translation_characters_charged", "counter",
               "Characters the Translator API has charged for the batch.",
               (), _of_snapshot(lambda snap: snap.characters_charged)),
+    JobFamily("asyncjob_tokens", "counter",
+              "Tokens the job has used, by kind: input and output (LLM batches), trained "
+              "(fine-tuning).",
+              ("kind",), _each(lambda snap: snap.tokens, "kind", TOKEN_KINDS)),
+    JobFamily("asyncjob_training_step", "gauge",
+              "The step of the job's newest training metrics (fine-tuning, while it runs).",
+              (), _of_snapshot(lambda snap: snap.training_step)),
+    JobFamily("asyncjob_training_loss", "gauge",
+              "The loss at the job's newest training step, on the training data (train) and "
+              "the validation data (valid).",
+              ("split",), _each(lambda snap: snap.training_loss, "split", LOSS_SPLITS)),
     JobFamily("asyncjob_errors", "gauge", "Errors the API reports for the job.",
               (), _of_snapshot(lambda snap: snap.errors)),
     JobFamily("asyncjob_warnings", "gauge", "Warnings the API reports for the job.",
@@ -352,7 +374,7 @@ FAMILIES = (
               (), _of_polled(lambda record: _seconds(record.last_poll_success))),
     JobFamily("asyncjob_last_progress_change_timestamp_seconds", "gauge",
               "Unix time the exporter last saw the job's state or progress change.",
-              (), _of_polled(lambda record: _seconds(record.last_progress_change))),
+              (), _of_polled(_last_progress_change)),
 )  # fmt: skip
 Chunks = tuple[bytes, ...]  # one per family rendered
 
@@ -361,6 +383,24 @@ def render_job(record: JobRecord, families: Sequence[JobFamily] = FAMILIES) -> C
     """One job's sample lines, one chunk per family of `families` (empty where it has none)."""
     job = _job_labels(record)
     return tuple(family.render(record, job) for family in families)
+
+
+class _Collects(Protocol):
+    """A registry, or a part of one (client_python's restricted registry)."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class _Selected(Collector):
+    """What a registry collects, less the families the selection leaves out."""
+
+    def __init__(self, registry: _Collects, selection: Selection) -> None:
+        self._registry = registry
+        self._selection = selection
+
+    def collect(self) -> Iterator[Metric]:
+        keeps = self._selection.keeps
+        return (metric for metric in self._registry.collect() if keeps(metric.name, metric.type))
 
 
 class Jobs(Protocol):
@@ -525,16 +565,22 @@ _EOF = b"# EOF\n"
 
 class Exposition:
     """Renders /metrics: pre-rendered job families, then `registry` fresh. One render at a time
-    (its lock guards the caches); SharedRender lets concurrent scrapes share a render."""
+    (its lock guards the caches); SharedRender lets concurrent scrapes share a render.
+
+    `selection` (--metric-allowlist, --metric-denylist) says which `asyncjob_` families are
+    exported, of the jobs' and of the registry's: a job family left out is never rendered, so
+    no byte of it is held."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         store: Jobs | None = None,
         poll_note: Callable[[], str] = lambda: "",
+        selection: Selection | None = None,
     ) -> None:
         self.registry = registry
-        self.families = FAMILIES
+        self._selection = selection or Selection()
+        self.families = tuple(f for f in FAMILIES if self._selection.keeps(f.name, f.type))
         self._store = store
         self._poll_note = poll_note
         self._lock = threading.Lock()
@@ -584,7 +630,10 @@ class Exposition:
                 parts.append(headers[f])
                 parts += [block.lines[f] for block in blocks if block.lines[f]]
         encode = generate_openmetrics if openmetrics else generate_latest
-        parts.append(encode(self.registry.restricted_registry(names)))
+        registry: _Collects = self.registry.restricted_registry(names)
+        if self._selection.patterns:
+            registry = _Selected(registry, self._selection)
+        parts.append(encode(registry))
         return [gzip.compress(b"".join(parts), GZIP_LEVEL)] if gzipped else parts
 
     def _family_headers(self, openmetrics: bool) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
@@ -605,7 +654,10 @@ class Exposition:
         encode = generate_openmetrics if openmetrics else generate_latest
         kept, seen = self._fresh[openmetrics], {}
         parts = []
+        keeps = self._selection.keeps
         for metric in self.registry.collect():
+            if not keeps(metric.name, metric.type):  # left out by --metric-allow/denylist
+                continue
             cached = kept.get(metric.name)
             if cached is None or cached[0] != metric:
                 text = encode(_One(metric))

@@ -181,8 +181,9 @@ def _frozen(mapping: Mapping[str, float] | Mapping[str, int]) -> MappingProxyTyp
 class JobSnapshot:
     """What one successful poll learned about one job. Immutable, safe to share between threads.
 
-    `progress` maps a phase to a ratio in 0..1 and always holds "overall": the share of the work
-    that finished (succeeded or failed; cancelled work is not done). `tasks` and `documents` are
+    `progress` maps a phase to a ratio in 0..1 and holds "overall": the share of the work that
+    finished (succeeded or failed; cancelled work is not done); it is empty only while a job
+    runs whose API does not say how far it is (see `shows_progress`). `tasks` and `documents` are
     empty where the API has no such breakdown; optional numbers and times are None where the API
     does not give them. `finished` is when the API says the job finished, only ever set for a
     terminal state (an unfinished answer's end time is a placeholder, not a finish).
@@ -214,13 +215,7 @@ class JobSnapshot:
         if self.finished is not None and not self.state.terminal:
             msg = f"a {self.state.value} job has no finish time"
             raise ValueError(msg)
-        if "overall" not in self.progress:
-            msg = "progress must include the 'overall' phase"
-            raise ValueError(msg)
-        for ratio in self.progress.values():
-            if not 0.0 <= ratio <= 1.0:
-                msg = f"progress ratio {ratio!r} is outside 0..1"
-                raise ValueError(msg)
+        self._check_progress()
         for counts, names in (
             (self.tasks, TASK_STATES),
             (self.documents, DOCUMENT_STATES),
@@ -246,6 +241,25 @@ class JobSnapshot:
         object.__setattr__(self, "documents", _frozen(self.documents))
         object.__setattr__(self, "tokens", _frozen(self.tokens))
         object.__setattr__(self, "training_loss", _frozen(self.training_loss))
+
+    def _check_progress(self) -> None:
+        if self.progress and "overall" not in self.progress:
+            msg = "progress must include the 'overall' phase"
+            raise ValueError(msg)
+        if not self.progress and self.state.terminal:
+            msg = f"a {self.state.value} job's progress is known"
+            raise ValueError(msg)
+        for ratio in self.progress.values():
+            if not 0.0 <= ratio <= 1.0:
+                msg = f"progress ratio {ratio!r} is outside 0..1"
+                raise ValueError(msg)
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether the API tells how far the job is: a ratio, or a training step. An API that
+        does not, while the job runs (an Anthropic batch's counts stay put until it ends), gives
+        an empty `progress`: no ratio is made up, and no stall can be told."""
+        return bool(self.progress) or self.training_step is not None
 
     def same_progress(self, other: JobSnapshot | None) -> bool:
         """Whether `other` shows the same state and progress (drives last_progress_change)."""
@@ -342,6 +356,7 @@ class JobRecord:
     finished_at: datetime | None = None  # when it finished, where known: see store._finished_at
     not_found_streak: int = 0  # polls in a row answered 404
     characters_counted: int = 0  # of its characters charged, those in its source's tally
+    tokens_counted: Mapping[str, int] = field(default_factory=dict)  # the same, of its tokens
 
     @property
     def finished(self) -> bool:

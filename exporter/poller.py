@@ -76,14 +76,19 @@ def poll_job(
     clock: Callable[[], datetime] = utcnow,
     project: str | None = None,
 ) -> PollOutcome:
-    """Fetch and parse one job's status, every secret masked in what upstream said. Never
-    raises but for shutdown (`Stopped`)."""
+    """Fetch and parse one job's status (and the provider's follow-up, if it asks one), every
+    secret masked in what upstream said. Never raises but for shutdown (`Stopped`)."""
     attempts: list[Attempt] = []
     retry_after: float | None = None
     try:
         fetched = client.fetch_json(provider.request(source, job_id, project), attempts)
         retry_after = fetched.retry_after
         snapshot = provider.parse(fetched.payload, clock())
+        then = provider.follow_up and provider.follow_up(source, job_id, project, snapshot)
+        if then:
+            more = client.fetch_json(then.request, attempts)
+            retry_after = max(retry_after or 0.0, more.retry_after or 0.0) or None
+            snapshot = then.read(more.payload, snapshot, clock())
     except (FetchError, ParseError) as exc:
         return masked(PollOutcome(
             source.name, job_id, clock(), tuple(attempts), error=exc.reason, message=str(exc),

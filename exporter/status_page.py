@@ -118,7 +118,11 @@ def attention(record: JobRecord, now: datetime) -> list[tuple[Attention, str]]:
         for unit, failed in failed_units:
             if failed:
                 notes.append((Attention.FAILURES, f"{_plural(failed, 'failed ' + unit)}"))
-    elif snap.state is State.RUNNING and record.last_progress_change is not None:
+    elif (
+        snap.state is State.RUNNING
+        and snap.shows_progress  # else no stall can be told, as on /metrics
+        and record.last_progress_change is not None
+    ):
         still = now - record.last_progress_change
         if still >= STALL_AFTER:
             notes.append(
@@ -141,9 +145,9 @@ def _row(record: JobRecord, now: datetime) -> str:
     e = html.escape
     state = state_of(snap)
     colour = STATE_COLOURS[state]
-    progress = 0.0 if snap is None else snap.progress["overall"]
+    progress = 0.0 if snap is None else snap.progress.get("overall")
     eta = None if snap is None else snap.estimated_completion
-    percent = round(progress * 100)
+    percent = 0 if progress is None else round(progress * 100)
     notes = attention(record, now)
     note_html = "<br>".join(
         f'<span class="note{" bad" if kind in _BAD else ""}">{e(text)}</span>'
@@ -172,7 +176,7 @@ def _row(record: JobRecord, now: datetime) -> str:
             f'<span class="state" style="background:{colour}" title="{title}">'
             f"{e(state_words(state))}</span>"
         ),
-        f"{bar} {percent}%",
+        f"{bar} {percent}%" if progress is not None else '<span class="muted">not reported</span>',
         _eta(eta, now),
         updated,
         note_html or '<span class="muted">-</span>',

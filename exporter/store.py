@@ -20,11 +20,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from exporter.model import (
+    TOKEN_KINDS,
     UNSUCCESSFUL_STATES,
     ErrorReason,
     JobRecord,
@@ -36,7 +38,7 @@ from exporter.model import (
 from exporter.storage import record_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from exporter.model import JobSnapshot
     from exporter.storage import Storage, StoredJob
@@ -84,7 +86,8 @@ class Tally:
     """What outlives the jobs of a source, and a restart too (it is stored): how many jobs the
     exporter saw finish, by terminal state, and how long they took (created to finished, the
     record's finish time), as histogram buckets (not cumulative, then +Inf) and a sum; and the
-    characters charged, each job's increase counted once (its record keeps how many were)."""
+    characters charged and the tokens used, each job's increase counted once (its record keeps
+    how many were)."""
 
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0))
     buckets: dict[str, list[int]] = field(
@@ -92,6 +95,7 @@ class Tally:
     )
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FINISHED_STATES, 0.0))
     characters: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_KINDS, 0))
 
     def add(self, old: JobRecord, new: JobRecord) -> bool:
         """Count what one poll changed of a job: its finish, once, and the characters charged
@@ -102,7 +106,13 @@ class Tally:
             self.finish(new)
         charged = new.characters_counted - old.characters_counted
         self.characters += charged
-        return finished or charged > 0
+        used = False
+        if new.tokens_counted is not old.tokens_counted:
+            for kind, n in new.tokens_counted.items():
+                more = n - old.tokens_counted.get(kind, 0)
+                self.tokens[kind] += more
+                used = used or more > 0
+        return finished or charged > 0 or used
 
     def finish(self, record: JobRecord) -> None:
         snap = record.snapshot
@@ -116,11 +126,13 @@ class Tally:
 
     def to_json(self) -> dict[str, Any]:
         return {"finished": self.finished, "buckets": self.buckets, "seconds": self.seconds,
-                "characters": self.characters}  # fmt: skip
+                "characters": self.characters, "tokens": self.tokens}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
         tally = cls(characters=int(data.get("characters", 0)))  # older tallies lack it
+        for kind in TOKEN_KINDS:  # and these
+            tally.tokens[kind] = int(data.get("tokens", {}).get(kind, 0))
         for state in FINISHED_STATES:  # a state the file lacks starts at zero
             tally.finished[state] = int(data["finished"].get(state, 0))
             tally.seconds[state] = float(data["seconds"].get(state, 0.0))
@@ -193,7 +205,16 @@ def _updated(old: JobRecord, outcome: PollOutcome) -> JobRecord:
         not_found_streak=0,
         # A total that goes down (it should not) is not counted again when it comes back up.
         characters_counted=max(old.characters_counted, snapshot.characters_charged or 0),
+        tokens_counted=_tokens_counted(old.tokens_counted, snapshot.tokens),
     )
+
+
+def _tokens_counted(counted: Mapping[str, int], tokens: Mapping[str, int]) -> Mapping[str, int]:
+    """What a job's tokens have added to its source's tally: each kind's highest total seen."""
+    if all(counted.get(kind, 0) >= n for kind, n in tokens.items()):
+        return counted  # the common case (no tokens, or none new): no new mapping per poll
+    kinds = [kind for kind in TOKEN_KINDS if kind in counted or kind in tokens]
+    return MappingProxyType({k: max(counted.get(k, 0), tokens.get(k, 0)) for k in kinds})
 
 
 WEBHOOK_RESULTS = ("registered", "known", "unauthorized", "invalid", "refused", "unsaved")

@@ -542,6 +542,12 @@ def overview() -> dict[str, Any]:
             "short", [target(f"sum by (source) (increase(asyncjob_characters_charged_total{{{SOURCE_SEL}}}[$__interval]))", "{{source}}")],
             (12, 8), defaults=bars, **per_day,
         ),
+        lay.panel(
+            "bargauge", "Tokens used (time range), by provider and kind",
+            "Tokens the selected sources' jobs used in the time range (increase of the per-source asyncjob_source_tokens_total, right across exporter restarts and after jobs leave): input and output of LLM batches (where the API reports usage), trained of fine-tuning jobs.",
+            "short", [target(f"sum by (provider, kind) (increase(asyncjob_source_tokens_total{{{SOURCE_SEL}}}[$__range]))", "{{provider}} {{kind}}", instant=True)],
+            (24, 6), options={"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"]}},
+        ),
         lay.row("Polling and upstream"),
         lay.panel(
             "timeseries", "Poll error ratio",

@@ -161,6 +161,12 @@ def demo_raw_config(sim: Simulator, **global_overrides: Any) -> dict[str, Any]:
     return raw
 
 
+def named_jobs(raw: dict[str, Any]) -> int:
+    """How many jobs a raw config names in its sources' job_ids (the demo's grow with each
+    provider's part)."""
+    return sum(len(source.get("job_ids", [])) for source in raw["sources"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

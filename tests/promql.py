@@ -12,7 +12,7 @@ import yaml
 from conftest import REPO
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
@@ -176,3 +176,58 @@ def nodes(expr: str) -> list[Any]:
         found.append(node)
         pending.extend(_children(node))
     return found
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """What reads the metrics: a dashboard's panel or variable, an alert, a recording rule."""
+
+    board: str  # the dashboard's own part of its title ("Overview"); "" for a rule
+    name: str  # the panel's title, "$" and the variable's name, the alert's or the rule's name
+    exprs: tuple[str, ...]  # its queries, variables substituted
+    variable: bool = False
+
+
+def consumers() -> list[Consumer]:
+    """Every panel and variable of the dashboards, every alert and recording rule."""
+    found = []
+    for path in DASHBOARDS:
+        data = board(path)
+        title = data["title"].split(" / ")[-1]
+        found += [
+            Consumer(title, f"${name}", (substitute(selector),), variable=True)
+            for name, selector, _ in variable_queries(data)
+        ]
+        found += [
+            Consumer(title, panel["title"], tuple(substitute(t["expr"]) for t in panel["targets"]))
+            for panel in panels(data)
+        ]
+    found += [Consumer("", q.where.removeprefix("rule "), (q.expr,)) for q in rule_expressions()]
+    found += [Consumer("", name, (expr,)) for name, expr in recording_rules().items()]
+    return found
+
+
+def metrics_read(expr: str) -> set[str]:
+    """The metric names an expression reads, through the recording rules it reads."""
+    rules = recording_rules()
+    found: set[str] = set()
+    for name in names(expr)[0]:
+        found |= metrics_read(rules[name]) if name in rules else {name}
+    return found
+
+
+def answers_without(expr: str, missing: Callable[[str], bool]) -> bool:
+    """Whether an expression can still answer when the metrics `missing` names are absent:
+    `a unless b` needs only a, `a or b` either; anything else needs all it reads."""
+    rules = recording_rules()
+
+    def answers(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            name = node.name or ""
+            return answers(promql_parser.parse(rules[name])) if name in rules else not missing(name)
+        if isinstance(node, promql_parser.BinaryExpr) and str(node.op) in {"unless", "or"}:
+            left, right = answers(node.lhs), answers(node.rhs)
+            return left if str(node.op) == "unless" else left or right
+        return all(answers(child) for child in _children(node))
+
+    return answers(promql_parser.parse(expr))

@@ -80,6 +80,22 @@ class _Families:
             f"Characters the Translator API has charged for the batch. {polled}",
             labels=JOB_LABELS,
         )
+        self.tokens = CounterMetricFamily(
+            "asyncjob_tokens",
+            "Tokens the job has used, by kind: input and output (LLM batches), trained "
+            f"(fine-tuning). {polled}",
+            labels=[*JOB_LABELS, "kind"],
+        )
+        self.training_step = gauge(
+            "asyncjob_training_step",
+            "The step of the job's newest training metrics (fine-tuning, while it runs).",
+        )
+        self.training_loss = gauge(
+            "asyncjob_training_loss",
+            "The loss at the job's newest training step, on the training data (train) and the "
+            "validation data (valid).",
+            ["split"],
+        )
         self.errors = gauge("asyncjob_errors", "Errors the API reports for the job.")
         self.warnings = gauge("asyncjob_warnings", "Warnings the API reports for the job.")
         self.times = {
@@ -152,6 +168,13 @@ class _Families:
             "dropped.",
             labels=SOURCE_LABELS,
         )
+        self.source_tokens = CounterMetricFamily(
+            "asyncjob_source_tokens",
+            "Tokens the source's jobs have used, by kind (input and output of LLM batches, "
+            "trained of fine-tuning jobs): each job's increase counted once, as polls report it; "
+            "across restarts too, and after the job is dropped.",
+            labels=[*SOURCE_LABELS, "kind"],
+        )
         self.dropped = CounterMetricFamily(
             "asyncjob_jobs_dropped",
             "Jobs no longer tracked, by reason (retention, expired, deleted).",
@@ -191,18 +214,26 @@ class _Families:
         breakdowns = (
             (self.tasks, TASK_STATES, snap.tasks),
             (self.documents, DOCUMENT_STATES, snap.documents),
+            (self.tokens, ("input", "output", "trained"), snap.tokens),
+            (self.training_loss, ("train", "valid"), snap.training_loss),
         )
         for family, states, counts in breakdowns:  # the states the API reported, in order
             for state_name, n in sorted(counts.items(), key=lambda kv: states.index(kv[0])):
                 family.add_metric([*key, state_name], n)
         optional: list[tuple[GaugeMetricFamily | CounterMetricFamily, float | None]] = [
             (self.characters, snap.characters_charged),
+            (self.training_step, snap.training_step),
             (self.errors, snap.errors),
             (self.warnings, snap.warnings),
             *((family, _seconds(getattr(snap, name))) for name, family in self.times.items()),
             (self.finished_time, _seconds(record.finished_at)),
             (self.last_success, _seconds(record.last_poll_success)),
-            (self.last_change, _seconds(record.last_progress_change)),
+            (
+                self.last_change,
+                _seconds(record.last_progress_change)
+                if snap.progress or snap.training_step is not None
+                else None,
+            ),
         ]
         for target, value in optional:
             if value is not None:  # absent where the API does not give it
@@ -223,6 +254,8 @@ class _Families:
                 tally.seconds[state],
             )  # fmt: skip
         self.characters_charged.add_metric(key, tally.characters)
+        for kind in ("input", "output", "trained"):
+            self.source_tokens.add_metric([*key, kind], tally.tokens[kind])
         for dropped_for, count in stats.dropped.items():
             self.dropped.add_metric([*key, dropped_for], count)
         self.tracked.add_metric(key, stats.tracked_jobs)
@@ -241,6 +274,9 @@ class _Families:
         yield self.tasks
         yield self.documents
         yield self.characters
+        yield self.tokens
+        yield self.training_step
+        yield self.training_loss
         yield self.errors
         yield self.warnings
         yield from self.times.values()
@@ -258,6 +294,7 @@ class _Families:
         yield self.finished
         yield self.job_duration
         yield self.characters_charged
+        yield self.source_tokens
         yield self.dropped
         yield self.discovered
         yield self.webhooks

@@ -15,8 +15,11 @@ import pytest
 import requests
 import yaml
 from conftest import REPO, Metrics, demo_raw_config, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.app import metric_families
 from exporter.cli import build_parser, main
+from exporter.model import State
 from exporter.providers import PROVIDERS
 from exporter.simulator import DEMO_JOBS, ManualClock, Simulator, demo_config, parts
 
@@ -182,14 +185,21 @@ def test_config_check_covers_the_web_config_with_every_problem_at_once(
         f"{config}: 1 problem",
         (
             "sources[0].provider: unknown provider 'azure_foo'; expected one of "
-            "azure_language_training, azure_language_analyze_text, azure_text_analytics_analyze, "
-            "azure_document_translation, stable_diffusion_finetune"
+            + ", ".join(PROVIDERS)
         ),
         f"{web}: 3 problems",
         "tls_server_config.cert_file: cannot read '/missing/cert.pem': No such file or directory",
         "tls_server_config.key_file: cannot read '/missing/key.pem': No such file or directory",
         "basic_auth_users: expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters), not a password",
     ]
+
+
+def demo_counts() -> str:
+    """What --demo --config.check counts in the demo config, which every provider adds to."""
+    sources = demo_config("http://127.0.0.1:1", discovery=True)["sources"]
+    jobs = sum(len(source.get("job_ids", [])) for source in sources)
+    discovering = sum(1 for source in sources if "discovery" in source)
+    return f"{len(sources)} sources, {jobs} jobs, {discovering} discovering"
 
 
 def test_config_check_says_ok_for_both_files(
@@ -199,7 +209,7 @@ def test_config_check_says_ok_for_both_files(
     web.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
     assert main(["--demo", "--config.check", f"--web.config.file={web}"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "--demo: OK (5 sources, 4 jobs, 2 discovering)",
+        f"--demo: OK ({demo_counts()})",
         f"{web}: OK (no TLS, no auth)",
     ]
 
@@ -218,7 +228,7 @@ def test_demo_config_check_does_not_listen() -> None:
         )  # fmt: skip
     assert (checked.returncode, checked.stdout, checked.stderr) == (
         0,
-        "--demo: OK (5 sources, 4 jobs, 2 discovering)\n",
+        f"--demo: OK ({demo_counts()})\n",
         "",
     )
 
@@ -277,3 +287,85 @@ def test_a_port_in_use_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "cannot listen" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _exporter(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--demo", "--web.listen-address=127.0.0.1:0", *flags],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", ["--metric-allowlist", "--metric-denylist"])
+def test_a_pattern_that_matches_no_family_is_refused_and_named(flag: str) -> None:
+    """--config.check and start-up alike, as every flag error (exit 2): a typo can neither keep
+    nothing nor silently keep everything. The families it could have named are listed."""
+    for check in (["--config.check"], []):
+        result = _exporter(*check, f"{flag}=asyncjob_state, asyncjob_stat")
+        assert result.returncode == 2, result
+        assert result.stdout == ""
+        error = result.stderr.splitlines()[-1]
+        assert error.startswith(
+            f'asyncjob-exporter: error: argument {flag}: "asyncjob_stat" matches no metric family '
+            "(families: asyncjob_info, asyncjob_state, "
+        ), error
+        assert "asyncjob_requests_total, " in error
+
+
+def test_the_allowlist_and_the_denylist_are_mutually_exclusive() -> None:
+    result = _exporter("--config.check", "--metric-allowlist=asyncjob_up",
+                       "--metric-denylist=asyncjob_state")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "asyncjob-exporter: error: argument --metric-denylist: not allowed with argument "
+        "--metric-allowlist"
+    )
+
+
+def test_config_check_passes_a_valid_list() -> None:
+    """A pattern may match several families, and a counter by its README name."""
+    result = _exporter("--config.check", "--metric-allowlist=asyncjob_state,asyncjob_.*_total")
+    assert (result.returncode, result.stderr) == (0, "")
+    families = metric_families()
+    counters = sum(1 for _, kind in families if kind == "counter")
+    config, lists = result.stdout.splitlines()
+    assert config.startswith("--demo: OK (")
+    assert lists == (
+        f"--metric-allowlist: OK ({1 + counters} of {len(families)} asyncjob_ families exported)"
+    )
+
+
+def test_a_running_exporter_exports_only_the_allowed_families(tmp_path: Path) -> None:
+    """A real exporter process with an allowlist: its /metrics holds the allowed asyncjob_
+    families and client_python's process_ and python_ ones, nothing else."""
+    port = free_port()
+    allowlist = "asyncjob_state,asyncjob_up,asyncjob_requests_total,asyncjob_build_info"
+    with Simulator(clock=ManualClock(1000.0)) as sim:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump(demo_raw_config(sim)))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{port}", f"--storage.path={tmp_path}/data",
+             f"--metric-allowlist={allowlist}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+
+            def polled() -> str | None:
+                try:
+                    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                except requests.ConnectionError:
+                    return None
+                states = len(Metrics(text).series("asyncjob_state"))
+                return text if states >= 4 * len(State) else None
+
+            text = wait_until(polled, timeout=30, what="the config's 4 jobs to be polled")
+        finally:
+            process.terminate()
+            _, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert {n for n in names if n.startswith("asyncjob_")} == {
+        "asyncjob_state", "asyncjob_up", "asyncjob_requests", "asyncjob_build_info"
+    }  # fmt: skip
+    assert {n.split("_")[0] for n in names} == {"asyncjob", "process", "python"}

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, load_config, parse_config, secret_values
+from exporter.providers import PROVIDERS
 from exporter.values import format_duration, parse_duration
 
 CASES = sorted((Path(__file__).parent / "configs").glob("*.yaml"))
@@ -24,7 +25,8 @@ REPO = Path(__file__).parent.parent
 
 def expected_problems(path: Path) -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+    expected = [line.removeprefix("# expect: ") for line in lines if line.startswith("# expect: ")]
+    return [line.replace("{providers}", ", ".join(PROVIDERS)) for line in expected]
 
 
 def test_there_are_many_cases() -> None:
@@ -74,13 +76,14 @@ def test_example_config_passes_its_own_check(tmp_path: Path) -> None:
     """The example as shipped, unedited: with the variables it names set, --config.check is OK."""
     env = example_env(tmp_path)
     assert set(env) == {"AZURE_LANGUAGE_KEY", "AZURE_TRANSLATOR_KEY", "SD_API_KEY",
-                        "TEXT_ANALYTICS_KEY_FILE"}  # fmt: skip
+                        "OPENAI_API_KEY", "AZURE_OPENAI_KEY", "TEXT_ANALYTICS_KEY_FILE",
+                        "ANTHROPIC_API_KEY"}  # fmt: skip
     checked = subprocess.run(
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", "config.example.yaml"],
         env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (checked.returncode, checked.stderr) == (0, "")
-    assert checked.stdout == "config.example.yaml: OK (5 sources, 5 jobs, 2 discovering)\n"
+    assert checked.stdout == "config.example.yaml: OK (8 sources, 7 jobs, 4 discovering)\n"
     config = load_config(REPO / "config.example.yaml", env=env)
     assert config.global_.poll_interval == 30.0
     assert config.poll_interval(config.sources[3]) == 60.0
@@ -232,3 +235,13 @@ def test_prometheus_durations(text: str, seconds: float) -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_a_webhook_signing_secret_is_a_secret(tmp_path: Path) -> None:
+    """`webhook_secret` (a Standard Webhooks `whsec_` secret) and the file its `_file` form
+    names are masked like every key, whichever provider's source holds them."""
+    secret_file = tmp_path / "whsec"
+    secret_file.write_text("whsec_from-a-file\n")
+    tree = {"sources": [{"webhook_secret": "whsec_written-in"},
+                        {"webhook_secret_file": str(secret_file)}]}  # fmt: skip
+    assert secret_values(tree) == ["whsec_written-in", "whsec_from-a-file"]

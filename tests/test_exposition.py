@@ -19,7 +19,12 @@ import pytest
 from conftest import run_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -28,8 +33,20 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from reference_render import JobCollector
 
 from exporter import exposition as exposition_module
+from exporter.app import metric_families
+from exporter.collector import SourceCollector
 from exporter.exposition import FAMILIES, JOB_LABELS, Exposition, JobFamily
-from exporter.model import DOCUMENT_STATES, TASK_STATES, ErrorReason, JobRecord, JobSnapshot, State
+from exporter.model import (
+    DOCUMENT_STATES,
+    LOSS_SPLITS,
+    TASK_STATES,
+    TOKEN_KINDS,
+    ErrorReason,
+    JobRecord,
+    JobSnapshot,
+    State,
+)
+from exporter.selection import Selection, parse_patterns
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -69,6 +86,7 @@ times = st.none() | st.datetimes(
 )
 ratios = st.floats(min_value=0.0, max_value=1.0)
 counts = st.integers(min_value=0, max_value=2**53)
+losses = st.floats(min_value=0.0, max_value=1e6) | st.floats(allow_nan=False, allow_infinity=False)
 
 
 @st.composite
@@ -80,12 +98,16 @@ def snapshots(draw: Any) -> JobSnapshot:
         state=state,
         vendor_status=draw(label_text),
         display_name=draw(label_text),
-        progress={**phases, "overall": draw(ratios)},
+        # Empty: a running job whose API does not say how far it is (never a finished one).
+        progress={} if not state.terminal and draw(st.booleans()) else {**phases, "overall": draw(ratios)},
         tasks=draw(st.dictionaries(st.sampled_from(TASK_STATES), counts)),
         documents=draw(st.dictionaries(st.sampled_from(DOCUMENT_STATES), counts)),
         characters_charged=draw(st.none() | counts),
         errors=draw(st.none() | counts),
         warnings=draw(st.none() | counts),
+        tokens=draw(st.dictionaries(st.sampled_from(TOKEN_KINDS), counts)),
+        training_step=draw(st.none() | counts),
+        training_loss=draw(st.dictionaries(st.sampled_from(LOSS_SPLITS), losses)),
         created=draw(times), last_update=draw(times), started=draw(times),
         estimated_completion=draw(times), expiration=draw(times),
         finished=draw(times) if state.terminal else None,
@@ -236,30 +258,30 @@ def test_a_new_family_is_one_definition(monkeypatch: pytest.MonkeyPatch) -> None
     """What the next fact about a job takes: one JobFamily. Its header, its samples named as
     its type wants, its labels sorted among the job's and escaped, in both formats, and
     selectable by name, with nothing else to change."""
-    tokens = JobFamily("asyncjob_tokens", "counter", "Tokens the job used, by kind.", ("kind",),
+    widgets = JobFamily("asyncjob_widgets", "counter", "Widgets the job used, by kind.", ("kind",),
                        lambda record: [({"kind": "input"}, 12), ({"kind": 'a"b'}, 2.5)]
                        if record.snapshot else ())  # fmt: skip
-    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, tokens))
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, widgets))
     running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
     record = JobRecord("azure_document_translation", "a", "j1", T0, snapshot=running, up=True)
     exposition = Exposition(CollectorRegistry(), FakeStore((record,)), lambda: NOTE)
     text = rendered(exposition).decode()
-    assert f"# HELP asyncjob_tokens_total Tokens the job used, by kind. {NOTE}\n" in text
-    assert "# TYPE asyncjob_tokens_total counter\n" in text
+    assert f"# HELP asyncjob_widgets_total Widgets the job used, by kind. {NOTE}\n" in text
+    assert "# TYPE asyncjob_widgets_total counter\n" in text
     assert (
-        'asyncjob_tokens_total{job_id="j1",kind="input",provider="azure_document_translation",'
+        'asyncjob_widgets_total{job_id="j1",kind="input",provider="azure_document_translation",'
         'source="a"} 12.0\n' in text
     )
     assert 'kind="a\\"b"' in text
     openmetrics = rendered(exposition, openmetrics=True).decode()
-    assert "# TYPE asyncjob_tokens counter\n" in openmetrics
+    assert "# TYPE asyncjob_widgets counter\n" in openmetrics
     strict: Callable[[str], Iterable[Any]] = parse_openmetrics  # the strict parser accepts it
     families = {family.name: family for family in strict(openmetrics)}
-    assert [s.value for s in families["asyncjob_tokens"].samples] == [12.0, 2.5]
+    assert [s.value for s in families["asyncjob_widgets"].samples] == [12.0, 2.5]
     only = b"".join(
-        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_tokens_total"])
+        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_widgets_total"])
     ).decode()
-    assert only.startswith("# HELP asyncjob_tokens_total ")
+    assert only.startswith("# HELP asyncjob_widgets_total ")
     assert "asyncjob_state" not in only
 
 
@@ -318,3 +340,113 @@ def test_promtool_accepts_a_large_render() -> None:
     assert text.count(b"\n") > 5000 * 20
     result = run_tool("promtool", "check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Metric selection. What each list keeps is said here from the families' names and types, not
+# by the selection's own code; the oracle knows nothing of lists, and its render is filtered here.
+SELECTIONS = {
+    "allowlist": (
+        "asyncjob_state, asyncjob_.*_timestamp_seconds, asyncjob_.*_total",  # counters: _total
+        lambda f: f.name == "asyncjob_state" or f.name.endswith("_timestamp_seconds")
+        or f.type == "counter",
+    ),
+    "denylist": (
+        ("asyncjob_info,asyncjob_state,asyncjob_progress_ratio,"
+         "asyncjob_translation_characters_charged"),  # a counter by client_python's name
+        lambda f: f.name not in {"asyncjob_info", "asyncjob_state", "asyncjob_progress_ratio",
+                                 "asyncjob_translation_characters_charged"},
+    ),
+}  # fmt: skip
+
+
+def selection(kind: str) -> Selection:
+    patterns = parse_patterns(SELECTIONS[kind][0], metric_families())
+    return Selection.of(patterns, None) if kind == "allowlist" else Selection.of(None, patterns)
+
+
+def keeps(kind: str) -> list[JobFamily]:
+    keep: Callable[[JobFamily], bool] = SELECTIONS[kind][1]
+    return [f for f in FAMILIES if keep(f)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=stores)
+@pytest.mark.parametrize("kind", SELECTIONS)
+def test_a_selection_renders_only_its_families_byte_for_byte(
+    kind: str, records: tuple[JobRecord, ...]
+) -> None:
+    """With an allowlist and with a denylist, over stores of every shape: a family left out
+    has no HELP, no TYPE and no sample; the body is the kept families' blocks, byte for byte
+    as the oracle writes them, in both formats; gzipped, the same bytes."""
+    kept = keeps(kind)
+    dropped = [f for f in FAMILIES if f not in kept]
+    assert kept
+    assert dropped
+    exposition = Exposition(CollectorRegistry(), FakeStore(records), lambda: NOTE, selection(kind))
+    for openmetrics in (False, True):
+        text = rendered(exposition, openmetrics).decode()
+        # The exposition lists finished jobs first (their blocks stay): the oracle, in that order.
+        in_order = tuple(sorted(records, key=lambda record: not record.finished))
+        oracle = blocks(reference(in_order, openmetrics))
+        end = "# EOF\n" if openmetrics else ""
+        assert text == "".join(f"# HELP {oracle[f.name]}" for f in kept) + end
+        written = {line.split("{")[0].split(" ")[0] for line in text.splitlines()}
+        for family in dropped:
+            assert family.sample_name not in written, family.name
+            assert f" {family.name} " not in text
+            assert f" {family.sample_name} " not in text
+        zipped = rendered(exposition, openmetrics, gzipped=True)
+        assert gzip.decompress(zipped) == text.encode()
+
+
+def test_a_family_left_out_is_never_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither rendered nor held: a denied family's samples are never asked for, and each job's
+    cached chunks are the kept families' only; ?name[]= still narrows what is kept."""
+
+    def never(record: JobRecord) -> Iterable[tuple[Any, float]]:
+        raise AssertionError(record)
+
+    unasked = JobFamily("asyncjob_unasked", "gauge", "Never asked.", ("split",), never)
+    monkeypatch.setattr(exposition_module, "FAMILIES", (*FAMILIES, unasked))
+    families = (*metric_families(), ("asyncjob_unasked", "gauge"))
+    denied = Selection.of(None, parse_patterns("asyncjob_unasked,asyncjob_up", families))
+    running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})
+    jobs = tuple(JobRecord("azure_document_translation", "a", f"j{i}", T0, snapshot=running,
+                           up=True) for i in range(300))  # fmt: skip
+    exposition = Exposition(CollectorRegistry(), FakeStore(jobs), lambda: NOTE, denied)
+    assert [f.name for f in exposition.families] == [
+        f.name for f in FAMILIES if f.name != "asyncjob_up"
+    ]
+    text = gzip.decompress(rendered(exposition, gzipped=True)).decode()
+    assert "asyncjob_unasked" not in text
+    assert "asyncjob_up" not in text
+    assert all(len(block.lines) == len(FAMILIES) - 1 for block in exposition._blocks)
+    only = b"".join(
+        exposition.render(openmetrics=False, gzipped=False, names=["asyncjob_state", "asyncjob_up"])
+    )
+    assert only.decode().startswith("# HELP asyncjob_state ")
+    assert "asyncjob_up" not in only.decode()
+
+
+def test_a_selection_filters_the_registry_but_never_process_or_python() -> None:
+    """The registry's asyncjob_ families are selected as the jobs' are (a counter by its
+    README name); client_python's process_ and python_ families always stay."""
+    registry = CollectorRegistry()
+    registry.register(SourceCollector(FakeStore(())))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    patterns = parse_patterns("asyncjob_requests_total,asyncjob_tracked_jobs", metric_families())
+    selected = Exposition(registry, selection=Selection.of(patterns, None))
+    for openmetrics in (False, True):
+        parse = parse_openmetrics if openmetrics else parse_text
+        every = {
+            family.name for family in parse(rendered(Exposition(registry), openmetrics).decode())
+        }
+        names = {family.name for family in parse(rendered(selected, openmetrics).decode())}
+        assert "asyncjob_build_info" in every
+        assert {n for n in names if n.startswith("asyncjob_")} == {
+            "asyncjob_requests", "asyncjob_tracked_jobs"
+        }  # fmt: skip
+        assert {n for n in every if not n.startswith("asyncjob_")} <= names
+        assert any(n.startswith("process_") for n in names)
+        assert "python_info" in names

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -449,3 +450,34 @@ def test_a_bug_applying_an_outcome_does_not_stop_the_jobs_polling(
     polls = len(h.sim.seen("analyze-ok"))
     wait_until(lambda: len(h.sim.seen("analyze-ok")) > polls, what="analyze-ok polled again")
     wait_until(lambda: scrape(h).get("asyncjob_up", **ANALYZE) == 1, what="analyze-ok up")
+
+
+def test_an_exhausted_rate_limit_paces_the_next_poll(make_harness: Callable[..., Harness]) -> None:
+    """A 200 that says the request limit is spent (x-ratelimit-remaining-requests: 0) is a good
+    poll, and the job is not polled again before the limit's reset (a Go duration, as OpenAI
+    writes it) although its interval is 200 ms."""
+    h = make_harness(lambda sim: demo_raw_config(sim, max_retry_wait="30s"))
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12s"}
+    h.sim.set_fault("batch-ok", Fault(headers=spent))
+    poller = h.exporter.pollers["translator"]
+    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    assert outcome.snapshot is not None
+    assert outcome.retry_after == 12.0
+    assert min(poller.next_wait(outcome) for _ in range(50)) == 12.0
+
+
+def test_a_429_without_retry_after_waits_for_the_limit_reset(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """A 429 with no Retry-After but an exhausted limit whose reset is an RFC 3339 time (as
+    Anthropic writes it) waits until then, for the retries and for the next poll."""
+    h = make_harness(lambda sim: demo_raw_config(sim, retries=0, max_retry_wait="30s"))
+    reset = (datetime.now(UTC) + timedelta(seconds=20)).isoformat(timespec="seconds")
+    spent = {"anthropic-ratelimit-requests-remaining": "0",
+             "anthropic-ratelimit-requests-reset": reset}  # fmt: skip
+    h.sim.set_fault("batch-ok", Fault(status=429, headers=spent))
+    poller = h.exporter.pollers["translator"]
+    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    assert outcome.error is ErrorReason.THROTTLED
+    assert outcome.retry_after is not None
+    assert 15.0 <= outcome.retry_after <= 20.0

@@ -663,6 +663,9 @@ def test_a_registered_job_survives_kill_9_and_is_polled_again(tmp_path: Path) ->
         polls = len(sim.seen("batch-partial"))
         second = run()
         try:
+            # A poll the killed exporter had in flight may reach the simulator after `polls`
+            # was counted: the restarted one must be serving before it is asked anything.
+            wait_until(lambda: scrape(port), what="the restarted exporter to serve")
             wait_until(lambda: len(sim.seen("batch-partial")) > polls, what="a poll after restart")
             listed = {j["job_id"]: j for j in requests.get(api, timeout=10).json()["jobs"]}
             assert listed["batch-partial"]["origin"] == "api"

@@ -354,6 +354,54 @@ def test_characters_charged_count_each_increase_once_across_restarts_and_retirem
         storage.close()
 
 
+def used(state: State, **tokens: int) -> JobSnapshot:
+    return JobSnapshot(state=state, vendor_status=state.value, progress={"overall": 0.5},
+                       tokens=tokens, finished=T0 if state.terminal else None)  # fmt: skip
+
+
+def test_tokens_count_each_increase_once_by_kind_across_restarts_and_retirement(
+    tmp_path: Path,
+) -> None:
+    """The source's token counter grows by each job's increase of each kind, never twice (a
+    repeated total, a restart, a dip and its recovery), and keeps them after the job leaves."""
+    now = [T0]
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+
+    def tokens(kind: str) -> float | None:
+        return sample(store, "asyncjob_source_tokens_total", kind=kind)
+
+    assert (tokens("input"), tokens("output"), tokens("trained")) == (0, 0, 0)
+    store.update(listing(T0, ("j1", used(State.RUNNING)), ("j2", None)))
+    poll(store, "j1", T0, used(State.RUNNING, input=100, output=7))
+    poll(store, "j1", T0, used(State.RUNNING, input=100, output=7))  # nothing new
+    poll(store, "j2", T0, used(State.RUNNING, trained=5000))
+    assert (tokens("input"), tokens("output"), tokens("trained")) == (100, 7, 5000)
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    store = discovering_store(storage, now)
+    assert (tokens("input"), tokens("output"), tokens("trained")) == (100, 7, 5000)
+    store.update(listing(T0, ("j1", used(State.RUNNING, input=100, output=7)), ("j2", None)))
+    poll(store, "j1", T0, used(State.RUNNING, input=90))  # a dip is no refund...
+    poll(store, "j1", T0, used(State.SUCCEEDED, input=150, output=20))  # ...nor twice counted
+    poll(store, "j2", T0, used(State.SUCCEEDED, trained=6000))
+    assert (tokens("input"), tokens("output"), tokens("trained")) == (150, 20, 6000)
+    now[0] = T0 + timedelta(hours=2)
+    assert {r.job_id for r in store.retire(now[0])} == {"j1", "j2"}
+    storage.flush()
+    storage.close()
+
+    storage = Storage.open(tmp_path / "data")
+    try:
+        store = discovering_store(storage, now)
+        assert store.jobs() == ()
+        assert (tokens("input"), tokens("output"), tokens("trained")) == (150, 20, 6000)
+    finally:
+        storage.close()
+
+
 # -- the changes the store tells ----------------------------------------------------------------
 
 

@@ -18,6 +18,9 @@ FOLDERS = (
     "azure_text_analytics_analyze",
     "azure_document_translation",
     "stable_diffusion_finetune",
+    "openai_batch",
+    "openai_fine_tuning",
+    "anthropic_message_batch",
 )
 
 

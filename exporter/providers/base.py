@@ -14,6 +14,12 @@ returns the first `ListRequest`s of a listing. Each names its request and how to
 into a `Page`: the jobs it lists (with their status where the listing carries it) and the
 requests that follow (the next page; a project's jobs). The poller walks them; the provider only
 says what to ask and how to read it.
+
+A provider whose status answer does not say everything may ask once more in the same poll: its
+`follow_up(source, job_id, project, snapshot)` returns a `FollowUp` (a request, and how its
+answer completes the snapshot) or None. A poll is then two requests, or one when the snapshot
+needs nothing more (only while a job runs, say); it fails whole if either fails. A listing's
+snapshot has no follow-up: a job that needs one is listed without its status while it does.
 """
 
 from __future__ import annotations
@@ -253,6 +259,18 @@ Lister = Callable[[S, ListQuery], tuple[ListRequest, ...]]
 
 
 @dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A second request of a poll, and how its answer completes the status answer's snapshot
+    (ParseError if unreadable): (decoded answer, that snapshot, when it was fetched)."""
+
+    request: UpstreamRequest
+    read: Callable[[Any, JobSnapshot, datetime], JobSnapshot]
+
+
+FollowUpBuilder = Callable[[S, str, "str | None", "JobSnapshot"], FollowUp | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Provider(Generic[S]):
     name: str
     source_model: type[S]
@@ -262,6 +280,7 @@ class Provider(Generic[S]):
     webhook: Webhook | None = None
     lister: Lister[S] | None = None
     names_only: bool = False  # the listing names jobs only: no status, no dates (all, ever)
+    follow_up: FollowUpBuilder[S] | None = None  # a second request in a poll, where needed
 
 
 class ParseError(Exception):

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Self
@@ -52,7 +52,7 @@ from exporter.simulator.kit import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
 _TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
 _CUT = "X-Simulator-Cut"  # internal: the handler breaks off the body after this many bytes
@@ -109,6 +109,7 @@ class Fault:
     cut_after: int | None = None  # send this many body bytes, then reset the connection...
     stall: float = 0.0  # ...or, if set, pause this long there and then send the rest
     times: int | None = None  # answers left; None until cleared
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with the answer, any status
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +281,9 @@ class Simulator:
         status, extra, out = self._job_status(part, call.variant, job_id)
         if fault and fault.retry_after:  # a normal answer that paces the client
             extra = {**extra, "Retry-After": fault.retry_after}
-        return status, extra, out
+        if fault:
+            extra = {**extra, **fault.headers}
+        return status, {**part.headers, **extra}, out
 
     def _job_status(self, part: SimPart, variant: str, job_id: str) -> Answer:
         job = self._jobs.get(job_id)
@@ -288,10 +291,7 @@ class Simulator:
             return part.not_found()
         elapsed = self._clock()
         if job.throttle and job.throttle[0] <= elapsed < job.throttle[1]:
-            status, hdrs, out = error_answer(
-                429, "RequestRateTooHigh", "User's request rate is too high"
-            )
-            return status, {**hdrs, "Retry-After": str(job.retry_after)}, out
+            return part.throttled(job, self.started_at + timedelta(seconds=elapsed))
         return json_answer(rendered(part.render, job, elapsed, self.started_at, variant))
 
     def _answer_list(self, part: SimPart, route: ListRoute, call: Call) -> Answer:
@@ -305,7 +305,8 @@ class Simulator:
         jobs = [job for job in self.present() if job.api == part.name]
         listing = Listing(call, jobs, part.render, elapsed, self.started_at, self.url,
                           self.max_page_size)  # fmt: skip
-        return route.answer(listing)
+        status, extra, out = route.answer(listing)
+        return status, {**part.headers, **extra}, out
 
 
 @functools.cache
@@ -336,15 +337,16 @@ def _fault_answer(fault: Fault) -> Answer | None:
         body = fault.body or b'{"status": "running", "tasks": {}}'
         return fault.status or 200, {_TRICKLE: str(fault.trickle)}, body
     if fault.body is not None:
-        return fault.status or 200, {"Content-Type": fault.content_type}, fault.body
+        return (
+            fault.status or 200,
+            {"Content-Type": fault.content_type, **fault.headers},
+            fault.body,
+        )
     if fault.status is None:
-        return None  # a pure delay: answer normally, late
+        return None  # a pure delay (or headers on a normal answer): answer normally
     status, headers, out = error_answer(fault.status, "Simulated", f"Simulated HTTP {fault.status}")
-    return (
-        status,
-        {**headers, **({"Retry-After": fault.retry_after} if fault.retry_after else {})},
-        out,
-    )
+    waits = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+    return status, {**headers, **waits, **fault.headers}, out
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
-Outcome = Literal["succeeded", "failed", "stalled"]
+# How a job ends: "stalled" never does (it stops moving at `stop_at`); "failed", "expired" and
+# "cancelled" end at `stop_at` with that share of the work done.
+Outcome = Literal["succeeded", "failed", "stalled", "expired", "cancelled"]
 DEMO_KEY = "demo-key"
 DEMO_WEBHOOK_TOKEN = "demo-webhook-token"  # noqa: S105 - the demo's, on loopback
 DEFAULT_PAGE_SIZE = 50
@@ -39,7 +41,7 @@ class SimJob:
     api: str  # the provider whose API serves the job, as the registry names it
     duration: float = 120.0
     outcome: Outcome = "succeeded"
-    stop_at: float = 0.4  # fraction of the work done when a failed or stalled job stops
+    stop_at: float = 0.4  # fraction of the work done when a job that does not succeed stops
     start_delay: float = 5.0
     display_name: str = ""
     units: int = 4  # tasks, documents or steps: the job's work, as its API counts it
@@ -57,7 +59,7 @@ class SimJob:
 class Moment:
     """Where a job is at one instant."""
 
-    phase: Literal["not_started", "running", "succeeded", "failed"]
+    phase: Literal["not_started", "running", "succeeded", "failed", "expired", "cancelled"]
     done: float  # fraction of the work done, 0..1
 
 
@@ -67,13 +69,13 @@ def moment(job: SimJob, elapsed: float) -> Moment:
         return Moment("not_started", 0.0)
     done = min((elapsed - job.start_delay) / job.duration, 1.0)
     if job.outcome != "succeeded" and done >= job.stop_at:
-        return Moment("failed" if job.outcome == "failed" else "running", job.stop_at)
+        return Moment("running" if job.outcome == "stalled" else job.outcome, job.stop_at)
     return Moment("succeeded" if done >= 1.0 else "running", done)
 
 
 def terminal(job: SimJob, elapsed: float) -> bool:
     """Whether the job has ended (a stalled job never does)."""
-    return moment(job, elapsed - job.created_at).phase in {"succeeded", "failed"}
+    return moment(job, elapsed - job.created_at).phase not in {"not_started", "running"}
 
 
 def created(job: SimJob, started_at: datetime) -> datetime:
@@ -108,6 +110,16 @@ def error_answer(status: int, code: str, message: str) -> Answer:
 
 def job_not_found() -> Answer:
     return error_answer(404, "NotFound", "Job ID not found.")
+
+
+def too_many_requests(job: SimJob, clock: datetime) -> Answer:
+    """The default answer of a job in its throttle window: a 429 with Retry-After (seconds) and
+    the common error body; a part whose API answers otherwise brings its own."""
+    del clock  # this answer names no time
+    status, headers, body = error_answer(
+        429, "RequestRateTooHigh", "User's request rate is too high"
+    )
+    return status, {**headers, "Retry-After": str(job.retry_after)}, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +256,9 @@ class SimPart:
     check_key: Callable[[Call, Keys], Answer | None]  # None: let in; else the API's refusal
     listings: tuple[ListRoute, ...] = ()
     not_found: Callable[[], Answer] = job_not_found  # the answer for a job it does not have
+    # A job's answer inside its `throttle` window (the job, the simulator's time now).
+    throttled: Callable[[SimJob, datetime], Answer] = too_many_requests
+    headers: Mapping[str, str] = field(default_factory=dict)  # on its answers (rate limits)
     demo_jobs: tuple[SimJob, ...] = ()  # jobs the demo config names
     demo_sources: Callable[[Demo], list[dict[str, Any]]] = no_sources  # its `sources[]` entries
     demo_calls: tuple[DemoCall, ...] = ()  # what the demo sends the exporter for it

@@ -177,6 +177,7 @@ class SourceCollector(Collector):
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._kept: tuple[tuple[SourceStats, ...], list[Metric]] | None = None
 
     def _build(self, sources: Iterable[SourceStats]) -> _Families:
         families = _Families()
@@ -189,7 +190,14 @@ class SourceCollector(Collector):
         return self._build(()).all()
 
     def collect(self) -> Iterator[Metric]:
-        return self._build(self._store.source_stats()).all()
+        """The families built afresh when the statistics changed since the last collect, else
+        the same ones (never changed once built): building them was most of a scrape of an
+        unchanged store, and the exposition keeps the text of a family that collects the same."""
+        stats = self._store.source_stats()
+        kept = self._kept
+        if kept is None or kept[0] != stats:
+            kept = self._kept = (stats, list(self._build(stats).all()))
+        return iter(kept[1])
 
 
 class StorageCollector(Collector):

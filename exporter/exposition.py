@@ -42,11 +42,12 @@ running jobs' blocks, compressed again as they change, at CHURN_LEVEL.
 
 Measured at 10,000 jobs (benchmarks/scale.py's; the render alone, in-process, medians): an
 unchanged gzip scrape took 2.9 ms, of which client_python's encoding of the fresh part was 2 ms
-and 23 gzip.compress calls most of the rest; it takes 0.5 ms. A scrape after the running tenth
-changed took 330 ms (every block of every family compressed again, at level 6); it takes 60 ms,
-most of it rendering the changed jobs. A first render took 0.84 s; it takes 0.38 s (per-family
-calls for runs of jobs, and a line template generated per family, instead of one call per job
-and family).
+and 23 gzip.compress calls most of the rest; it takes 0.22 ms (SourceCollector keeps its
+families while the statistics stay; the process collector's reads of /proc are most of it). A
+scrape after the running tenth changed took 330 ms (every block of every family compressed
+again, at level 6); it takes 60 ms, most of it rendering the changed jobs. A first render took
+0.84 s; it takes 0.32 s (per-family calls for runs of jobs, a line template generated per
+family, numbers written lately kept, instead of one call per job and family).
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def record_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _Key = tuple[str, ...]  # the row a change is to: (table, *primary key)
-_Change = tuple[str, tuple[Any, ...]]  # (SQL, parameters)
+_Change = tuple[str, tuple[Any, ...]] | JobRecord  # (SQL, parameters), or a job's row to upsert
 _UPSERT = (
     "INSERT INTO jobs (source, job_id, provider, project, origin, first_seen, record) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, job_id) DO UPDATE SET "
@@ -245,6 +245,16 @@ _SAVE_TALLY = (
     "INSERT INTO tallies (source, tally) VALUES (?, ?) "
     "ON CONFLICT (source) DO UPDATE SET tally = excluded.tally"
 )
+
+
+def _statement(change: _Change) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of a queued change (a record: the upsert of its row)."""
+    if not isinstance(change, JobRecord):
+        return change
+    r = change
+    return _UPSERT, (r.source, r.job_id, r.provider, r.project, r.origin,
+                     r.first_seen.isoformat(), json.dumps(record_to_json(r)))  # fmt: skip
+
 
 OPERATIONS = ("open", "write")
 """What failed, for asyncjob_storage_errors_total{operation}: `open` (opening the database for
@@ -401,12 +411,10 @@ class Storage:
         queued in one call are committed in one transaction: a tally and the record that says
         what it counted are never written one without the other, so a crash can neither lose
         a count nor, after the restart, repeat it."""
-        changes: list[tuple[_Key, _Change]] = [
-            (("jobs", r.source, r.job_id),
-             (_UPSERT, (r.source, r.job_id, r.provider, r.project, r.origin,
-                        r.first_seen.isoformat(), json.dumps(record_to_json(r)))))
-            for r in records
-        ]  # fmt: skip
+        # A record (immutable) waits as it is; the writer encodes its row when it commits it,
+        # one row at a time: queued as JSON, the 50,000 rows of a first listing held 50 MB
+        # until their commit, and a row that changes twice before a commit is encoded once.
+        changes: list[tuple[_Key, _Change]] = [(("jobs", r.source, r.job_id), r) for r in records]
         if tally is not None:
             source, data = tally
             changes.append((("tallies", source), (_SAVE_TALLY, (source, json.dumps(data)))))
@@ -538,8 +546,8 @@ class Storage:
                         self._reader = None
                 operation = "write"
                 with self._connection:  # one transaction, committed on leaving
-                    for sql, parameters in batch.values():
-                        self._connection.execute(sql, parameters)
+                    for change in batch.values():
+                        self._connection.execute(*_statement(change))
         except (sqlite3.Error, _Unwritable, StorageError) as exc:
             error = exc.error if isinstance(exc, _Unwritable) else exc
             self._failed(batch, operation, error)

@@ -37,6 +37,7 @@ _SECRET_KEY = re.compile(r"key|token|secret|password|authorization|sig$", re.IGN
 _SAS_SIG = re.compile(r"(?i)(sig=)[^&\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SHAPES = (_SAS_SIG, _BEARER, _JWT)  # secrets known by their shape, not their value
 
 
 def _quoted(text: str) -> set[str]:
@@ -71,12 +72,24 @@ def spellings(secret: str) -> set[str]:
     }
 
 
+def _any_of(masked: re.Pattern[str] | None) -> re.Pattern[str]:
+    """One pattern that finds what any of the masks would (the secrets, then each shape)."""
+    patterns = ([] if masked is None else [masked]) + list(_SHAPES)
+    return re.compile("|".join(
+        f"(?{'i' if p.flags & re.IGNORECASE else ''}:{p.pattern.removeprefix('(?i)')})"
+        for p in patterns
+    ))  # fmt: skip
+
+
 class Redactor:
     """Masks secrets by value in anything an exit sends, and by key in log events."""
 
     def __init__(self) -> None:
         self._secrets: frozenset[str] = frozenset()
         self._masked: re.Pattern[str] | None = None  # every spelling of every secret
+        # Whether a text holds anything to mask: one search, where masking is four passes.
+        # Most texts hold nothing (IDs, states, messages), and every snapshot string is masked.
+        self._any = _any_of(None)
         self._lock = threading.Lock()
 
     def register(self, secrets: Iterable[str]) -> None:
@@ -92,8 +105,11 @@ class Redactor:
             # that a secret that contains another is masked whole.
             ordered = sorted(masked, key=len, reverse=True)
             self._masked = re.compile("|".join(re.escape(spelled) for spelled in ordered))
+            self._any = _any_of(self._masked)
 
     def mask(self, text: str) -> str:
+        if self._any.search(text) is None:
+            return text
         if self._masked is not None:
             text = self._masked.sub(REDACTED, text)
         text = _SAS_SIG.sub(rf"\1{REDACTED}", text)

@@ -210,6 +210,11 @@ class _Output:
 _output = _Output()
 
 
+def logs_debug() -> bool:
+    """Whether debug events are written: a hot path skips building one that would be dropped."""
+    return _output.level <= logging.DEBUG
+
+
 def configure(level: str = "info", fmt: str | None = None, stream: Any = None) -> None:
     """Configure structlog for the process. `fmt` None: console on a terminal, JSON otherwise."""
     stream = stream or _Stderr()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBucket
-from exporter.logging import redactor
+from exporter.logging import logs_debug, redactor
 from exporter.model import Attempt, ErrorReason, ListOutcome, PollOutcome
 from exporter.providers.base import ListQuery, ParseError
 from exporter.scheduler import AUTH_BACKOFF_FACTOR, LISTING, Scheduler
@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving them behind
 MAX_LIST_REQUESTS = 1000  # a listing that has not ended by then is read as a bad answer
+TICK = 0.05  # seconds: the polls falling due within one go out together (see _run)
 SETTLE_MARGIN = timedelta(minutes=5)  # clock skew and slow creation, between two listings
 OutcomeT = TypeVar("OutcomeT", PollOutcome, ListOutcome)
 
@@ -183,13 +184,20 @@ def masked(outcome: OutcomeT) -> OutcomeT:
     return replace(outcome, message=mask(outcome.message), bug=bug, listed=listed)
 
 
+def _then_set(task: Callable[[], None], done: threading.Event) -> None:
+    try:
+        task()
+    finally:
+        done.set()
+
+
 class Workers:
     """A fixed set of daemon threads: a hung upstream can delay shutdown by STOP_GRACE at most."""
 
     def __init__(self, size: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[tuple[Callable[[], None], threading.Event] | None] = (
-            queue.SimpleQueue()
-        )
+        # A task is only its callable: an Event made and set per poll, for the one caller that
+        # waits (--once), cost a poll some microseconds for nothing.
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(size)
@@ -197,20 +205,23 @@ class Workers:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, task: Callable[[], None]) -> threading.Event:
-        done = threading.Event()
-        self._tasks.put((task, done))
-        return done
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+
+    def submit_and_wait(self, tasks: Sequence[Callable[[], None]]) -> None:
+        """Run `tasks` on the workers and return when all are done (--once)."""
+        done = [threading.Event() for _ in tasks]
+        for task, event in zip(tasks, done, strict=True):
+            self.submit(partial(_then_set, task, event))
+        for event in done:
+            event.wait()
 
     def _work(self) -> None:
-        while (item := self._tasks.get()) is not None:
-            task, done = item
+        while (task := self._tasks.get()) is not None:
             try:
                 task()
             except Exception:  # poll_job catches everything; this is the last line of defence
                 log.exception("worker task failed")
-            finally:
-                done.set()
 
     def stop(self, grace: float) -> None:
         for _ in self._threads:
@@ -314,9 +325,7 @@ class SourcePoller:
         listing = self.list_now() if self._lister is not None else None
         polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
         jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
-        polls = [self._workers.submit(partial(self._poll, r.job_id, r.project)) for r in jobs]
-        for done in polls:
-            done.wait()
+        self._workers.submit_and_wait([partial(self._poll, r.job_id, r.project) for r in jobs])
 
     def _should_log_auth(self) -> bool:
         """Auth failures are logged once per backoff interval for the whole source."""
@@ -377,6 +386,8 @@ class SourcePoller:
         self._list_error = outcome.error
 
     def _log_transition(self, before: JobRecord, outcome: PollOutcome) -> None:
+        if outcome.error is None and before.last_error is None and not logs_debug():
+            return  # the usual poll: nothing to say (binding a logger for it cost 2% a poll)
         bound = log.bind(source=self.source.name, job_id=outcome.job_id, provider=before.provider)
         if outcome.error is None:
             if before.last_error is not None:
@@ -393,6 +404,10 @@ class SourcePoller:
             bound.warning("poll failing", reason=outcome.error.value, error=outcome.message)
 
     def _run(self) -> None:
+        """Hand out what is due, then sleep until the next is due, but for at least a TICK
+        unless woken (a job added, a webhook, a poll that must follow at once): with jobs'
+        due times spread by jitter, waking for each one cost a thread switch per poll, for
+        polls whose interval is seconds at least."""
         while not self._stop.is_set():
             try:
                 soonest = self._schedule()
@@ -400,7 +415,7 @@ class SourcePoller:
                 log.exception("scheduler failed", source=self.source.name)
                 soonest = self._monotonic() + self.scheduler.interval
             now = self._monotonic()
-            self._wake.wait(None if soonest is None else max(0.0, soonest - now))
+            self._wake.wait(None if soonest is None else max(TICK, soonest - now))
             self._wake.clear()
 
     def _schedule(self) -> float | None:

@@ -114,7 +114,8 @@ class AzureKeyAuth(StrictModel):
 
 
 class ApiKeyAuth(StrictModel):
-    """A plain API key (Stable Diffusion API), sent in the request body."""
+    """A plain API key; where it goes is the provider's to say (the Stable Diffusion API's in the
+    request body, Anthropic's in the `x-api-key` header)."""
 
     api_key: SecretStr | None = None
     api_key_file: FileSecret | None = None

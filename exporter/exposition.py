@@ -58,6 +58,7 @@ import threading
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import accumulate
 from math import copysign
 from operator import attrgetter
@@ -163,32 +164,101 @@ class JobFamily:
     ) -> Callable[[Sequence[JobRecord], Sequence[tuple[str, ...]]], tuple[str, list[int]]]:
         """render_many for this family, generated once (as dataclasses generates __init__):
         a sample line with a %s per label, all of them sorted as client_python writes them,
-        filled from a tuple written out in that order. Any loop over the labels, or a
-        reordering call, per sample, cost a third more."""
+        filled from a tuple written out in that order, and where the job's labels sort side
+        by side (in most families), one %s for the three, written once per job (_job_labels).
+        Any loop over the labels, or a reordering call, per sample, cost a third more. A family
+        of one number a job (`Number`) and one whose samples follow from a value that many
+        jobs share (`Keyed`) each have a loop of their own: see those."""
         names = sorted((*JOB_LABELS, *self.labels))
-        pairs = ",".join(f'{name}="%s"' for name in names)
-        values = [
-            f"job[{JOB_LABELS.index(name)}]" if name in JOB_LABELS else f"escape(labels[{name!r}])"
-            for name in names
-        ]
+        at = names.index(JOB_LABELS[0])
+        together = tuple(names[at : at + len(JOB_LABELS)]) == JOB_LABELS
+        if together:
+            around = (names[:at], names[at + len(JOB_LABELS) :])
+            pairs = ",".join([*(f'{n}="%s"' for n in around[0]), "%s",
+                              *(f'{n}="%s"' for n in around[1])])  # fmt: skip
+            values = [*(f"escape(labels[{n!r}])" for n in around[0]), "job[-1]",
+                      *(f"escape(labels[{n!r}])" for n in around[1])]  # fmt: skip
+        else:
+            pairs = ",".join(f'{name}="%s"' for name in names)
+            values = [
+                f"job[{JOB_LABELS.index(n)}]" if n in JOB_LABELS else f"escape(labels[{n!r}])"
+                for n in names
+            ]
+        line = f"{self.sample_name}{{{pairs}}} %s\n"
+        if isinstance(self.samples, Number):
+            loop = (
+                "        value = number(record)\n"
+                "        if value is None:\n"
+                "            size(0)\n"
+                "            continue\n"
+                f"        text = line % ({', '.join(values)}, go(value))\n"
+            )
+        elif isinstance(self.samples, Keyed):
+            # By id: an entry holds its shared value, so no other object has that id meanwhile.
+            fill = "job[-1].join(known[0])" if together else "known[0] % (job[:-1] * known[1])"
+            loop = (
+                "        shared = key(record)\n"
+                "        if shared is None:\n"
+                "            size(0)\n"
+                "            continue\n"
+                "        known = written.get(id(shared))\n"
+                "        if known is None:\n"
+                "            known = written[id(shared)] = lines_of(shared)\n"
+                f"        text = {fill}\n"
+            )
+        else:
+            loop = (
+                "        text = ''.join([\n"
+                f"            line % ({', '.join(values)}, go(value))\n"
+                "            for labels, value in samples(record)\n"
+                "        ])\n"
+            )
         source = (
             "def render_many(records, jobs):\n"
-            "    out, sizes = [], []\n"
+            "    out, sizes, written = [], [], {}\n"
+            "    append, size = out.append, sizes.append\n"
             "    for record, job in zip(records, jobs, strict=True):\n"
-            "        size = 0\n"
-            "        for labels, value in samples(record):\n"
-            f"            text = line % ({', '.join(values)}, go(value))\n"
-            "            out.append(text)\n"
-            "            size += len(text)\n"
-            "        sizes.append(size)\n"
+            f"{loop}"
+            "        append(text)\n"
+            "        size(len(text))\n"
             "    return ''.join(out), sizes\n"
         )
         namespace: dict[str, Any] = {
-            "line": f"{self.sample_name}{{{pairs}}} %s\n", "samples": self.samples,
-            "escape": _escape, "go": _go,
+            "line": line, "samples": self.samples, "escape": _escape, "go": _go,
+            "number": getattr(self.samples, "value", None),
+            "key": getattr(self.samples, "key", None),
+            "lines_of": partial(self._lines_of, line, names, around if together else None),
         }  # fmt: skip
         exec(source, namespace)  # noqa: S102 - label names from this family's definition only
         return cast("Callable[..., tuple[str, list[int]]]", namespace["render_many"])
+
+    def _lines_of(
+        self,
+        line: str,
+        names: Sequence[str],
+        around: tuple[Sequence[str], Sequence[str]] | None,
+        shared: object,
+    ) -> tuple[str | list[str], int, object]:
+        """A Keyed family's lines of the samples that follow from `shared`, all but the job's
+        labels: where those are side by side, with the other labels `around` them, the pieces
+        that a job's labels join; else the lines with a %s for each of them. Then how many
+        lines, and `shared` (kept with them)."""
+        assert isinstance(self.samples, Keyed)
+        samples = list(self.samples.of(shared))
+        if around is None:
+            texts = [
+                line % (*("%s" if n in JOB_LABELS else _escape(labels[n]).replace("%", "%%")
+                          for n in names), _go(value))
+                for labels, value in samples
+            ]  # fmt: skip
+            return "".join(texts), len(texts), shared
+        before, after = around
+        pieces, tail = [], ""
+        for labels, value in samples:
+            head = "".join(f'{n}="{_escape(labels[n])}",' for n in before)
+            pieces.append(f"{tail}{self.sample_name}{{{head}")
+            tail = "".join(f',{n}="{_escape(labels[n])}"' for n in after) + f"}} {_go(value)}\n"
+        return [*pieces, tail] if pieces else [], len(pieces), shared
 
     @property
     def sample_name(self) -> str:
@@ -224,62 +294,95 @@ def _seconds(when: datetime | None) -> float | None:
     return None if when is None else when.timestamp()
 
 
-def _of_snapshot(
-    value: Callable[[JobSnapshot], float | None],
-) -> Callable[[JobRecord], Iterable[Sample]]:
-    """One number the last poll gave; no sample where the API gave none."""
+class Number:
+    """The samples of a family in which a job has one number, unlabelled, or none: `value` of
+    its record (None: no sample). The render calls `value` itself, with no tuple of samples
+    made per job."""
 
-    def samples(record: JobRecord) -> Iterable[Sample]:
-        snap = record.snapshot
-        number = None if snap is None else value(snap)
+    __slots__ = ("value",)
+
+    def __init__(self, value: Callable[[JobRecord], float | None]) -> None:
+        self.value = value
+
+    def __call__(self, record: JobRecord) -> Iterable[Sample]:
+        number = self.value(record)
         return () if number is None else ((NO_LABELS, number),)
 
-    return samples
+
+class Keyed:
+    """The samples of a family that follow from one value of a job's record that many jobs
+    share (the same object): a state, or a snapshot's mapping (model._frozen makes equal ones
+    one object). `key` reads it (None: no samples) and `of` makes the samples from it. The
+    render writes the lines of each such value once per run of jobs, by identity, and each
+    job's by filling in its labels: the state's eight lines were a third of a first render."""
+
+    __slots__ = ("key", "of")
+
+    def __init__(
+        self, key: Callable[[JobRecord], object | None], of: Callable[[Any], Iterable[Sample]]
+    ) -> None:
+        self.key = key
+        self.of = of
+
+    def __call__(self, record: JobRecord) -> Iterable[Sample]:
+        shared = self.key(record)
+        return () if shared is None else self.of(shared)
 
 
-def _of_polled(
-    value: Callable[[JobRecord], float | None],
-) -> Callable[[JobRecord], Iterable[Sample]]:
+def _of_snapshot(value: Callable[[JobSnapshot], float | None]) -> Number:
+    """One number the last poll gave; no sample where the API gave none."""
+
+    def number(record: JobRecord) -> float | None:
+        snap = record.snapshot
+        return None if snap is None else value(snap)
+
+    return Number(number)
+
+
+def _of_polled(value: Callable[[JobRecord], float | None]) -> Number:
     """One number the record holds (not the snapshot): like every family but asyncjob_up and
     the poll error, none for a job never polled successfully; none where it is unknown."""
 
-    def samples(record: JobRecord) -> Iterable[Sample]:
-        number = None if record.snapshot is None else value(record)
-        return () if number is None else ((NO_LABELS, number),)
+    def number(record: JobRecord) -> float | None:
+        return None if record.snapshot is None else value(record)
 
-    return samples
+    return Number(number)
 
 
 def _each(
     mapping: Callable[[JobSnapshot], Mapping[str, float]],
     label: str,
     vocabulary: Sequence[str] | None = None,
-) -> Callable[[JobRecord], Iterable[Sample]]:
+) -> Keyed:
     """One sample per key of a mapping the last poll gave, the key as `label`: in the order of
     `vocabulary` where it has one (the snapshot holds no key outside it), else in the mapping's
     own. A key the API does not report has no sample, rather than a made-up 0."""
     words = None if vocabulary is None else [(word, {label: word}) for word in vocabulary]
 
-    def samples(record: JobRecord) -> Iterable[Sample]:
+    def key(record: JobRecord) -> Mapping[str, float] | None:
         snap = record.snapshot
         found = None if snap is None else mapping(snap)
-        if not found:
-            return ()
+        return found or None
+
+    def of(found: Mapping[str, float]) -> Iterable[Sample]:
         if words is None:
             return [({label: key}, value) for key, value in found.items()]
         return [(labels, found[word]) for word, labels in words if word in found]
 
-    return samples
+    return Keyed(key, of)
 
 
-_STATES = [(state, {"state": state.value}) for state in State]
+_STATES = {
+    current: tuple(({"state": state.value}, 1.0 if state is current else 0.0) for state in State)
+    for current in State
+}
 
 
-def _state(record: JobRecord) -> Iterable[Sample]:
-    snap = record.snapshot
-    if snap is None:
-        return ()
-    return [(labels, 1.0 if state is snap.state else 0.0) for state, labels in _STATES]
+def _current_state(record: JobRecord) -> State | None:
+    return None if record.snapshot is None else record.snapshot.state
+
+
+_state = Keyed(_current_state, _STATES.__getitem__)
 
 
 def _info(record: JobRecord) -> Iterable[Sample]:
@@ -294,8 +397,7 @@ def _info(record: JobRecord) -> Iterable[Sample]:
     return ((facts, 1.0),)
 
 
-def _up(record: JobRecord) -> Iterable[Sample]:
-    return ((NO_LABELS, 1.0 if record.up else 0.0),)
+_up = Number(lambda record: 1.0 if record.up else 0.0)
 
 
 def _poll_error(record: JobRecord) -> Iterable[Sample]:
@@ -310,7 +412,7 @@ def _last_progress_change(record: JobRecord) -> float | None:
     return _seconds(record.last_progress_change) if snap and snap.shows_progress else None
 
 
-def _snapshot_time(key: str) -> Callable[[JobRecord], Iterable[Sample]]:
+def _snapshot_time(key: str) -> Number:
     when = attrgetter(key)
     return _of_snapshot(lambda snap: _seconds(when(snap)))
 
@@ -475,10 +577,15 @@ def _cut(records: Sequence[JobRecord]) -> list[Sequence[JobRecord]]:
 
 
 def _job_labels(record: JobRecord) -> tuple[str, ...]:
-    """A job's JOB_LABELS values, escaped. A job ID comes from the config, the jobs API or a
-    webhook: masked like every label, in case a secret was pasted there (the record keeps the
-    real one)."""
-    return (_escape(redactor.mask(record.job_id)), _escape(record.provider), _escape(record.source))
+    """A job's JOB_LABELS values, escaped, and then all three as a line writes them side by
+    side (most families' labels sort after them, or there are none). A job ID comes from the
+    config, the jobs API or a webhook: masked like every label, in case a secret was pasted
+    there (the record keeps the real one)."""
+    job = (_escape(redactor.mask(record.job_id)), _escape(record.provider), _escape(record.source))
+    return (*job, _JOB_PAIRS % job)
+
+
+_JOB_PAIRS = ",".join(f'{name}="%s"' for name in JOB_LABELS)
 
 
 def _render(

@@ -285,6 +285,56 @@ def test_a_new_family_is_one_definition(monkeypatch: pytest.MonkeyPatch) -> None
     assert "asyncjob_state" not in only
 
 
+# Label values for the renders of their own that Number and Keyed families get: a % that a
+# template must not take for its own, quotes, backslashes, newlines, unicode.
+PERCENT_TEXT = st.sampled_from(["%s", "%%", "%", "a%sb%%c", 'q"%s', "back\\%s", "x\n%", "é%s中"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    words=st.lists(PERCENT_TEXT, min_size=1, max_size=4, unique=True),
+    ids=st.lists(PERCENT_TEXT | label_text, min_size=1, max_size=6, unique=True),
+    value=st.floats() | st.integers(min_value=0, max_value=2**64),
+)
+def test_number_and_keyed_families_write_what_the_general_render_writes(
+    words: list[str], ids: list[str], value: float
+) -> None:
+    """A family made as a Number or as Keyed (whose lines are written once per shared value and
+    filled in per job) writes the same bytes as the same family made as a plain function of
+    the record, with its labels around the job's (together, as most are) or between them,
+    with a % in a label value or a job ID, and for jobs that have no sample."""
+    shared = {word: float(i) for i, word in enumerate(words)}
+
+    def key(record: JobRecord) -> object | None:
+        return None if record.up else shared
+
+    def of(found: dict[str, float]) -> list[tuple[dict[str, str], float]]:
+        return [({"a_first": word, "kind": word, "zz_last": word}, v) for word, v in found.items()]
+
+    def plain(record: JobRecord) -> Iterable[tuple[dict[str, str], float]]:
+        return () if record.up else of(shared)
+
+    def number(record: JobRecord) -> float | None:
+        return None if record.up else value
+
+    def one(record: JobRecord) -> Iterable[tuple[Any, float]]:
+        return () if record.up else (({}, value),)
+
+    jobs = tuple(JobRecord("azure_document_translation", "a%s", job_id, T0, up=i % 3 == 0)
+                 for i, job_id in enumerate(ids))  # fmt: skip
+    for labels in (("a_first", "zz_last"), ("kind",)):  # around the job's labels; between them
+        fast = JobFamily("asyncjob_x", "gauge", "X.", labels, exposition_module.Keyed(key, of))
+        slow = JobFamily("asyncjob_x", "gauge", "X.", labels, plain)
+        assert fast.render_many(jobs, [exposition_module._job_labels(r) for r in jobs]) == (
+            slow.render_many(jobs, [exposition_module._job_labels(r) for r in jobs])
+        )
+    fast = JobFamily("asyncjob_y", "counter", "Y.", (), exposition_module.Number(number))
+    slow = JobFamily("asyncjob_y", "counter", "Y.", (), one)
+    assert fast.render_many(jobs, [exposition_module._job_labels(r) for r in jobs]) == (
+        slow.render_many(jobs, [exposition_module._job_labels(r) for r in jobs])
+    )
+
+
 def test_a_changed_job_is_re_rendered_and_the_others_reused() -> None:
     """Records are immutable: a new record object is a change, and only it is rendered again."""
     running = JobSnapshot(state=State.RUNNING, vendor_status="Running", progress={"overall": 0.5})

@@ -35,13 +35,12 @@ from exporter.model import (
     PollOutcome,
     State,
 )
-from exporter.storage import record_fields
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from exporter.model import JobSnapshot
-    from exporter.storage import Storage, StoredJob
+    from exporter.storage import Storage
 
 log = structlog.get_logger(__name__)
 
@@ -320,8 +319,8 @@ class Store:
         # them: made row by row as they are read, so that the rows and their parsed JSON are
         # never all held at once (at 50,000 jobs they came to more than the records).
         self._restored = {
-            (job.source, job.job_id): self._restore(job)
-            for job in (storage.stored() if storage is not None else ())
+            (record.source, record.job_id): record
+            for record in (storage.stored() if storage is not None else ())
         }
         self._limits: dict[str, int] = {}
         self._retention: dict[str, tuple[float, float]] = {}
@@ -480,12 +479,6 @@ class Store:
         if stored is not None:
             counters.tally = Tally.from_json(stored)
         return counters
-
-    def _restore(self, stored: StoredJob) -> JobRecord:
-        return JobRecord(
-            stored.provider, stored.source, stored.job_id, stored.first_seen, stored.project,
-            stored.origin, **record_fields(stored.record),
-        )  # fmt: skip
 
     def add(
         self, provider: str, source: str, job_id: str, project: str | None, origin: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import signal
 import socket
@@ -35,7 +36,7 @@ from exporter.webconfig import WebConfig, WebConfigFile, load_web_config
 
 if TYPE_CHECKING:
     import re
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from exporter.config import Config
 
@@ -308,6 +309,23 @@ def shard_of(args: argparse.Namespace) -> Shard:
     return Shard(index, args.total_shards, peer)
 
 
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """The cyclic garbage collector off while the exporter loads (its store resumed from the
+    storage). Loading makes what the process keeps and hardly any garbage, yet the collector
+    walked all of it, again and again as it grew: 0.4 s of the 1.5 s that loading 50,000
+    stored jobs took. Once loaded, what the process holds is frozen (`gc.freeze`, see serve),
+    so that no later collection walks it either. An object is freed as ever when nothing
+    refers to it; only a reference cycle made by then and let go later is never collected."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads. Signals are taken from the start, so one
     that arrives while the exporter starts is acted on once it runs, not lost or fatal. What is
@@ -335,7 +353,9 @@ def serve(config: Config, args: argparse.Namespace, banner: Sequence[str] = ()) 
         except ValueError as exc:
             log.error("bad sharding flags", error=str(exc))  # noqa: TRY400 - it says all
             return 1
-        exporter = Exporter(config, storage=storage, shard=shard, selection=selection_of(args))
+        with _loading():
+            exporter = Exporter(config, storage=storage, shard=shard, selection=selection_of(args))
+        gc.freeze()  # see _loading
         opened.callback(exporter.stop)
         reload = None if args.demo else partial(exporter.reload, args.config_file)
         app = make_app(

@@ -323,7 +323,7 @@ class Store:
             for record in (storage.stored() if storage is not None else ())
         }
         self._limits: dict[str, int] = {}
-        self._retention: dict[str, tuple[float, float]] = {}
+        self._retention: dict[str, tuple[timedelta, timedelta]] = {}  # succeeded, unsuccessful
         self._tallies = storage.load_tallies() if storage is not None else {}
         self._specs: dict[str, SourceJobs] = {}
         self._generation = 0  # moves on with every change to a record: renders key on it
@@ -392,8 +392,7 @@ class Store:
         with self._lock:
             # Jobs that came by other routes, now or before a restart, stay while their source
             # does (and while it has room).
-            others = [r for r in self._jobs.values() if r.origin != Origin.CONFIG]
-            others += [r for r in self._restored.values() if r.origin != Origin.CONFIG]
+            others = self._by_other_routes()
             as_stored = {id(record) for record in self._restored.values()}
             jobs: dict[tuple[str, str], JobRecord] = {}
             counters: dict[str, _Counters] = {}
@@ -411,9 +410,9 @@ class Store:
                             spec.provider, spec.source, job_id, spec.project, Origin.CONFIG
                         )
                 room = spec.max_jobs - len(listed)
-                for record in others:
+                for record in others.get(spec.source, ()):
                     key = (record.source, record.job_id)
-                    ours = (record.source, record.provider) == (spec.source, spec.provider)
+                    ours = record.provider == spec.provider
                     if ours and room > 0 and key not in jobs and self._owns(*key):
                         jobs[key] = record
                         room -= 1
@@ -426,7 +425,13 @@ class Store:
             for source, _ in jobs:
                 self._tracked[source] = self._tracked.get(source, 0) + 1
             self._limits = {spec.source: spec.max_jobs for spec in specs}
-            self._retention = {spec.source: spec.retention for spec in specs}
+            self._retention = {
+                spec.source: (
+                    timedelta(seconds=spec.retention[0]),
+                    timedelta(seconds=spec.retention[1]),
+                )
+                for spec in specs
+            }
             self._specs = {spec.source: spec for spec in specs}
             self._restored = {}
             self._heap_deadlines()
@@ -437,6 +442,16 @@ class Store:
                 self._storage.save(r for r in added if id(r) not in as_stored)
             for source, changed in changes.items():
                 self._tell(source, tuple(changed))
+
+    def _by_other_routes(self) -> dict[str, list[JobRecord]]:
+        """The jobs that came by other routes than the config, tracked now or stored before a
+        restart, by source (so that each source looks at its own, not at every job); the
+        caller holds the lock."""
+        others: dict[str, list[JobRecord]] = {}
+        for record in (*self._jobs.values(), *self._restored.values()):
+            if record.origin != Origin.CONFIG:
+                others.setdefault(record.source, []).append(record)
+        return others
 
     def _replaced(
         self, old: dict[tuple[str, str], JobRecord], new: dict[tuple[str, str], JobRecord]
@@ -729,7 +744,7 @@ class Store:
     def _retention_of(self, record: JobRecord) -> timedelta:
         succeeded, unsuccessful = self._retention[record.source]  # every tracked job's source
         state = record.snapshot.state if record.snapshot else State.SUCCEEDED
-        return timedelta(seconds=unsuccessful if state in UNSUCCESSFUL_STATES else succeeded)
+        return unsuccessful if state in UNSUCCESSFUL_STATES else succeeded
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -47,7 +47,9 @@ families while the statistics stay; the process collector's reads of /proc are m
 scrape after the running tenth changed took 330 ms (every block of every family compressed
 again, at level 6); it takes 60 ms, most of it rendering the changed jobs. A first render took
 0.84 s; it takes 0.32 s (per-family calls for runs of jobs, a line template generated per
-family, numbers written lately kept, instead of one call per job and family).
+family, numbers written lately kept, instead of one call per job and family). The first
+render of those 10,000 jobs restored from storage (the minimum of 7) took 0.20 s; it takes
+0.11 s with the loops of Number and Keyed families, and 0.67 s at 50,000 jobs (1.15 s before).
 """
 
 from __future__ import annotations

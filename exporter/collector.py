@@ -217,7 +217,8 @@ class StorageCollector(Collector):
         family = CounterMetricFamily(
             "asyncjob_storage_errors",
             "Failed storage attempts by operation: open (opening the database for writing, at "
-            "start-up or retrying), write (committing a batch of changes). Failed changes are "
+            "start-up or retrying), write (committing a batch of changes), read (a stored job "
+            "that could not be read at start-up: skipped, its row kept). Failed changes are "
             "kept and retried; /-/ready says why while it fails.",
             labels=["operation"],
         )

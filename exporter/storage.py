@@ -274,6 +274,14 @@ def _dumps(value: dict[str, Any]) -> str:
     return orjson.dumps(value).decode()
 
 
+def _parsed(text: Any) -> Any:
+    """One row's JSON, or None (which no record reads) when it is not JSON text."""
+    try:
+        return orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
 def _statement(change: _Change) -> tuple[str, tuple[Any, ...]]:
     """The SQL and parameters of a queued change (a record: the upsert of its row)."""
     if not isinstance(change, JobRecord):
@@ -283,10 +291,11 @@ def _statement(change: _Change) -> tuple[str, tuple[Any, ...]]:
                      r.first_seen.isoformat(), _dumps(record_to_json(r)))  # fmt: skip
 
 
-OPERATIONS = ("open", "write")
+OPERATIONS = ("open", "write", "read")
 """What failed, for asyncjob_storage_errors_total{operation}: `open` (opening the database for
 writing, at start-up or when retrying after it could not be opened), `write` (committing a batch
-of changes)."""
+of changes), `read` (a stored job's row that could not be read at start-up: skipped, and kept in
+the file)."""
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between attempts while the storage fails, doubling
 
 
@@ -397,22 +406,43 @@ class Storage:
         """Every stored job's record, read `batch` rows at a time, so that a caller never holds
         all the rows (nor their parsed JSON) with the records. Each batch's JSON is parsed in
         one call: per-call overhead was a third of parsing row by row."""
-        from_json = _RECORD.from_json
         with self._db:
             connection = self._connection or self._reader
             assert connection is not None  # one of them is open until close()
             cursor = connection.execute(_SELECT)
             while rows := cursor.fetchmany(batch):
-                records = orjson.loads(f"[{','.join(row[-1] for row in rows)}]")
-                for (provider, source, job_id, project, origin, first, _), data in zip(
-                    rows, records, strict=True
-                ):
-                    # The words many rows share are one string each, not one per row (some
-                    # 240 bytes a job), as those of records made since are.
-                    yield from_json(
-                        data, intern(provider), intern(source), job_id,
-                        None if project is None else intern(project), intern(origin), _when(first),
-                    )  # fmt: skip
+                try:
+                    records = orjson.loads(f"[{','.join(row[-1] for row in rows)}]")
+                except (orjson.JSONDecodeError, TypeError):  # a row that is not JSON text
+                    records = [_parsed(row[-1]) for row in rows]
+                for row, data in zip(rows, records, strict=True):
+                    record = self._restored(row, data)
+                    if record is not None:
+                        yield record
+
+    def _restored(self, row: tuple[Any, ...], data: Any) -> JobRecord | None:
+        """The record of one row, or None when the row cannot be read: a newer check of the
+        model refuses what it holds, or it is not what the exporter writes. Such a row is
+        counted (`read`) and logged, and left in the file for a later version to read; one bad
+        row must not keep the exporter, and every other job, from starting."""
+        provider, source, job_id, project, origin, first, _ = row
+        try:
+            # The words many rows share are one string each, not one per row (some 240 bytes
+            # a job), as those of records made since are.
+            record: JobRecord = _RECORD.from_json(
+                data, intern(provider), intern(source), job_id,
+                None if project is None else intern(project), intern(origin), _when(first),
+            )  # fmt: skip
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            with self._cond:
+                self._errors["read"] += 1
+            error = f"{type(exc).__name__}: {exc}"
+            log.error(  # noqa: TRY400 - the error says what; a traceback would show only our codec
+                "stored job cannot be read; skipped, its row kept",
+                source=source, job_id=job_id, error=error,
+            )  # fmt: skip
+            return None
+        return record
 
     def _queue(self, changes: Iterable[tuple[_Key, _Change]]) -> None:
         """Keep each change as its row's latest, for the writer; returns at once. The writer is

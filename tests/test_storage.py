@@ -291,6 +291,47 @@ def test_any_record_comes_back_from_its_json_as_it_was(
     assert restore(record, json.loads(json.dumps(record_to_json(record)))) == record
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        # A running job with a finish time: a check of the model refuses it (as a newer
+        # version's stricter check would refuse a row an older one wrote).
+        ("record", json.dumps({**record_to_json(FINISHED), "snapshot": {
+            **record_to_json(FINISHED)["snapshot"], "state": "running"}})),
+        ("record", '{"snapshot": {"state": "no such state"}}'),
+        ("record", "not JSON at all"),
+        ("record", "[1, 2]"),
+        ("first_seen", "yesterday"),
+    ],
+)  # fmt: skip
+def test_a_row_that_cannot_be_read_is_skipped_counted_and_kept(
+    tmp_path: Path, column: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One bad row must not keep every other job, and the exporter, from starting: it is
+    skipped, counted as a failed `read`, logged by source and job ID, and left in the file."""
+    first = Storage.open(tmp_path / "data")
+    bad = replace(FINISHED, job_id="batch-bad")
+    first.save([FINISHED, bad, FAILING])
+    assert first.flush()
+    first.close()
+    with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
+        db.execute(f"UPDATE jobs SET {column} = ? WHERE job_id = 'batch-bad'", (value,))
+    again = Storage.open(tmp_path / "data")
+    exporter_logging.configure("info", "json")
+    try:
+        stored = {job.job_id: job for job in again.load()}
+        errors = again.errors()
+    finally:
+        again.close()
+    assert stored == {"batch-1": FINISHED, "job-2": FAILING}
+    assert errors == {"open": 0, "write": 0, "read": 1}
+    (line,) = [event for event in log_events(capsys) if "cannot be read" in event["event"]]
+    assert (line["source"], line["job_id"], line["level"]) == ("translator", "batch-bad", "error")
+    with sqlite3.connect(tmp_path / "data" / DATABASE) as db:
+        kept = db.execute("SELECT COUNT(*) FROM jobs WHERE job_id = 'batch-bad'").fetchone()
+    assert kept == (1,)
+
+
 def test_delete_removes_the_row(storage: Storage) -> None:
     storage.save([FINISHED, FAILING])
     storage.delete([("translator", "batch-1")])

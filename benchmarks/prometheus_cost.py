@@ -155,12 +155,7 @@ def prometheus(target: scale.Process, directory: Path) -> Iterator[scale.Process
             _bounded(lambda: _ready(process), "Prometheus to be ready", directory)
             yield process
         finally:
-            popen.terminate()
-            try:
-                popen.wait(30)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(30)
+            scale.stop(popen)
 
 
 def _bounded(check: Callable[[], bool], what: str, directory: Path) -> None:

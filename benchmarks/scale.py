@@ -181,12 +181,17 @@ def exporter(
             until(lambda: _answers(process), what="the exporter to listen", timeout=timeout)
             yield process
         finally:
-            popen.terminate()
-            try:
-                popen.wait(30)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(30)
+            stop(popen)
+
+
+def stop(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within 30 s."""
+    popen.terminate()
+    try:
+        popen.wait(30)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(30)
 
 
 def _answers(process: Process) -> bool:

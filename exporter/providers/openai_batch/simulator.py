@@ -243,14 +243,22 @@ def batches(listing: Listing) -> Answer:
 
 def demo_sources(demo: Demo) -> list[dict[str, Any]]:
     """OpenAI's batches listed by ID (or found by discovery); Azure's by ID."""
-    found: dict[str, Any] = {"job_ids": [job.job_id for job in DEMO_JOBS if job.project != AZURE]}
+    return openai_and_azure(demo, NAME, "batches", DEMO_JOBS)
+
+
+def openai_and_azure(
+    demo: Demo, provider: str, what: str, jobs: Sequence[SimJob]
+) -> list[dict[str, Any]]:
+    """The demo's two sources of an OpenAI provider: `openai-{what}`, its jobs listed by ID
+    (or found by discovery), and `azure-openai-{what}`, the jobs in the AZURE project by ID."""
+    found: dict[str, Any] = {"job_ids": [job.job_id for job in jobs if job.project != AZURE]}
     if demo.discovery:
         found = {"discovery": {"interval": demo.poll_interval}}
-    azure = [job.job_id for job in DEMO_JOBS if job.project == AZURE]
+    azure = [job.job_id for job in jobs if job.project == AZURE]
     return [
-        {"name": "openai-batches", "provider": NAME, "endpoint": demo_endpoint(demo, azure=False),
-         "auth": {"api_key": demo.key}, **found},
-        {"name": "azure-openai-batches", "provider": NAME,
+        {"name": f"openai-{what}", "provider": provider,
+         "endpoint": demo_endpoint(demo, azure=False), "auth": {"api_key": demo.key}, **found},
+        {"name": f"azure-openai-{what}", "provider": provider,
          "endpoint": demo_endpoint(demo, azure=True), "auth": {"api_key": demo.key},
          "job_ids": azure},
     ]  # fmt: skip

@@ -31,9 +31,9 @@ from exporter.providers.openai_batch.simulator import (
     RATE_LIMITS,
     check_key,
     cursor_page,
-    demo_endpoint,
     newest_first,
     on_route,
+    openai_and_azure,
     openai_error,
     throttled,
     unix,
@@ -193,17 +193,7 @@ def jobs(listing: Listing) -> Answer:
 
 def demo_sources(demo: Demo) -> list[dict[str, Any]]:
     """OpenAI's jobs listed by ID (or found by discovery); Azure's by ID."""
-    found: dict[str, Any] = {"job_ids": [job.job_id for job in DEMO_JOBS if job.project != AZURE]}
-    if demo.discovery:
-        found = {"discovery": {"interval": demo.poll_interval}}
-    azure = [job.job_id for job in DEMO_JOBS if job.project == AZURE]
-    return [
-        {"name": "openai-fine-tuning", "provider": NAME,
-         "endpoint": demo_endpoint(demo, azure=False), "auth": {"api_key": demo.key}, **found},
-        {"name": "azure-openai-fine-tuning", "provider": NAME,
-         "endpoint": demo_endpoint(demo, azure=True), "auth": {"api_key": demo.key},
-         "job_ids": azure},
-    ]  # fmt: skip
+    return openai_and_azure(demo, NAME, "fine-tuning", DEMO_JOBS)
 
 
 DEMO_JOBS = (

@@ -20,8 +20,8 @@ this process. Then:
 
 Then, once: CPU per poll (the exporter's CPU time, all its background work counted, over the
 polls it made: per-job polling of jobs of the provider in the `polled` role, today Translator
-batches, one in ten running), and the first poll cycle against the ideal N x latency / workers
-with the upstream answering in 20 ms.
+batches, one in ten running), and the first poll cycle against the ideal N x latency /
+max_concurrency with the upstream answering in 20 ms.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from exporter.simulator.kit import Bench
 
 LATENCY = 0.02  # the upstream's answer time for the first-cycle figure
-WORKERS = 16
+IN_FLIGHT = 16  # max_concurrency
 SCRAPES = 15
 
 
@@ -96,7 +96,7 @@ def jobs_for(n: int, *, finished_every: int = 10) -> tuple[SimJob, ...]:
 def config(sim: Simulator, **overrides: Any) -> dict[str, Any]:
     """A source of each listed provider that finds its jobs by discovery, hourly."""
     return {
-        "global": {"poll_interval": "30s", "max_concurrency": WORKERS, **overrides},
+        "global": {"poll_interval": "30s", "max_concurrency": IN_FLIGHT, **overrides},
         "sources": [
             {**bench.source(sim.url, DEMO_KEY), "discovery": {"interval": "1h"},
              "max_jobs": 100_000}
@@ -424,7 +424,7 @@ def first_cycle(n: int) -> tuple[float, float]:
             path.write_text(yaml.safe_dump(raw))
             subprocess.run(command, stdout=subprocess.DEVNULL, check=True, timeout=600)
             startup = time.perf_counter() - started
-    return took - startup, n * LATENCY / WORKERS
+    return took - startup, n * LATENCY / IN_FLIGHT
 
 
 def report(sizes: Sequence[int], cycle_jobs: int, cpu_jobs: int = 10_000) -> None:
@@ -449,5 +449,5 @@ def report(sizes: Sequence[int], cycle_jobs: int, cpu_jobs: int = 10_000) -> Non
     print(f"CPU per poll: {per_poll * 1000:.2f} ms, all background work counted ({polls} polls "
           f"of the running tenth of {cpu_jobs:,} jobs, every 1 s)")  # fmt: skip
     took, ideal = first_cycle(cycle_jobs)
-    print(f"first cycle, {cycle_jobs:,} jobs, upstream at {LATENCY * 1000:.0f} ms, {WORKERS} "
-          f"workers: {took:.2f} s = {took / ideal:.2f}x the ideal {ideal:.2f} s")  # fmt: skip
+    print(f"first cycle, {cycle_jobs:,} jobs, upstream at {LATENCY * 1000:.0f} ms, {IN_FLIGHT} "
+          f"in flight: {took:.2f} s = {took / ideal:.2f}x the ideal {ideal:.2f} s")  # fmt: skip

@@ -6,7 +6,7 @@ will count. Every attempt, whatever became of it, is appended to the caller's `a
 HTTP layer reports what happened and counts nothing itself.
 
 - Authentication happens here, per attempt: a request's `auth` (an Entra ID token source) may do
-  network I/O, so it is retried, counted and interrupted at shutdown like the request itself.
+  network I/O, so it runs off the event loop, and is retried and counted like the request itself.
 - 429, 5xx, connection errors and timeouts are retried with capped exponential backoff and full
   jitter. A server's wait wins when it names one: the Retry-After header (seconds or a date), or,
   for a 429 without the header, the reset of an exhausted rate limit named in `*ratelimit*`
@@ -17,34 +17,33 @@ HTTP layer reports what happened and counts nothing itself.
 - Faults are classified here, never left to escape: a connection broken mid-body is
   `connection`, a stall is `timeout`, an undecodable or absurdly nested body is `bad_response`.
 - The whole exchange, body included, has one deadline, so a server that trickles bytes cannot
-  hold a worker for ever.
+  hold a poll for ever.
 
-Requests go through urllib3's pools directly, not through `requests`: a Session's per-request
-work (merging settings, preparing, cookies, hooks, redirect checks) was a third of the HTTP
-cost of a poll, and a poll is mostly HTTP (at 10,000 jobs with a tenth running, the exporter's
-CPU per poll went from about 0.85 ms to about 0.6 ms). What requests did that the exporter
-relies on is done here: the proxies the environment names (HTTPS_PROXY, NO_PROXY; read once
-per host), a JSON body, the default Accept-Encoding, no redirects, no retries of its own.
+The client is aiohttp's, on the poller's event loop (exporter/poller.py): a poll waiting for its
+answer costs no thread, so many polls in flight cost no switching between threads. Blocking
+workers on urllib3, 16 to a source, spent about as much CPU handing the GIL to one another as
+on the polls themselves. What the exporter relies on is set here: the proxies the environment
+names (HTTPS_PROXY, NO_PROXY, read once per host as requests reads them, and no ~/.netrc), no
+cookies, no redirects, no retries but ours, and aiohttp's bounded decompression.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import random
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Self
 
+import aiohttp
 import structlog
-import urllib3
-import urllib3.exceptions
+from aiohttp.http_exceptions import ContentEncodingError
+from multidict import CIMultiDict
 from requests.utils import get_environ_proxies, select_proxy
 
 from exporter import __version__
@@ -67,24 +66,14 @@ RETRYABLE = frozenset(
         ErrorReason.TIMEOUT,
     }
 )
-_CHUNK = 64 * 1024
 _ERROR_BODY_BYTES = 16 * 1024  # of a 429's body, read for a wait named in words
 USER_AGENT = f"asyncjob-exporter/{__version__}"
 _WAIT_IN_WORDS = re.compile(
     r"retry\W{0,3}after\D{0,20}?(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|minutes?)?\b",
     re.IGNORECASE,
 )
-# What a broken connection looks like from inside a body read, by library layer.
-_BROKEN = (urllib3.exceptions.ProtocolError, http.client.HTTPException, OSError)
-_STALLED = (urllib3.exceptions.ReadTimeoutError, socket.timeout, TimeoutError)
-_NO_ANSWER = (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ReadTimeoutError,
-              urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)  # fmt: skip
-_NO_RETRIES = urllib3.Retry(total=False, redirect=False)  # what retries=False means, made once
-_HEADERS = {
-    "User-Agent": USER_AGENT,
-    "Accept": "application/json",
-    **urllib3.util.make_headers(accept_encoding=True),  # what urllib3 can decode, as requests
-}
+# Accept-Encoding is aiohttp's own: what it can decode.
+_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +108,6 @@ class FetchError(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.retryable = reason in RETRYABLE if retryable is None else retryable
-
-
-class Stopped(Exception):  # noqa: N818 - not an error: the exporter is shutting down
-    """Raised instead of waiting out a backoff when the exporter is stopping."""
 
 
 def classify_status(status: int) -> ErrorReason | None:
@@ -246,54 +231,53 @@ class TokenBucket:
 
 
 class HttpClient:
-    """One per source: a pooled session sized for that source's concurrency. Every attempt
-    first takes a token from each of `budgets` (the source's and the global request budget),
-    waiting when there is none."""
+    """One per source, used on one event loop (`async with HttpClient(...) as client`), with a
+    pool of kept-alive connections (as many as its caller had in flight at once: the poller's
+    slots bound them, and a wait for a connection would count against the timeout). Every
+    attempt first takes a token from
+    each of `budgets` (the source's and the global request budget), waiting when there is none.
+    Shutdown cancels whatever awaits here: a backoff, a budget's wait, a request."""
 
-    def __init__(
-        self,
-        settings: HttpSettings,
-        pool_size: int,
-        stop: threading.Event,
-        budgets: Sequence[TokenBucket] = (),
-    ) -> None:
+    def __init__(self, settings: HttpSettings, budgets: Sequence[TokenBucket] = ()) -> None:
         self.settings = settings
-        self._stop = stop
         self._budgets = tuple(budgets)
-        self._pool_size = pool_size
-        self._timeout = urllib3.Timeout(connect=settings.timeout, read=settings.timeout)
-        # Pools by scheme://host (a source talks to one or two hosts), and by proxy URL; the
-        # environment (HTTPS_PROXY, NO_PROXY) is read once per host.
-        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
-        self._proxied: dict[str, urllib3.ProxyManager] = {}
-        self._proxies: dict[str, dict[str, str]] = {}
-        self._lock = threading.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        # The proxy by scheme://host (a source talks to one or two hosts): the environment
+        # (HTTPS_PROXY, NO_PROXY) is read once per host, as requests reads it.
+        self._proxies: dict[str, str | None] = {}
 
-    def close(self) -> None:
-        with self._lock:
-            for pool in self._pools.values():
-                pool.close()
-            for manager in self._proxied.values():
-                manager.clear()
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, use_dns_cache=False),
+            headers=_HEADERS,
+            # One deadline for the whole exchange, body included, so that a server that
+            # trickles bytes cannot hold a poll for ever.
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),  # each poll stands alone
+            trust_env=False,  # proxies are read below; no ~/.netrc credentials
+        )
+        return self
 
-    def fetch_json(self, request: UpstreamRequest, attempts: list[Attempt]) -> Fetched:
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch_json(self, request: UpstreamRequest, attempts: list[Attempt]) -> Fetched:
         """Send `request`, retrying what is worth retrying; every attempt goes into `attempts`."""
         retry = 0
         while True:
-            if self._stop.is_set():
-                raise Stopped
-            delayed = self._within_budget()
+            delayed = await self._within_budget()
             started = time.monotonic()
             try:
-                fetched = self._attempt(request)
+                fetched = await self._attempt(request)
             except FetchError as exc:
                 attempts.append(Attempt(time.monotonic() - started, exc.reason, delayed))
                 wait = self._retry_wait(exc, retry)
                 if wait is None:
                     raise
                 log.debug("retrying", url=request.url, reason=exc.reason.value, wait=wait)
-                if self._stop.wait(wait):
-                    raise Stopped from exc
+                await asyncio.sleep(wait)
                 retry += 1
             except Exception:
                 # A bug of ours mid-attempt: the attempt still happened and still counts.
@@ -305,48 +289,23 @@ class HttpClient:
                 attempts.append(Attempt(time.monotonic() - started, delayed=delayed))
                 return fetched
 
-    def _route(self, url: str) -> tuple[urllib3.HTTPConnectionPool | urllib3.ProxyManager, str]:
-        """Where to send `url`, and what to ask there: a proxy's pools with the whole URL, where
-        the environment names a proxy for the URL's scheme and host (NO_PROXY applied); else
-        the host's own pool with the path. Found once per host."""
-        # A pool's key and the target, by splitting strings: urlsplit was 3% of a poll.
+    def _proxy(self, url: str) -> str | None:
+        """The proxy the environment names for `url`'s scheme and host (NO_PROXY applied)."""
         scheme, _, rest = url.partition("://")
-        netloc, slash, tail = rest.partition("/")
-        key = f"{scheme}://{netloc}"
-        target = f"{slash}{tail.partition('#')[0]}" if slash else "/"
-        pool = self._pools.get(key)
-        if pool is not None and "?" not in netloc and "#" not in netloc:
-            return pool, target
-        parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.netloc}"
-        target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
-        pool = self._pools.get(key)
-        if pool is not None:
-            return pool, target
-        proxies = self._proxies.get(key)
-        if proxies is None:
-            proxies = self._proxies[key] = get_environ_proxies(key)
-        proxy = select_proxy(url, proxies) if proxies else None
-        with self._lock:
-            if proxy is not None:
-                manager = self._proxied.get(proxy)
-                if manager is None:
-                    manager = self._proxied[proxy] = urllib3.ProxyManager(
-                        proxy, num_pools=4, maxsize=self._pool_size
-                    )
-                return manager, url
-            pool = self._pools.get(key)
-            if pool is None:
-                pool = self._pools[key] = urllib3.connection_from_url(key, maxsize=self._pool_size)
-            return pool, target
+        key = f"{scheme}://{rest.partition('/')[0]}"
+        try:
+            return self._proxies[key]
+        except KeyError:
+            proxies = get_environ_proxies(key)
+            proxy = self._proxies[key] = select_proxy(url, proxies) if proxies else None
+            return proxy
 
-    def _within_budget(self) -> bool:
-        """Wait for a token of every budget (interrupted by shutdown); True if it had to."""
+    async def _within_budget(self) -> bool:
+        """Wait for a token of every budget; True if it had to."""
         wait = max((bucket.reserve() for bucket in self._budgets), default=0.0)
         if wait <= 0:
             return False
-        if self._stop.wait(wait):
-            raise Stopped
+        await asyncio.sleep(wait)
         return True
 
     def _retry_wait(self, exc: FetchError, retry: int) -> float | None:
@@ -358,17 +317,18 @@ class HttpClient:
             wait = random.uniform(0.5, 1.0) * self.settings.backoff_base * 2**retry  # noqa: S311
         return min(wait, self.settings.max_retry_wait)
 
-    def _attempt(self, request: UpstreamRequest) -> Fetched:
+    async def _attempt(self, request: UpstreamRequest) -> Fetched:
         settings = self.settings
-        deadline = time.monotonic() + settings.timeout
-        headers = dict(request.headers)
+        headers = request.headers
         if request.auth is not None:
             try:
-                headers.update(request.auth.headers())
+                # A token may cost a blocking call to a token service: not on the loop.
+                headers = {**headers, **await asyncio.to_thread(request.auth.headers)}
             except AuthUnavailable as exc:
                 # Token services fail for passing reasons too (IMDS not ready): worth a retry.
                 raise FetchError(ErrorReason.AUTH, str(exc), retryable=True) from None
-        response = self._send(request, headers)
+        response = await self._send(request, headers)
+        whole = False
         try:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if retry_after is None:
@@ -376,15 +336,17 @@ class HttpClient:
             reason = classify_status(response.status)
             if reason is not None:
                 if reason is ErrorReason.THROTTLED and retry_after is None:
-                    text = self._read(response, deadline, _ERROR_BODY_BYTES, truncate=True)
+                    text = await self._read(response, _ERROR_BODY_BYTES, truncate=True)
                     retry_after = wait_in_words(text.decode("utf-8", "replace"))
                 raise FetchError(reason, f"HTTP {response.status}", retry_after)
-            data = self._read(response, deadline, settings.max_response_bytes)
+            data = await self._read(response, settings.max_response_bytes)
+            whole = True
         finally:
-            # As requests did: a body read whole has given its connection back already; one
-            # that was not is closed, so that no leftover of it is read as the next answer.
-            response.close()
-            response.release_conn()
+            # A body read whole has given its connection back already; one that was not is
+            # closed, so that no leftover of it is read as the next answer.
+            if not whole:
+                response.close()
+            response.release()
         try:
             return Fetched(json.loads(data), retry_after)
         except (ValueError, UnicodeDecodeError):
@@ -395,62 +357,53 @@ class HttpClient:
         except RecursionError:
             raise FetchError(ErrorReason.BAD_RESPONSE, "body nested too deeply") from None
 
-    def _send(self, request: UpstreamRequest, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+    async def _send(
+        self, request: UpstreamRequest, headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
         """Send the request; its answer's head has come. No retries here, nor redirects: a
         redirect would carry the key header to another host."""
-        merged = urllib3.HTTPHeaderDict(_HEADERS)  # names are case-insensitive
-        for name, value in headers.items():
-            merged[name] = value
+        assert self._session is not None, "HttpClient used outside `async with`"
         body = None
         if request.json is not None:
             body = json.dumps(request.json, allow_nan=False).encode()
-            merged.setdefault("Content-Type", "application/json")
-        pool, target = self._route(request.url)
+            headers = CIMultiDict(headers)  # names are case-insensitive
+            headers.setdefault("Content-Type", "application/json")
         try:
-            return pool.urlopen(
-                request.method, target, body=body, headers=merged,
-                timeout=self._timeout, retries=_NO_RETRIES, redirect=False, preload_content=False,
+            return await self._session.request(
+                request.method, request.url, headers=headers, data=body,
+                allow_redirects=False, proxy=self._proxy(request.url),
             )  # fmt: skip
-        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError, oddly
-            raise FetchError(ErrorReason.CONNECTION, _name(exc)) from None
-        except _NO_ANSWER:
+        except TimeoutError:
             raise FetchError(
                 ErrorReason.TIMEOUT, f"no answer within {self.settings.timeout:g}s"
             ) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             # The exception text can be long and nested; its class name says what happened.
             raise FetchError(ErrorReason.CONNECTION, _name(exc)) from None
 
-    def _read(
-        self,
-        response: urllib3.BaseHTTPResponse,
-        deadline: float,
-        cap: int,
-        *,
-        truncate: bool = False,
+    async def _read(
+        self, response: aiohttp.ClientResponse, cap: int, *, truncate: bool = False
     ) -> bytes:
         """The body, up to `cap` bytes (over it: an error, or with `truncate` the first `cap`)."""
         chunks: list[bytes] = []
         size = 0
         try:
-            # read1 returns what has arrived (up to _CHUNK), so the deadline is checked between
-            # reads even when a server trickles its answer a byte at a time.
-            while chunk := response.read1(_CHUNK, decode_content=True):
+            async for chunk in response.content.iter_any():
                 size += len(chunk)
                 chunks.append(chunk)
                 if size > cap:
                     if truncate:
                         break
                     raise FetchError(ErrorReason.BAD_RESPONSE, f"body larger than {cap} bytes")
-                if time.monotonic() > deadline:
-                    raise FetchError(
-                        ErrorReason.TIMEOUT, f"body not received within {self.settings.timeout:g}s"
-                    )
-        except _STALLED:
-            raise FetchError(ErrorReason.TIMEOUT, "body stalled (read timed out)") from None
-        except urllib3.exceptions.DecodeError:
-            raise FetchError(ErrorReason.BAD_RESPONSE, "body cannot be decoded") from None
-        except _BROKEN as exc:
+        except TimeoutError:
+            raise FetchError(
+                ErrorReason.TIMEOUT, f"body not received within {self.settings.timeout:g}s"
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            if isinstance(exc.__cause__, ContentEncodingError):
+                raise FetchError(ErrorReason.BAD_RESPONSE, "body cannot be decoded") from None
+            raise FetchError(ErrorReason.CONNECTION, f"connection broken ({_name(exc)})") from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise FetchError(ErrorReason.CONNECTION, f"connection broken ({_name(exc)})") from None
         return b"".join(chunks)[:cap] if truncate else b"".join(chunks)
 

@@ -1,7 +1,9 @@
 """Polls the configured jobs in the background; each poll is a value the store applies.
 
-Each source has its own scheduler thread and its own workers (`max_concurrency` of them), so a
-source whose upstream hangs cannot take workers from another. When each job is polled is the
+Each source has its own thread running an event loop, and at most `max_concurrency` polls in
+flight on it, so a source whose upstream hangs cannot hold up another; a poll that waits for its
+answer costs no thread (blocking workers spent as much CPU handing the GIL to one another as on
+the polls, `make bench`'s CPU per poll). When each job is polled is the
 `Scheduler`'s to say (exporter/scheduler.py): it follows the store's changes to the source, so
 a job registered, discovered, removed or finished is polled, or not, with nothing else to keep
 in step.
@@ -18,19 +20,20 @@ by the store in one step.
 
 from __future__ import annotations
 
-import queue
+import asyncio
+import concurrent.futures
 import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import replace
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from exporter.http import FetchError, HttpClient, HttpSettings, Stopped, TokenBucket
+from exporter.http import FetchError, HttpClient, HttpSettings, TokenBucket
 from exporter.logging import logs_debug, redactor
 from exporter.model import Attempt, ErrorReason, ListOutcome, PollOutcome
 from exporter.providers.base import ListQuery, ParseError
@@ -38,7 +41,7 @@ from exporter.scheduler import AUTH_BACKOFF_FACTOR, LISTING, Scheduler
 from exporter.store import Added, Removed, Updated
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
     from exporter.config import Config
     from exporter.model import JobRecord, JobSnapshot
@@ -47,11 +50,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-STOP_GRACE = 3.0  # how long stop() waits for in-flight polls before leaving them behind
+STOP_GRACE = 3.0  # how long stop() waits for the loop to wind down before leaving it behind
 MAX_LIST_REQUESTS = 1000  # a listing that has not ended by then is read as a bad answer
-TICK = 0.05  # seconds: the polls falling due within one go out together (see _run)
 SETTLE_MARGIN = timedelta(minutes=5)  # clock skew and slow creation, between two listings
 OutcomeT = TypeVar("OutcomeT", PollOutcome, ListOutcome)
+T = TypeVar("T")
+# Seconds: the polls falling due within one go out together. Due times are spread by jitter;
+# waking for each cost the loop a pass (an epoll_wait, a timer) per poll: CPU per poll 0.45-0.47
+# ms against 0.32 with a TICK of 50 ms (`make bench`'s figure), for polls at most 50 ms late.
+TICK = 0.05
 
 
 def utcnow() -> datetime:
@@ -69,7 +76,7 @@ def http_settings(config: Config) -> HttpSettings:
     )
 
 
-def poll_job(
+async def poll_job(
     client: HttpClient,
     provider: Provider[Any],
     source: SourceBase,
@@ -78,16 +85,16 @@ def poll_job(
     project: str | None = None,
 ) -> PollOutcome:
     """Fetch and parse one job's status (and the provider's follow-up, if it asks one), every
-    secret masked in what upstream said. Never raises but for shutdown (`Stopped`)."""
+    secret masked in what upstream said. Never raises (shutdown cancels it)."""
     attempts: list[Attempt] = []
     retry_after: float | None = None
     try:
-        fetched = client.fetch_json(provider.request(source, job_id, project), attempts)
+        fetched = await client.fetch_json(provider.request(source, job_id, project), attempts)
         retry_after = fetched.retry_after
         snapshot = provider.parse(fetched.payload, clock())
         then = provider.follow_up and provider.follow_up(source, job_id, project, snapshot)
         if then:
-            more = client.fetch_json(then.request, attempts)
+            more = await client.fetch_json(then.request, attempts)
             retry_after = max(retry_after or 0.0, more.retry_after or 0.0) or None
             snapshot = then.read(more.payload, snapshot, clock())
     except (FetchError, ParseError) as exc:
@@ -95,9 +102,7 @@ def poll_job(
             source.name, job_id, clock(), tuple(attempts), error=exc.reason, message=str(exc),
             retry_after=exc.retry_after if exc.retry_after is not None else retry_after,
         ))  # fmt: skip
-    except Stopped:
-        raise
-    except Exception as exc:  # a bug must cost one poll, not the poller thread
+    except Exception as exc:  # a bug must cost one poll, not the poller
         return masked(PollOutcome(
             source.name, job_id, clock(), tuple(attempts), error=ErrorReason.BAD_RESPONSE,
             message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
@@ -110,7 +115,7 @@ def poll_job(
 Found = dict[str, tuple[str, str | None, "JobSnapshot | None"]]
 
 
-def _walk(
+async def _walk(
     client: HttpClient,
     asks: Sequence[ListRequest],
     attempts: list[Attempt],
@@ -128,7 +133,7 @@ def _walk(
         if len(asked) >= MAX_LIST_REQUESTS:
             raise ParseError(f"the listing did not end after {MAX_LIST_REQUESTS} requests")
         asked.add(ask.request.url)
-        fetched = client.fetch_json(ask.request, attempts)
+        fetched = await client.fetch_json(ask.request, attempts)
         retry_after = fetched.retry_after if fetched.retry_after is not None else retry_after
         page = ask.read(fetched.payload, clock())
         found.update((job.job_id, (job.job_id, job.project, job.snapshot)) for job in page.listed)
@@ -136,7 +141,7 @@ def _walk(
     return found, retry_after
 
 
-def list_jobs(
+async def list_jobs(
     client: HttpClient,
     asks: Sequence[ListRequest],
     source: SourceBase,
@@ -144,18 +149,16 @@ def list_jobs(
     clock: Callable[[], datetime] = utcnow,
 ) -> ListOutcome:
     """Walk one listing and return what it found, every secret masked in what upstream said;
-    a listing fails whole (no partial listing is applied). Never raises but for `Stopped`."""
+    a listing fails whole (no partial listing is applied). Never raises (shutdown cancels it)."""
     attempts: list[Attempt] = []
     try:
-        found, retry_after = _walk(client, asks, attempts, clock)
+        found, retry_after = await _walk(client, asks, attempts, clock)
     except (FetchError, ParseError) as exc:
         outcome = ListOutcome(
             source.name, clock(), tuple(attempts), covers=covers, error=exc.reason,
             message=str(exc), retry_after=exc.retry_after,
         )  # fmt: skip
-    except Stopped:
-        raise
-    except Exception as exc:  # a bug must cost one listing, not the poller thread
+    except Exception as exc:  # a bug must cost one listing, not the poller
         outcome = ListOutcome(
             source.name, clock(), tuple(attempts), covers=covers, error=ErrorReason.BAD_RESPONSE,
             message=f"unexpected {type(exc).__name__}", bug=traceback.format_exc(),
@@ -184,55 +187,13 @@ def masked(outcome: OutcomeT) -> OutcomeT:
     return replace(outcome, message=mask(outcome.message), bug=bug, listed=listed)
 
 
-def _then_set(task: Callable[[], None], done: threading.Event) -> None:
-    try:
-        task()
-    finally:
-        done.set()
-
-
-class Workers:
-    """A fixed set of daemon threads: a hung upstream can delay shutdown by STOP_GRACE at most."""
-
-    def __init__(self, size: int, name: str) -> None:
-        # A task is only its callable: an Event made and set per poll, for the one caller that
-        # waits (--once), cost a poll some microseconds for nothing.
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, task: Callable[[], None]) -> None:
-        self._tasks.put(task)
-
-    def submit_and_wait(self, tasks: Sequence[Callable[[], None]]) -> None:
-        """Run `tasks` on the workers and return when all are done (--once)."""
-        done = [threading.Event() for _ in tasks]
-        for task, event in zip(tasks, done, strict=True):
-            self.submit(partial(_then_set, task, event))
-        for event in done:
-            event.wait()
-
-    def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            try:
-                task()
-            except Exception:  # poll_job catches everything; this is the last line of defence
-                log.exception("worker task failed")
-
-    def stop(self, grace: float) -> None:
-        for _ in self._threads:
-            self._tasks.put(None)
-        deadline = time.monotonic() + grace
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
 class SourcePoller:
-    """Polls one source's jobs as its `Scheduler` says, which follows the store's changes."""
+    """Polls one source's jobs as its `Scheduler` says, which follows the store's changes.
+
+    The source has one thread, running an event loop: the scheduler's loop hands each due poll
+    to a task, at most `max_concurrency` of them in flight, and a task waiting for its answer
+    costs no thread. Everything but `_follow` and `signal_stop` runs on that loop, or, for the
+    callers that wait for an answer (`list_now`, `poll_all_once`), is sent to it."""
 
     def __init__(
         self,
@@ -250,13 +211,11 @@ class SourcePoller:
         self._store = store
         self._clock = clock
         self._monotonic = monotonic
+        self._settings = http_settings(config)
+        self._budgets = tuple(budgets)
+        self._concurrency = config.global_.max_concurrency
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
         self._last_auth_log = -float("inf")
-        workers = config.global_.max_concurrency
-        self.client = HttpClient(http_settings(config), workers, self._stop, budgets)
-        self._workers = Workers(workers, f"poll-{source.name}")
         lister = self.provider.lister if source.discovery is not None else None
         self._lister = lister
         self.scheduler = Scheduler(
@@ -270,11 +229,19 @@ class SourcePoller:
         self._lookback = timedelta(seconds=source.discovery.lookback if source.discovery else 0)
         self._listed_since: datetime | None = None  # when the last good listing began
         self._list_error: ErrorReason | None = None
+        self._running: _Running | None = None  # while the loop runs: what lives on it
         self._thread = self._new_thread()
         self.started = False
 
+    def http(self) -> HttpClient:
+        """A client with this source's settings and request budgets (`async with` it)."""
+        return HttpClient(self._settings, self._budgets)
+
     def _new_thread(self) -> threading.Thread:
-        return threading.Thread(target=self._run, name=f"scheduler-{self.source.name}", daemon=True)
+        return threading.Thread(target=self._serve, name=f"poller-{self.source.name}", daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.run(self._main())
 
     @property
     def alive(self) -> bool:
@@ -289,10 +256,21 @@ class SourcePoller:
 
     def _follow(self, changes: Sequence[Change]) -> None:
         if self.scheduler.follow(changes):
-            self._wake.set()
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Have the loop look at the scheduler again; from any thread."""
+        running = self._running
+        if running is None:
+            return  # not running yet: it looks first thing; or stopped
+        if threading.get_ident() == running.thread:
+            running.wake.set()
+        else:
+            with suppress(RuntimeError):  # the loop closed meanwhile
+                running.loop.call_soon_threadsafe(running.wake.set)
 
     def restart_if_dead(self) -> bool:
-        """Start a new scheduler thread if the old one died; True if it had to."""
+        """Start a new thread if the old one died; True if it had to."""
         if not self.started or self._stop.is_set() or self._thread.is_alive():
             return False
         self._thread = self._new_thread()
@@ -300,19 +278,19 @@ class SourcePoller:
         return True
 
     def signal_stop(self) -> None:
-        """Stop scheduling and cut backoffs short, without waiting for anything."""
+        """Stop scheduling and cancel what is in flight (backoffs, requests), without waiting:
+        an outcome not yet applied is dropped, as a poll that never happened."""
         self._stop.set()
         if self._unsubscribe is not None:
             self._unsubscribe()
-        self._wake.set()
+        self._wake_up()  # it sees the stop, and cancels what is in flight
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """Stop scheduling and give in-flight polls `grace` seconds to end."""
+        """Stop, and give the loop `grace` seconds to wind down (a token request in its thread
+        can outlast it: the thread is a daemon)."""
         self.signal_stop()
         if self._thread.is_alive():
             self._thread.join(grace)
-        self._workers.stop(grace)
-        self.client.close()
 
     def next_wait(self, outcome: PollOutcome | ListOutcome, every: float | None = None) -> float:
         """The scheduler's wait before the next poll after `outcome`: see Scheduler.next_wait."""
@@ -322,37 +300,117 @@ class SourcePoller:
         """List the jobs (with discovery), then poll every job the store tracks once whose
         status the listing did not carry, concurrently; return when all are done (for
         --once)."""
-        listing = self.list_now() if self._lister is not None else None
+        self._call(self._poll_all)
+
+    def list_now(self) -> ListOutcome | None:
+        """List the source's jobs now and hand the listing to the store (--once's and the
+        benchmark's way in); None if shutting down. Not from the poller's own thread."""
+        return self._call(self._list)
+
+    def _call(self, work: Callable[[HttpClient], Coroutine[Any, Any, T]]) -> T | None:
+        """Run `work` on the poller's loop if it runs, else on a loop of its own; wait for it.
+        None if shutdown cancelled it."""
+        running = self._running
+        try:
+            if running is not None:
+                return asyncio.run_coroutine_threadsafe(work(running.client), running.loop).result()
+            return asyncio.run(self._with_client(work))
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+            return None
+
+    async def _with_client(self, work: Callable[[HttpClient], Coroutine[Any, Any, T]]) -> T:
+        async with self.http() as client:
+            return await work(client)
+
+    async def _poll_all(self, client: HttpClient) -> None:
+        listing = await self._list(client) if self._lister is not None else None
         polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
         jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
-        self._workers.submit_and_wait([partial(self._poll, r.job_id, r.project) for r in jobs])
+        slots = asyncio.Semaphore(self._concurrency)
+        await asyncio.gather(*(self._guarded(client, slots, r.job_id, r.project) for r in jobs))
+
+    async def _main(self) -> None:
+        """The thread's loop: schedule until stopped, then cancel what is in flight."""
+        async with self.http() as client:
+            self._running = running = _Running(
+                asyncio.get_running_loop(), threading.get_ident(), client, asyncio.Event(),
+                asyncio.Semaphore(self._concurrency),
+            )  # fmt: skip
+            try:
+                await self._run(running)
+            finally:
+                self._running = None
+                for task in running.tasks:
+                    task.cancel()
+                await asyncio.gather(*running.tasks, return_exceptions=True)
+
+    async def _run(self, running: _Running) -> None:
+        """Hand out what is due, then sleep until the next is due, but for at least a TICK,
+        unless woken (a job added, a webhook, a poll that must follow at once)."""
+        while not self._stop.is_set():
+            try:
+                soonest = self._schedule(running)
+            except Exception:  # a scheduling bug must not end polling for the source
+                log.exception("scheduler failed", source=self.source.name)
+                soonest = self._monotonic() + self.scheduler.interval
+            delay = None if soonest is None else max(TICK, soonest - self._monotonic())
+            with suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await running.wake.wait()
+            running.wake.clear()
+
+    def _schedule(self, running: _Running) -> float | None:
+        """Hand every due job (and the listing) to a task; return when the next one is due
+        (None: none left)."""
+        due, soonest = self.scheduler.take_due()
+        for key, project in due:
+            task = asyncio.create_task(self._run_and_return(running, key, project))
+            running.tasks.add(task)
+            task.add_done_callback(running.tasks.discard)
+        return soonest
+
+    async def _run_and_return(self, running: _Running, key: str, project: str | None) -> None:
+        """Run one poll or listing the scheduler handed out, and tell it that it returned."""
+        try:
+            await self._guarded(running.client, running.slots, key, project)
+        finally:
+            if self.scheduler.returned(key):
+                running.wake.set()
+
+    async def _guarded(
+        self, client: HttpClient, slots: asyncio.Semaphore, key: str, project: str | None
+    ) -> None:
+        """One poll or listing, in one of the source's `max_concurrency` slots. `poll_job` and
+        `list_jobs` catch everything; this is the last line of defence (applying it)."""
+        try:
+            async with slots:
+                if key == LISTING:
+                    await self._list(client)
+                else:
+                    await self._poll(client, key, project)
+        except Exception:
+            log.exception("poll task failed", source=self.source.name, job_id=key)
 
     def _should_log_auth(self) -> bool:
-        """Auth failures are logged once per backoff interval for the whole source."""
-        with self._lock:
-            now = self._monotonic()
-            if now - self._last_auth_log < self._auth_backoff:
-                return False
-            self._last_auth_log = now
-            return True
+        """Auth failures are logged once per backoff interval for the whole source (on the
+        loop: no lock)."""
+        now = self._monotonic()
+        if now - self._last_auth_log < self._auth_backoff:
+            return False
+        self._last_auth_log = now
+        return True
 
-    def _poll(self, job_id: str, project: str | None) -> None:
-        """Poll one job and hand the outcome to the store (nothing if shutting down)."""
-        try:
-            outcome = poll_job(
-                self.client, self.provider, self.source, job_id, self._clock, project
-            )
-        except Stopped:
-            return
+    async def _poll(self, client: HttpClient, job_id: str, project: str | None) -> None:
+        """Poll one job and hand the outcome to the store."""
+        outcome = await poll_job(client, self.provider, self.source, job_id, self._clock, project)
         for change in self._store.update(outcome):
             if isinstance(change, Updated):
                 self._log_transition(change.before, outcome)
             elif isinstance(change, Removed):  # expired: the API answers 404, again and again
                 log.info("job expired; no longer tracked", source=self.source.name, job_id=job_id)
 
-    def list_now(self) -> ListOutcome | None:
-        """List the source's jobs now and hand the listing to the store (the scheduler's,
-        --once's and the benchmark's way in); None if shutting down."""
+    async def _list(self, client: HttpClient) -> ListOutcome:
+        """List the source's jobs and hand the listing to the store."""
         assert self._lister is not None
         now = self._clock()
         since = now - self._lookback
@@ -361,10 +419,7 @@ class SourcePoller:
             any_state_since = max(since, self._listed_since - SETTLE_MARGIN)
         asks = self._lister(self.source, ListQuery(since, any_state_since))
         covers = self.scheduler.covers()
-        try:
-            outcome = list_jobs(self.client, asks, self.source, covers, self._clock)
-        except Stopped:
-            return None
+        outcome = await list_jobs(client, asks, self.source, covers, self._clock)
         changes = self._store.update(outcome)
         self._log_listing(outcome, sum(isinstance(change, Added) for change in changes))
         if outcome.error is None:
@@ -403,37 +458,14 @@ class SourcePoller:
         elif outcome.error is not ErrorReason.AUTH or self._should_log_auth():
             bound.warning("poll failing", reason=outcome.error.value, error=outcome.message)
 
-    def _run(self) -> None:
-        """Hand out what is due, then sleep until the next is due, but for at least a TICK
-        unless woken (a job added, a webhook, a poll that must follow at once): with jobs'
-        due times spread by jitter, waking for each one cost a thread switch per poll, for
-        polls whose interval is seconds at least."""
-        while not self._stop.is_set():
-            try:
-                soonest = self._schedule()
-            except Exception:  # a scheduling bug must not end polling for the source
-                log.exception("scheduler failed", source=self.source.name)
-                soonest = self._monotonic() + self.scheduler.interval
-            now = self._monotonic()
-            self._wake.wait(None if soonest is None else max(TICK, soonest - now))
-            self._wake.clear()
 
-    def _schedule(self) -> float | None:
-        """Hand every due job (and the listing) to a worker; return when the next one is due
-        (None: none left)."""
-        due, soonest = self.scheduler.take_due()
-        for key, project in due:
-            task = self._list if key == LISTING else partial(self._poll, key, project)
-            self._workers.submit(partial(self._run_and_return, key, task))
-        return soonest
+@dataclass(slots=True)
+class _Running:
+    """What lives on a poller's loop while it runs."""
 
-    def _list(self) -> None:
-        self.list_now()
-
-    def _run_and_return(self, key: str, task: Callable[[], None]) -> None:
-        """Run one poll or listing the scheduler handed out, and tell it that it returned."""
-        try:
-            task()
-        finally:
-            if self.scheduler.returned(key):
-                self._wake.set()
+    loop: asyncio.AbstractEventLoop
+    thread: int  # the loop's thread's ident
+    client: HttpClient
+    wake: asyncio.Event
+    slots: asyncio.Semaphore  # at most max_concurrency polls in flight
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -26,14 +27,20 @@ from exporter import logging as exporter_logging
 from exporter.api import Api
 from exporter.app import Exporter
 from exporter.config import parse_config
+from exporter.poller import poll_job
 from exporter.providers import PROVIDERS, package
 from exporter.server import HttpServer, make_app
 from exporter.simulator import DEMO_JOBS, DEMO_KEY, ManualClock, SimJob, Simulator, demo_config
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
+    from exporter.http import Fetched, HttpClient
+    from exporter.model import Attempt, PollOutcome
+    from exporter.poller import SourcePoller
+    from exporter.providers.base import Provider, SourceBase
     from exporter.storage import Storage
+    from exporter.upstream import UpstreamRequest
 
 REPO = Path(__file__).parent.parent
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
@@ -131,6 +138,35 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def fetch_each(
+    client: HttpClient, requests: Sequence[UpstreamRequest], attempts: list[Attempt]
+) -> list[Fetched]:
+    """Send `requests` one after another with `client`, on a loop of their own."""
+
+    async def fetch() -> list[Fetched]:
+        async with client:
+            return [await client.fetch_json(request, attempts) for request in requests]
+
+    return asyncio.run(fetch())
+
+
+def poll_with(
+    client: HttpClient, provider: Provider[Any], source: SourceBase, job_id: str
+) -> PollOutcome:
+    """One poll of `job_id` with `client`, on a loop of its own; the outcome is not applied."""
+
+    async def poll() -> PollOutcome:
+        async with client:
+            return await poll_job(client, provider, source, job_id)
+
+    return asyncio.run(poll())
+
+
+def poll_now(poller: SourcePoller, job_id: str) -> PollOutcome:
+    """One poll of `job_id` as `poller` sends it (its settings and budgets); not applied."""
+    return poll_with(poller.http(), poller.provider, poller.source, job_id)
 
 
 def disk_full(storage: Storage, *, full: bool = True) -> None:

@@ -3,11 +3,10 @@ drops, every upstream request, listing or polling."""
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import Harness, demo_raw_config, wait_until
+from conftest import Harness, demo_raw_config, fetch_each, wait_until
 
 from exporter.http import HttpClient, HttpSettings, TokenBucket
 from exporter.providers import PROVIDERS
@@ -55,14 +54,11 @@ def test_a_request_over_budget_waits_and_is_sent(make_harness: Callable[..., Har
     h = make_harness()
     source = h.exporter.config.sources[3]  # the translator
     provider = PROVIDERS[source.provider]
-    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), 1, threading.Event(),
-                        [TokenBucket(120, capacity=1)])  # fmt: skip
+    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), [TokenBucket(120, capacity=1)])
     attempts: list[Attempt] = []
-    for _ in range(3):
-        client.fetch_json(provider.request(source, "batch-ok"), attempts)
+    fetch_each(client, [provider.request(source, "batch-ok")] * 3, attempts)
     assert [a.delayed for a in attempts] == [False, True, True]
     assert [r.status for r in h.sim.seen("batch-ok")] == [200, 200, 200]
-    client.close()
 
 
 def test_polls_beyond_the_budget_are_delayed_counted_and_sent(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,7 +11,7 @@ import pytest
 from conftest import Harness, demo_raw_config
 
 from exporter import credentials
-from exporter.http import HttpClient, HttpSettings, Stopped
+from exporter.http import HttpClient, HttpSettings, TokenBucket
 from exporter.logging import Redactor
 from exporter.providers import PROVIDERS
 from exporter.providers.base import UpstreamRequest
@@ -153,15 +153,28 @@ def test_building_a_request_fetches_no_token(fake: Any) -> None:
     assert dict(request.auth.headers()) == {"Authorization": "Bearer tok-1"}
 
 
-def test_shutdown_interrupts_before_a_token_is_asked_for(fake: Any) -> None:
+def test_shutdown_interrupts_the_wait_for_a_budget_before_a_token_is_asked_for(
+    fake: Any,
+) -> None:
+    """Shutdown cancels a poll waiting for its request budget: no token is asked for, and no
+    attempt is made or counted."""
     credential, _ = fake
-    stop = threading.Event()
-    stop.set()
-    client = HttpClient(HttpSettings(5.0, 3, 1.0, 1024), 1, stop)
+    spent = TokenBucket(1, capacity=1)
+    spent.reserve()  # the next token comes in a minute
+    client = HttpClient(HttpSettings(5.0, 3, 1.0, 1024), [spent])
     request = UpstreamRequest("GET", "http://127.0.0.1:9/", auth=credentials.EntraToken(None))
     attempts: list[Attempt] = []
-    with pytest.raises(Stopped):
-        client.fetch_json(request, attempts)
+
+    async def shut_down_while_waiting() -> None:
+        async with client:
+            poll = asyncio.create_task(client.fetch_json(request, attempts))
+            await asyncio.sleep(0.2)
+            assert not poll.done()  # waiting for the budget
+            poll.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await poll
+
+    asyncio.run(shut_down_while_waiting())
     assert (credential.scopes, attempts) == ([], [])
 
 

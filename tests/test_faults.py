@@ -21,6 +21,7 @@ from conftest import (
     Metrics,
     demo_raw_config,
     free_port,
+    poll_now,
     run_tool,
     wait_until,
     with_source,
@@ -28,7 +29,6 @@ from conftest import (
 
 from exporter import logging as exporter_logging
 from exporter.model import ErrorReason
-from exporter.poller import poll_job
 from exporter.providers import PROVIDERS
 from exporter.simulator import Fault, SimJob, Simulator
 
@@ -267,13 +267,13 @@ def test_dead_scheduler_is_restarted_and_ready_says_so(
     poller = h.exporter._pollers["language-analyze"]
     real_schedule = poller._schedule
 
-    def die() -> float | None:
+    def die(_running: object) -> float | None:
         poller._schedule = real_schedule  # type: ignore[method-assign]  # the restart runs normally
         raise SystemExit  # ends the thread; `except Exception` in the loop does not catch it
 
     wait_until(lambda: h.sim.seen("analyze-ok"), what="a first poll")
-    poller._schedule = die  # type: ignore[method-assign]
-    poller._wake.set()
+    poller._schedule = die  # type: ignore[method-assign,assignment]
+    poller._wake_up()
     wait_until(lambda: not poller.alive, what="the scheduler thread to die")
     ready = requests.get(f"{h.url}/-/ready", timeout=5)
     assert (ready.status_code, ready.text) == (
@@ -399,7 +399,7 @@ def test_translator_429_without_header_waits_as_its_message_says(
     h = make_harness(lambda sim: demo_raw_config(sim, retries=0, max_retry_wait="30s"))
     h.sim.set_fault("batch-ok", Fault(status=429, body=body))
     poller = h.exporter.pollers["translator"]
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    outcome = poll_now(poller, "batch-ok")
     assert (outcome.error, outcome.retry_after) == (ErrorReason.THROTTLED, 1.0)
     assert h.sim.seen("batch-ok")[-1].status == 429
     assert "retry-after" not in h.sim.seen("batch-ok")[-1].headers  # nothing to go by but words
@@ -413,7 +413,7 @@ def test_retry_after_on_a_200_sets_the_earliest_next_poll(
     h = make_harness(lambda sim: demo_raw_config(sim, max_retry_wait="30s"))
     h.sim.set_fault("batch-ok", Fault(retry_after="20"))
     poller = h.exporter.pollers["translator"]
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    outcome = poll_now(poller, "batch-ok")
     assert outcome.snapshot is not None
     assert outcome.retry_after == 20.0
     waits = [poller.next_wait(outcome) for _ in range(50)]
@@ -427,7 +427,7 @@ def test_server_wait_is_capped_by_max_retry_wait(make_harness: Callable[..., Har
     h = make_harness(lambda sim: demo_raw_config(sim, max_retry_wait="30s"))
     poller = h.exporter.pollers["translator"]
     h.sim.set_fault("batch-ok", Fault(retry_after="86400"))
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    outcome = poll_now(poller, "batch-ok")
     assert poller.next_wait(outcome) == 30.0
 
 
@@ -460,7 +460,7 @@ def test_an_exhausted_rate_limit_paces_the_next_poll(make_harness: Callable[...,
     spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "12s"}
     h.sim.set_fault("batch-ok", Fault(headers=spent))
     poller = h.exporter.pollers["translator"]
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    outcome = poll_now(poller, "batch-ok")
     assert outcome.snapshot is not None
     assert outcome.retry_after == 12.0
     assert min(poller.next_wait(outcome) for _ in range(50)) == 12.0
@@ -477,7 +477,7 @@ def test_a_429_without_retry_after_waits_for_the_limit_reset(
              "anthropic-ratelimit-requests-reset": reset}  # fmt: skip
     h.sim.set_fault("batch-ok", Fault(status=429, headers=spent))
     poller = h.exporter.pollers["translator"]
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch-ok")
+    outcome = poll_now(poller, "batch-ok")
     assert outcome.error is ErrorReason.THROTTLED
     assert outcome.retry_after is not None
     assert 15.0 <= outcome.retry_after <= 20.0

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from datetime import UTC, datetime
-from importlib.metadata import version
 
 import pytest
-from conftest import REPO
-from packaging.requirements import Requirement
 
 from exporter.http import classify_status, rate_limit_wait, retry_after_seconds, wait_in_words
 from exporter.model import ErrorReason
@@ -83,16 +79,6 @@ def test_listen_address(address: str, parsed: tuple[str, int]) -> None:
 def test_bad_listen_address(address: str) -> None:
     with pytest.raises(ValueError, match="invalid listen address"):
         parse_listen_address(address)
-
-
-def test_urllib3_floor_is_declared() -> None:
-    """The body is read with urllib3's read1 (2.2+); an older urllib3 must not be installable."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"]]
-    urllib3_req = next(r for r in wanted if r.name == "urllib3")
-    assert not urllib3_req.specifier.contains("2.1.0")
-    assert urllib3_req.specifier.contains("2.2.0")
-    assert urllib3_req.specifier.contains(version("urllib3"))
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import poll_with
 
 from exporter.http import HttpClient, HttpSettings
 from exporter.model import ErrorReason, JobSnapshot, State
-from exporter.poller import poll_job
 from exporter.providers.base import (
     FollowUp,
     Located,
@@ -66,10 +66,8 @@ def upstream() -> Iterator[tuple[str, list[str]]]:
 
 
 @pytest.fixture
-def client() -> Iterator[HttpClient]:
-    http = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), 1, threading.Event())
-    yield http
-    http.close()
+def client() -> HttpClient:
+    return HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20))
 
 
 def request(source: SourceBase, job_id: str, _project: str | None = None, /) -> UpstreamRequest:
@@ -111,7 +109,7 @@ def test_a_follow_up_is_a_second_request_of_the_same_poll(
 ) -> None:
     """Its answer completes the snapshot; both requests are the poll's attempts."""
     url, seen = upstream
-    outcome = poll_job(client, provider("events/42"), source(url), "j1")
+    outcome = poll_with(client, provider("events/42"), source(url), "j1")
     assert outcome.snapshot is not None
     assert outcome.snapshot.display_name == "then 42"
     assert len(outcome.attempts) == 2
@@ -122,7 +120,7 @@ def test_a_provider_that_asks_no_follow_up_makes_one_request(
     upstream: tuple[str, list[str]], client: HttpClient
 ) -> None:
     url, seen = upstream
-    outcome = poll_job(client, provider(None), source(url), "j1")
+    outcome = poll_with(client, provider(None), source(url), "j1")
     assert outcome.snapshot is not None
     assert len(outcome.attempts) == 1
     assert seen == ["/jobs/j1"]
@@ -133,7 +131,7 @@ def test_a_follow_up_that_fails_fails_the_poll(
 ) -> None:
     """The poll is one value: no half snapshot; the status answer's attempt still counts."""
     url, _ = upstream
-    outcome = poll_job(client, provider("gone/42"), source(url), "j1")
+    outcome = poll_with(client, provider("gone/42"), source(url), "j1")
     assert (outcome.snapshot, outcome.error) == (None, ErrorReason.NOT_FOUND)
     assert [a.error for a in outcome.attempts] == [None, ErrorReason.NOT_FOUND]
 
@@ -145,7 +143,7 @@ def test_a_follow_up_answer_that_cannot_be_read_fails_the_poll(
         raise ParseError("no events list")
 
     url, _ = upstream
-    outcome = poll_job(client, provider("events/42", unreadable), source(url), "j1")
+    outcome = poll_with(client, provider("events/42", unreadable), source(url), "j1")
     assert (outcome.error, outcome.message) == (ErrorReason.BAD_RESPONSE, "no events list")
 
 
@@ -154,6 +152,6 @@ def test_a_wait_the_follow_up_answer_names_is_kept(
 ) -> None:
     """A Retry-After on either answer sets the earliest next poll."""
     url, _ = upstream
-    outcome = poll_job(client, provider("events/slow"), source(url), "j1")
+    outcome = poll_with(client, provider("events/slow"), source(url), "j1")
     assert outcome.snapshot is not None
     assert outcome.retry_after == 7.0

@@ -4,7 +4,6 @@ export at each phase, discovery within max_jobs, the jobs API, the request budge
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from conftest import Harness, demo_raw_config, wait_until
+from conftest import Harness, demo_raw_config, fetch_each, wait_until
 
 from exporter.http import FetchError, HttpClient, HttpSettings, rate_limit_wait
 from exporter.model import ErrorReason
@@ -176,11 +175,10 @@ def test_a_429_names_its_wait_in_both_spellings(make_harness: MakeHarness) -> No
     h = make_harness(mine(), at=25.0, jobs=DEMO_JOBS)
     source = h.exporter.config.sources[0]
     provider = PROVIDERS[NAME]
-    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), 1, threading.Event(), [])
+    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20))
     attempts: list[Attempt] = []
     with pytest.raises(FetchError) as raised:
-        client.fetch_json(provider.request(source, "msgbatch_demo_ok"), attempts)
-    client.close()
+        fetch_each(client, [provider.request(source, "msgbatch_demo_ok")], attempts)
     assert raised.value.reason is ErrorReason.THROTTLED
     assert raised.value.retry_after == 2
     status, headers, body = PART.throttled(

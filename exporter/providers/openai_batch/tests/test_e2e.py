@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import standardwebhooks.webhooks
-from conftest import Harness, wait_until
+from conftest import Harness, fetch_each, poll_now, wait_until
 
 from exporter import credentials, webhooks
 from exporter.http import HttpClient, HttpSettings, TokenBucket
 from exporter.model import Attempt, ErrorReason, State
-from exporter.poller import poll_job
 from exporter.providers.openai_batch import PROVIDER
 from exporter.providers.openai_batch.api import Source
 from exporter.providers.openai_batch.simulator import AZURE, NAME
@@ -174,12 +172,12 @@ def test_a_429_names_its_wait_in_the_rate_limit_headers(
     exhausted and no Retry-After: the wait comes from x-ratelimit-reset-requests (3s)."""
     h = make_harness(config("batch_ok"), at=35.0, jobs=JOBS)
     poller = h.exporter.pollers["openai"]
-    outcome = poll_job(poller.client, poller.provider, poller.source, "batch_ok")
+    outcome = poll_now(poller, "batch_ok")
     assert (outcome.error, outcome.retry_after) == (ErrorReason.THROTTLED, 3.0)
     answered = h.sim.seen("batch_ok")[-1]
     assert answered.status == 429
     h.clock.now = 45.0
-    ok = poll_job(poller.client, poller.provider, poller.source, "batch_ok")
+    ok = poll_now(poller, "batch_ok")
     assert ok.snapshot is not None
     assert ok.retry_after is None  # requests remain: the headers name no wait
     assert poller.next_wait(outcome) >= 3.0
@@ -189,12 +187,9 @@ def test_requests_over_budget_wait_and_are_sent(make_harness: Callable[..., Harn
     h = make_harness(config("batch_ok"), at=60.0, jobs=JOBS)
     source = h.exporter.config.sources[0]
     assert isinstance(source, Source)
-    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), 1, threading.Event(),
-                        [TokenBucket(120, capacity=1)])  # fmt: skip
+    client = HttpClient(HttpSettings(5.0, 0, 1.0, 1 << 20), [TokenBucket(120, capacity=1)])
     attempts: list[Attempt] = []
-    for _ in range(3):
-        client.fetch_json(PROVIDER.request(source, "batch_ok"), attempts)
-    client.close()
+    fetch_each(client, [PROVIDER.request(source, "batch_ok")] * 3, attempts)
     assert [a.delayed for a in attempts] == [False, True, True]
     assert [r.status for r in h.sim.seen("batch_ok")] == [200, 200, 200]
 

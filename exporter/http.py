@@ -21,10 +21,13 @@ HTTP layer reports what happened and counts nothing itself.
 
 The client is aiohttp's, on the poller's event loop (exporter/poller.py): a poll waiting for its
 answer costs no thread, so many polls in flight cost no switching between threads. Blocking
-workers on urllib3, 16 to a source, spent about as much CPU handing the GIL to one another as
-on the polls themselves. What the exporter relies on is set here: the proxies the environment
-names (HTTPS_PROXY, NO_PROXY, read once per host as requests reads them, and no ~/.netrc), no
-cookies, no redirects, no retries but ours, and aiohttp's bounded decompression.
+workers on urllib3 (`max_concurrency` to a source) spent about as much CPU handing the GIL to
+one another as on the polls themselves. What the exporter relies on is set here: the proxies
+the environment names (HTTPS_PROXY, NO_PROXY, read once per host as requests reads them, and no
+~/.netrc); a URL sent as the provider or the server wrote it (requests' requoting: escapes
+kept, a bare space escaped; yarl would unescape `%2F` in a query); no cookies; no redirects; no
+retries but ours (aiohttp's resend of an idempotent request is off); and aiohttp's bounded
+decompression.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ import aiohttp
 import structlog
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDict
-from requests.utils import get_environ_proxies, select_proxy
+from requests.utils import get_environ_proxies, requote_uri, select_proxy
+from yarl import URL
 
 from exporter import __version__
 from exporter.logging import redactor
@@ -248,7 +252,9 @@ class HttpClient:
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, use_dns_cache=False),
+            # Idle connections are kept a minute (aiohttp's default is 15 s): a job polled
+            # every 30 s reuses its connection, and most servers keep theirs open longer.
+            connector=aiohttp.TCPConnector(limit=0, use_dns_cache=False, keepalive_timeout=60),
             headers=_HEADERS,
             # One deadline for the whole exchange, body included, so that a server that
             # trickles bytes cannot hold a poll for ever.
@@ -256,6 +262,10 @@ class HttpClient:
             cookie_jar=aiohttp.DummyCookieJar(),  # each poll stands alone
             trust_env=False,  # proxies are read below; no ~/.netrc credentials
         )
+        # No request sent twice behind our back: aiohttp resends an idempotent request once
+        # when the connection drops before the answer. Every request is budgeted and counted
+        # here, so it is retried here.
+        self._session._retry_connection = False  # noqa: SLF001 - in ClientSession.ATTRS, no flag
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -322,8 +332,11 @@ class HttpClient:
         headers = request.headers
         if request.auth is not None:
             try:
-                # A token may cost a blocking call to a token service: not on the loop.
-                headers = {**headers, **await asyncio.to_thread(request.auth.headers)}
+                # A token at hand costs nothing; getting one blocks, so not on the loop.
+                extra = request.auth.at_hand()
+                if extra is None:
+                    extra = await asyncio.to_thread(request.auth.headers)
+                headers = {**headers, **extra}
             except AuthUnavailable as exc:
                 # Token services fail for passing reasons too (IMDS not ready): worth a retry.
                 raise FetchError(ErrorReason.AUTH, str(exc), retryable=True) from None
@@ -370,8 +383,8 @@ class HttpClient:
             headers.setdefault("Content-Type", "application/json")
         try:
             return await self._session.request(
-                request.method, request.url, headers=headers, data=body,
-                allow_redirects=False, proxy=self._proxy(request.url),
+                request.method, URL(requote_uri(request.url), encoded=True), headers=headers,
+                data=body, allow_redirects=False, proxy=self._proxy(request.url),
             )  # fmt: skip
         except TimeoutError:
             raise FetchError(

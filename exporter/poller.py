@@ -215,6 +215,7 @@ class SourcePoller:
         self._budgets = tuple(budgets)
         self._concurrency = config.global_.max_concurrency
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._last_auth_log = -float("inf")
         lister = self.provider.lister if source.discovery is not None else None
         self._lister = lister
@@ -241,7 +242,7 @@ class SourcePoller:
         return threading.Thread(target=self._serve, name=f"poller-{self.source.name}", daemon=True)
 
     def _serve(self) -> None:
-        asyncio.run(self._main())
+        run_loop(self._main())
 
     @property
     def alive(self) -> bool:
@@ -308,15 +309,24 @@ class SourcePoller:
         return self._call(self._list)
 
     def _call(self, work: Callable[[HttpClient], Coroutine[Any, Any, T]]) -> T | None:
-        """Run `work` on the poller's loop if it runs, else on a loop of its own; wait for it.
-        None if shutdown cancelled it."""
-        running = self._running
-        try:
+        """Run `work` on the poller's loop if it runs, else (not started: --once, tests) on a
+        loop of its own; wait for it. None once stopping: shutdown cancels it, and nothing
+        starts after the stop."""
+        with self._lock:  # against _main letting go of the loop meanwhile
+            if self._stop.is_set():
+                return None
+            running = self._running
             if running is not None:
-                return asyncio.run_coroutine_threadsafe(work(running.client), running.loop).result()
-            return asyncio.run(self._with_client(work))
-        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+                call = asyncio.run_coroutine_threadsafe(work(running.client), running.loop)
+                running.calls.add(call)
+        if running is None:
+            return run_loop(self._with_client(work))
+        try:
+            return call.result()
+        except concurrent.futures.CancelledError:
             return None
+        finally:
+            running.calls.discard(call)
 
     async def _with_client(self, work: Callable[[HttpClient], Coroutine[Any, Any, T]]) -> T:
         async with self.http() as client:
@@ -326,20 +336,22 @@ class SourcePoller:
         listing = await self._list(client) if self._lister is not None else None
         polled = set() if listing is None else {job for job, _, snap in listing.listed if snap}
         jobs = [r for r in self._store.jobs_of(self.source.name) if r.job_id not in polled]
-        slots = asyncio.Semaphore(self._concurrency)
-        await asyncio.gather(*(self._guarded(client, slots, r.job_id, r.project) for r in jobs))
+        queue = deque((r.job_id, r.project) for r in jobs)
+        lanes = min(len(queue), self._concurrency)
+        await asyncio.gather(*(self._drain(client, queue, None) for _ in range(lanes)))
 
     async def _main(self) -> None:
         """The thread's loop: schedule until stopped, then cancel what is in flight."""
         async with self.http() as client:
-            self._running = running = _Running(
-                asyncio.get_running_loop(), threading.get_ident(), client, asyncio.Event(),
-                asyncio.Semaphore(self._concurrency),
-            )  # fmt: skip
+            running = _Running(asyncio.get_running_loop(), threading.get_ident(), client)
+            self._running = running
             try:
                 await self._run(running)
             finally:
-                self._running = None
+                with self._lock:
+                    self._running = None
+                for call in list(running.calls):
+                    call.cancel()
                 for task in running.tasks:
                     task.cancel()
                 await asyncio.gather(*running.tasks, return_exceptions=True)
@@ -360,34 +372,43 @@ class SourcePoller:
             running.wake.clear()
 
     def _schedule(self, running: _Running) -> float | None:
-        """Hand every due job (and the listing) to a task; return when the next one is due
-        (None: none left)."""
+        """Queue every due job (and the listing), with a lane to run them while fewer than
+        `max_concurrency` run; return when the next one is due (None: none left)."""
         due, soonest = self.scheduler.take_due()
-        for key, project in due:
-            task = asyncio.create_task(self._run_and_return(running, key, project))
+        running.queue.extend(due)
+        while running.queue and running.lanes < self._concurrency:
+            running.lanes += 1
+            task = asyncio.create_task(self._drain(running.client, running.queue, running))
             running.tasks.add(task)
             task.add_done_callback(running.tasks.discard)
         return soonest
 
-    async def _run_and_return(self, running: _Running, key: str, project: str | None) -> None:
-        """Run one poll or listing the scheduler handed out, and tell it that it returned."""
-        try:
-            await self._guarded(running.client, running.slots, key, project)
-        finally:
-            if self.scheduler.returned(key):
-                running.wake.set()
-
-    async def _guarded(
-        self, client: HttpClient, slots: asyncio.Semaphore, key: str, project: str | None
+    async def _drain(
+        self, client: HttpClient, queue: deque[tuple[str, str | None]], running: _Running | None
     ) -> None:
-        """One poll or listing, in one of the source's `max_concurrency` slots. `poll_job` and
-        `list_jobs` catch everything; this is the last line of defence (applying it)."""
+        """One lane: run the queued polls and listings one after another until none is left,
+        telling the scheduler (if `running`) as each returns. A lane, not a task per poll: at
+        start-up every job falls due within a second, and a waiting task costs 1.6 KB."""
         try:
-            async with slots:
-                if key == LISTING:
-                    await self._list(client)
-                else:
-                    await self._poll(client, key, project)
+            while queue:
+                key, project = queue.popleft()
+                try:
+                    await self._guarded(client, key, project)
+                finally:
+                    if running is not None and self.scheduler.returned(key):
+                        running.wake.set()
+        finally:
+            if running is not None:
+                running.lanes -= 1  # now, not when the task's end is seen: _schedule counts
+
+    async def _guarded(self, client: HttpClient, key: str, project: str | None) -> None:
+        """One poll or listing. `poll_job` and `list_jobs` catch everything; this is the last
+        line of defence (applying it)."""
+        try:
+            if key == LISTING:
+                await self._list(client)
+            else:
+                await self._poll(client, key, project)
         except Exception:
             log.exception("poll task failed", source=self.source.name, job_id=key)
 
@@ -466,6 +487,40 @@ class _Running:
     loop: asyncio.AbstractEventLoop
     thread: int  # the loop's thread's ident
     client: HttpClient
-    wake: asyncio.Event
-    slots: asyncio.Semaphore  # at most max_concurrency polls in flight
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    queue: deque[tuple[str, str | None]] = field(default_factory=deque)  # due, not yet run
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # the lanes running the queue
+    lanes: int = 0  # of them, those not yet returned
+    calls: set[concurrent.futures.Future[Any]] = field(default_factory=set)  # from _call
+
+
+class _DaemonThreads(concurrent.futures.ThreadPoolExecutor):
+    """A poller loop's default executor, for what must block (an Entra ID token request, a
+    name lookup): each call on a daemon thread of its own, and none waited for at shutdown, so
+    a token service or resolver that hangs cannot hold up the exit. Bounded by the callers: at
+    most `max_concurrency` polls of a source are in flight."""
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # handed to the awaiting caller
+                    future.set_exception(exc)
+
+        threading.Thread(target=run, name="poller-blocking", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:  # noqa: ARG002
+        return  # nothing to wait for: the threads are daemons
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on a new event loop whose blocking calls go to daemon threads."""
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(_DaemonThreads())
+        return runner.run(main)

@@ -24,6 +24,9 @@ class Authenticator(Protocol):
 
     def headers(self) -> Mapping[str, str]: ...
 
+    def at_hand(self) -> Mapping[str, str] | None:
+        """The headers if they need no I/O now (a cached token still valid), else None."""
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import Harness, demo_raw_config
+from conftest import Harness, demo_raw_config, wait_until
 
 from exporter import credentials
 from exporter.http import HttpClient, HttpSettings, TokenBucket
@@ -186,3 +187,34 @@ def test_bearer_tokens_are_redacted_in_logs() -> None:
         == "401 for Authorization: Bearer <redacted>"
     )
     assert redactor.mask(f"token={jwt} rejected") == "token=<redacted> rejected"
+
+
+def test_a_token_service_that_hangs_holds_up_neither_the_stop_nor_the_exit(
+    make_harness: Callable[..., Harness], fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Getting a token blocks: it runs off the poller's loop, on a daemon thread, so stopping
+    cancels the polls waiting for it at once, and the interpreter's exit does not wait for it
+    (a pool's worker thread is joined at exit: three hung token calls held a process 60 s)."""
+    credential: FakeCredential = fake[0]
+    release = threading.Event()
+    hung: list[threading.Thread] = []
+    real_get_token = credential.get_token
+
+    def hang(*scopes: str) -> AccessToken:
+        hung.append(threading.current_thread())
+        release.wait(60)
+        return real_get_token(*scopes)
+
+    monkeypatch.setattr(credential, "get_token", hang)
+    h = make_harness(entra)
+    try:
+        h.exporter.start()
+        wait_until(lambda: hung, what="a poll waiting for its token")
+        pollers = list(h.exporter.pollers.values())
+        h.exporter.stop()
+        assert [p.alive for p in pollers] == [False, False]
+        assert hung[0].is_alive()  # still in the token service
+        assert hung[0].daemon
+        assert h.sim.requests == []
+    finally:
+        release.set()

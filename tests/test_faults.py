@@ -122,6 +122,7 @@ FAULTS = [
     ("larger-than-the-cap", Fault(body=b'{"pad": "' + b"x" * 10_000 + b'"}'), "bad_response"),
     ("reset-mid-body", Fault(cut_after=100), "connection"),
     ("stall-mid-body", Fault(cut_after=100, stall=1.5), "timeout"),
+    ("hangs-up-before-answering", Fault(hang_up=True), "connection"),
 ]
 
 
@@ -333,6 +334,7 @@ BODY_FAULTS = [
     # (fault, reason, attempts per poll: connection errors and timeouts are retried 3 times)
     ("reset-mid-body", Fault(cut_after=100), "connection", 4),
     ("stall-mid-body", Fault(cut_after=100, stall=1.5), "timeout", 4),
+    ("hangs-up-before-answering", Fault(hang_up=True), "connection", 4),
     ("nested-100000-deep", Fault(body=DEEP), "bad_response", 1),
 ]
 
@@ -346,13 +348,16 @@ def test_body_faults_are_classified_retried_and_counted(
     make_harness: Callable[..., Harness], fault: Fault, reason: str, attempts: int
 ) -> None:
     """Faults inside the body get their own reason, are retried where a retry can help, and
-    every attempt is a request: errors never outnumber requests."""
+    every attempt is a request: errors never outnumber requests, and the upstream received as
+    many as were counted (no client library resends one behind the count)."""
     h = make_harness(lambda sim: demo_raw_config(sim, timeout="1s", max_response_bytes=1024 * 1024))
     h.exporter.poll_once()
     before = scrape(h)
+    sent = len(h.sim.seen("analyze-ok"))
     h.sim.set_fault("analyze-ok", fault)
     h.exporter.poll_once()
     m = scrape(h)
+    assert len(h.sim.seen("analyze-ok")) - sent == attempts
     source = {"provider": ANALYZE["provider"], "source": ANALYZE["source"]}
 
     def delta(name: str, **labels: str) -> float:

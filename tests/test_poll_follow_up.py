@@ -155,3 +155,22 @@ def test_a_wait_the_follow_up_answer_names_is_kept(
     outcome = poll_with(client, provider("events/slow"), source(url), "j1")
     assert outcome.snapshot is not None
     assert outcome.retry_after == 7.0
+
+
+@pytest.mark.parametrize(
+    ("link", "sent"),
+    [
+        # as written: an escaped slash is no slash, in the path or in a cursor (yarl unescapes
+        # the one in the query), and an escaped = or + stays escaped
+        ("events/a%2Fb?after=x%3Dy&cursor=a%2Fb%2Bc", "/events/a%2Fb?after=x%3Dy&cursor=a%2Fb%2Bc"),
+        # a bare space cannot go on the wire: escaped as %20, not as a + (which is a plus sign
+        # to a server that does not read form encoding)
+        ("events/with space?q=a b", "/events/with%20space?q=a%20b"),
+    ],
+)
+def test_a_link_is_sent_as_the_server_wrote_it(
+    upstream: tuple[str, list[str]], client: HttpClient, link: str, sent: str
+) -> None:
+    url, seen = upstream
+    poll_with(client, provider(link), source(url), "j1")
+    assert seen == ["/jobs/j1", sent]

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 _TRICKLE = "X-Simulator-Trickle"  # internal: the handler sends the body a byte at a time
 _CUT = "X-Simulator-Cut"  # internal: the handler breaks off the body after this many bytes
 _STALL = "X-Simulator-Stall"  # internal: ...and pauses this long instead of resetting
+_HANG_UP = "X-Simulator-Hang-Up"  # internal: the handler resets the connection, answering nothing
 LISTING = "(listing)"  # the fault key of every list request
 
 
@@ -108,6 +109,7 @@ class Fault:
     trickle: float = 0.0  # seconds between the bytes of the body
     cut_after: int | None = None  # send this many body bytes, then reset the connection...
     stall: float = 0.0  # ...or, if set, pause this long there and then send the rest
+    hang_up: bool = False  # read the request, then reset the connection without a word
     times: int | None = None  # answers left; None until cleared
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with the answer, any status
 
@@ -330,6 +332,8 @@ class _Server(ThreadingHTTPServer):
 def _fault_answer(fault: Fault) -> Answer | None:
     if fault.delay:
         time.sleep(fault.delay)
+    if fault.hang_up:
+        return 200, {_HANG_UP: "1"}, b""
     if fault.cut_after is not None:
         body = fault.body or json.dumps({"status": "running", "padding": "x" * 4096}).encode()
         return 200, {_CUT: str(fault.cut_after), _STALL: str(fault.stall)}, body
@@ -373,6 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.sim.requests.append(
             Seen(time.monotonic(), self.command, self.path, headers, body, status)
         )
+        if extra.pop(_HANG_UP, None):
+            self._reset()
+            return
         self.send_response(status)
         self.send_header("Content-Type", extra.pop("Content-Type", "application/json"))
         trickle = float(extra.pop(_TRICKLE, 0))
@@ -404,7 +411,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(stall)
             self.wfile.write(out[cut:])
             return
-        # SO_LINGER 0: close with a reset, as a crashed server or a middlebox does.
+        self._reset()
+
+    def _reset(self) -> None:
+        """SO_LINGER 0: close with a reset, as a crashed server or a middlebox does."""
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.connection.close()

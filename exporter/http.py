@@ -236,11 +236,11 @@ class TokenBucket:
 
 class HttpClient:
     """One per source, used on one event loop (`async with HttpClient(...) as client`), with a
-    pool of kept-alive connections (as many as its caller had in flight at once: the poller's
-    slots bound them, and a wait for a connection would count against the timeout). Every
-    attempt first takes a token from
-    each of `budgets` (the source's and the global request budget), waiting when there is none.
-    Shutdown cancels whatever awaits here: a backoff, a budget's wait, a request."""
+    pool of kept-alive connections as large as the caller's requests in flight (the poller's
+    lanes bound them; a cap here would make a request wait for a connection, against its
+    timeout). Every attempt first takes a token from each of `budgets` (the source's and the
+    global request budget), waiting when there is none. Shutdown cancels whatever awaits here:
+    a backoff, a budget's wait, a request."""
 
     def __init__(self, settings: HttpSettings, budgets: Sequence[TokenBucket] = ()) -> None:
         self.settings = settings

@@ -498,7 +498,8 @@ class _DaemonThreads(concurrent.futures.ThreadPoolExecutor):
     """A poller loop's default executor, for what must block (an Entra ID token request, a
     name lookup): each call on a daemon thread of its own, and none waited for at shutdown, so
     a token service or resolver that hangs cannot hold up the exit. Bounded by the callers: at
-    most `max_concurrency` polls of a source are in flight."""
+    most `max_concurrency` polls of a source are in flight. A ThreadPoolExecutor in name only:
+    `set_default_executor` takes nothing else."""
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any

@@ -3,6 +3,7 @@ cannot blind (deadlines, the connection limit, credentials before bodies, method
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import socket
@@ -19,7 +20,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.api import Api
-from exporter.server import ExporterApp, HttpServer, SharedRender, make_app
+from exporter.server import (
+    WRITE_AS_IS,
+    WRITE_CHUNK,
+    ExporterApp,
+    HttpServer,
+    SharedRender,
+    _pieces,
+    _room,
+    make_app,
+)
 from exporter.webconfig import load_web_config
 
 if TYPE_CHECKING:
@@ -271,6 +281,55 @@ def test_a_response_the_client_does_not_read_is_cut_off() -> None:
         conn.close()
     finally:
         server.stop()
+
+
+def test_a_body_is_cut_to_the_room_in_the_socket_and_never_below_a_write_chunk() -> None:
+    """Large parts go out as views of themselves, cut to the room the socket reports (asked
+    for each piece) or to WRITE_CHUNK when there is less; small parts are joined up to
+    WRITE_CHUNK; nothing is lost or reordered."""
+    mib = 1024 * 1024
+    big = bytes(range(256)) * (3 * mib // 256)  # 3 MiB
+    small = [b"# HELP x\n", b"# TYPE x gauge\n"] * 20_000  # 460 KB of small parts
+    parts = [b"head\n", big, *small, big, b"tail\n"]
+    rooms = iter([0, 2 * mib, 5 * mib] + [0] * 100)
+
+    pieces = list(_pieces(parts, lambda: next(rooms)))
+
+    assert b"".join(pieces) == b"".join(parts)
+    sizes = [len(piece) for piece in pieces]
+    assert sizes[:4] == [5, WRITE_CHUNK, 2 * mib, mib - WRITE_CHUNK]  # room 0, 2 MiB, 5 MiB
+    assert all(isinstance(p, memoryview) and p.obj is big for p in pieces[1:4])
+    joined = sizes[4:6]  # the small parts, joined: 460 KB in two pieces
+    assert joined[0] >= WRITE_CHUNK > joined[1]
+    assert sizes[6:-1] == [WRITE_CHUNK] * 12  # the second big part, with no room reported
+    assert sizes[-1] == 5
+
+
+def test_the_room_a_socket_reports_is_taken_whole_until_none_is_left() -> None:
+    """The kernel takes each piece cut to the room `_room` reports whole, without waiting, while
+    the reader reads nothing: so what the server writes is never left in the transport's
+    buffer, beyond a piece of WRITE_CHUNK when there is no room."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        reader = socket.create_connection(listener.getsockname())
+        writer, _ = listener.accept()
+        with reader, writer:
+            writer.settimeout(0.0)
+            room = _room(asyncio.BaseTransport({"socket": writer}))
+            assert room() > WRITE_AS_IS
+            for _ in range(1000):
+                free = room()
+                if not free:
+                    break
+                assert writer.send(bytes(free)) == free
+            assert room() == 0
+
+
+def test_through_tls_a_body_goes_in_write_chunks() -> None:
+    """TLS keeps buffers of its own, so the socket's room says nothing: no room is claimed."""
+    with socket.socket() as sock:
+        transport = asyncio.BaseTransport({"socket": sock, "sslcontext": object()})
+        assert _room(transport)() == 0
+        assert _room(None)() == 0
 
 
 def test_stop_ends_in_time_whatever_the_clients_do() -> None:

@@ -290,8 +290,9 @@ def test_a_body_is_cut_to_the_room_in_the_socket_and_never_below_a_write_chunk()
     mib = 1024 * 1024
     big = bytes(range(256)) * (3 * mib // 256)  # 3 MiB
     small = [b"# HELP x\n", b"# TYPE x gauge\n"] * 20_000  # 460 KB of small parts
-    parts = [b"head\n", big, *small, big, b"tail\n"]
-    rooms = iter([0, 2 * mib, 5 * mib] + [0] * 100)
+    block = bytes(WRITE_CHUNK)  # as large as a piece: sent whole, the socket not asked
+    parts = [b"head\n", big, *small, big, block, b"tail\n"]
+    rooms = iter([0, 2 * mib, 5 * mib] + [0] * 11)  # asked 3 times for one part, 11 for the other
 
     pieces = list(_pieces(parts, lambda: next(rooms)))
 
@@ -301,8 +302,10 @@ def test_a_body_is_cut_to_the_room_in_the_socket_and_never_below_a_write_chunk()
     assert all(isinstance(p, memoryview) and p.obj is big for p in pieces[1:4])
     joined = sizes[4:6]  # the small parts, joined: 460 KB in two pieces
     assert joined[0] >= WRITE_CHUNK > joined[1]
-    assert sizes[6:-1] == [WRITE_CHUNK] * 12  # the second big part, with no room reported
-    assert sizes[-1] == 5
+    assert sizes[6:-2] == [WRITE_CHUNK] * 12  # the second big part, with no room reported
+    assert sizes[-2:] == [WRITE_CHUNK, 5]
+    assert pieces[-2].obj is block
+    assert next(rooms, None) is None
 
 
 def test_the_room_a_socket_reports_is_taken_whole_until_none_is_left() -> None:

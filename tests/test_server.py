@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter import server as server_module
 from exporter.api import Api
 from exporter.server import (
     WRITE_AS_IS,
@@ -329,12 +330,44 @@ def test_the_room_a_socket_reports_is_taken_whole_until_none_is_left() -> None:
             assert room() == 0
 
 
-def test_through_tls_a_body_goes_in_write_chunks() -> None:
-    """TLS keeps buffers of its own, so the socket's room says nothing: no room is claimed."""
-    with socket.socket() as sock:
-        transport = asyncio.BaseTransport({"socket": sock, "sslcontext": object()})
-        assert _room(transport)() == 0
-        assert _room(None)() == 0
+def test_through_tls_a_body_goes_in_write_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS keeps buffers of its own, so the socket's room says nothing there: a TLS connection
+    claims none and its body goes in WRITE_CHUNK pieces, while a plain one on the same server
+    reports the room in its socket."""
+    claimed: list[int] = []
+
+    def spied(transport: asyncio.BaseTransport | None) -> Callable[[], int]:
+        room = _room(transport)
+        claimed.append(room())
+        return room
+
+    monkeypatch.setattr(server_module, "_room", spied)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {cert_file}, key_file: {key_file}}}\n")
+    loaded = load_web_config(str(web))
+    registry = CollectorRegistry()
+    registry.register(Big())
+    tls = _serve(make_app(registry, "/metrics", lambda: None, web=loaded), tls=loaded.tls)
+    plain = _serve(make_app(registry, "/metrics", lambda: None))
+    try:
+        got = requests.get(f"https://127.0.0.1:{tls.port}/metrics", verify=str(ca_file),
+                           headers={"Accept-Encoding": "identity"}, timeout=30)  # fmt: skip
+        assert got.status_code == 200
+        assert got.content.count(b"\nbig{") == 200_000
+        assert claimed == [0]
+        requests.get(f"http://127.0.0.1:{plain.port}/metrics", timeout=30)
+        assert claimed[1] > 0
+    finally:
+        tls.stop()
+        plain.stop()
 
 
 def test_stop_ends_in_time_whatever_the_clients_do() -> None:

@@ -86,8 +86,8 @@ def test_polls_beyond_the_budget_are_delayed_counted_and_sent(
     def translator_polls() -> list[Seen]:
         return [r for r in list(h.sim.requests) if "/translator/" in r.path]
 
-    # A poll is counted delayed when it takes its place in the queue, and sent when its turn
-    # comes: wait for the sending, bounded, rather than read the requests at the counting.
+    # A delayed poll is counted with its attempt's outcome, once sent; the polls not delayed
+    # may still be in flight then: wait for every job's request, bounded.
     wait_until(lambda: len({r.path for r in translator_polls()}) == 22 or None,
                what="every job polled: delayed, not dropped")  # fmt: skip
     sent = translator_polls()

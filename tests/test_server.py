@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from conftest import Harness
     from prometheus_client.metrics_core import Metric
 
+    from exporter.webconfig import WebConfig
+
 
 class Counting(Collector):
     def __init__(self) -> None:
@@ -131,6 +133,19 @@ def _in_flight(
             break
         time.sleep(0.05)
     return thread, answer
+
+
+def _tls_web_config(tmp_path: Path) -> tuple[WebConfig, Path]:
+    """A web config serving TLS with a certificate for 127.0.0.1, and the CA file to trust."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {cert_file}, key_file: {key_file}}}\n")
+    return load_web_config(str(web)), ca_file
 
 
 def _closed(conn: socket.socket, within: float) -> bool:
@@ -285,9 +300,9 @@ def test_a_response_the_client_does_not_read_is_cut_off() -> None:
 
 
 def test_a_body_is_cut_to_the_room_in_the_socket_and_never_below_a_write_chunk() -> None:
-    """Large parts go out as views of themselves, cut to the room the socket reports (asked
-    for each piece) or to WRITE_CHUNK when there is less; small parts are joined up to
-    WRITE_CHUNK; nothing is lost or reordered."""
+    """Large parts go out as views of themselves: what is left of one beyond WRITE_CHUNK is cut
+    to the room the socket reports (asked for each such piece), or to WRITE_CHUNK when there is
+    less; small parts are joined up to WRITE_CHUNK; nothing is lost or reordered."""
     mib = 1024 * 1024
     big = bytes(range(256)) * (3 * mib // 256)  # 3 MiB
     small = [b"# HELP x\n", b"# TYPE x gauge\n"] * 20_000  # 460 KB of small parts
@@ -344,15 +359,7 @@ def test_through_tls_a_body_goes_in_write_chunks(
         return room
 
     monkeypatch.setattr(server_module, "_room", spied)
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    web = tmp_path / "web.yml"
-    web.write_text(f"tls_server_config: {{cert_file: {cert_file}, key_file: {key_file}}}\n")
-    loaded = load_web_config(str(web))
+    loaded, ca_file = _tls_web_config(tmp_path)
     registry = CollectorRegistry()
     registry.register(Big())
     tls = _serve(make_app(registry, "/metrics", lambda: None, web=loaded), tls=loaded.tls)
@@ -443,14 +450,7 @@ def test_name_filter_selects_process_and_python_families(
 def test_a_tls_connection_that_never_handshakes_is_cut_at_the_deadline(tmp_path: Path) -> None:
     """A client that connects to the TLS port and sends nothing holds its place only until the
     read deadline: the handshake counts against it."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    web = tmp_path / "web.yml"
-    web.write_text(f"tls_server_config: {{cert_file: {cert_file}, key_file: {key_file}}}\n")
-    loaded = load_web_config(str(web))
+    loaded, _ = _tls_web_config(tmp_path)
     server = _serve(make_app(CollectorRegistry(), "/metrics", lambda: None, web=loaded),
                     tls=loaded.tls, read_timeout=1.0)  # fmt: skip
     try:
